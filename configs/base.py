@@ -1,0 +1,125 @@
+"""Shared defaults of every jaxgen experiment config (ml_collections).
+
+An experiment file defines ``get_config()`` that starts from :func:`get_base_config` and changes
+what differs. Field names follow score_sde where it has them.
+"""
+import ml_collections
+
+
+def get_base_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+  # One of: score (DSM training of a score model), flow (flow matching / rectified flow),
+  # edm (EDM loss and preconditioning), cnf (maximum likelihood of a CNF).
+  config.method = "score"
+
+  # --- training -------------------------------------------------------------------------------
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128            # global batch, split over all devices of all hosts
+  training.n_iters = 1_300_001
+  training.log_every = 50              # console + JSON lines + TensorBoard
+  training.eval_every = 5_000          # held-out loss, bits/dim on a few batches, sample grid
+  training.snapshot_every = 10_000     # kept checkpoints (keep the last `keep_checkpoints`)
+  training.preemption_every = 1_000    # preemption snapshots (only the newest is kept)
+  training.keep_checkpoints = 3
+  training.continuous = True           # continuous-time DSM (else discrete DDPM/SMLD steps)
+  training.reduce_mean = False         # mean (True) or sum (False) over data dimensions
+  training.likelihood_weighting = False
+  training.importance_sampling = False  # importance-sampled t for likelihood weighting
+  training.time_sampling = "uniform"   # uniform | logit_normal (flow)
+  training.eps = 1e-5                  # smallest training time
+  training.nonfinite = "error"         # error | skip: what a non-finite loss does
+  training.max_wall_seconds = 0.0      # stop cleanly after this long (0 = no limit)
+
+  # --- sampling ---------------------------------------------------------------------------------
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"               # pc | em | ancestral | ddim | heun | ode | euler
+  sampling.predictor = "reverse_diffusion"  # euler_maruyama | reverse_diffusion | ancestral | none
+  sampling.corrector = "langevin"      # langevin | none
+  sampling.n_steps_each = 1
+  sampling.snr = 0.16
+  sampling.noise_removal = True
+  sampling.num_steps = 1000            # steps of fixed-step samplers (N of the process if 0)
+  sampling.rtol = 1e-5                 # adaptive ODE sampler
+  sampling.atol = 1e-5
+  sampling.eps = 1e-3                  # smallest sampling time
+  sampling.num_samples = 64
+  sampling.batch_size = 64
+
+  # --- evaluation -------------------------------------------------------------------------------
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 128
+  evaluate.num_bpd_batches = 4         # batches of bits/dim during periodic evaluation
+  evaluate.divergence = "rademacher"   # exact | rademacher | gaussian
+  evaluate.num_probes = 1
+  evaluate.rtol = 1e-5
+  evaluate.atol = 1e-5
+  evaluate.t0 = 1e-5
+  evaluate.solver = "dopri5"
+  evaluate.num_repeats = 1             # dequantization repeats over the test split
+
+  # --- data -------------------------------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "cifar10"             # tfds name, digits, mnist_local, or toy_<name>
+  data.data_dir = ""                   # TFDS data_dir ('' = TFDS default)
+  data.source_dir = ""                 # local raw files for builders of our own (MNIST idx)
+  data.image_size = 32
+  data.num_channels = 3
+  data.num_levels = 256                # discrete levels per pixel (bits/dim convention)
+  data.centered = True                 # scale to [-1, 1] (else [0, 1])
+  data.random_flip = True
+  data.uniform_dequantization = False
+  data.num_classes = 0
+
+  # --- noise process ----------------------------------------------------------------------------
+  config.process = process = ml_collections.ConfigDict()
+  process.name = "vp"                  # vp | subvp | ve | linear | edm
+  process.beta_min = 0.1
+  process.beta_max = 20.0
+  process.sigma_min = 0.01
+  process.sigma_max = 50.0
+  process.num_scales = 1000
+  process.sigma_data = 0.5
+
+  # --- model ------------------------------------------------------------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ddpmpp"
+  model.prediction = "eps"             # score | eps | x0 | velocity: what the network outputs
+  model.ema_rate = 0.9999
+  model.dtype = "float32"              # compute dtype; parameters always float32
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.dropout = 0.1
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.fir = False
+  model.fir_kernel = (1, 3, 3, 1)
+  model.skip_rescale = True
+  model.resblock_type = "biggan"
+  model.progressive = "none"
+  model.progressive_input = "none"
+  model.progressive_combine = "sum"
+  model.attention_type = "ddpm"
+  model.init_scale = 0.0
+  model.embedding_type = "positional"
+  model.fourier_scale = 16.0
+  model.conv_size = 3
+  model.scale_by_sigma = False
+  model.nonlinearity = "swish"
+  model.num_classes = 0
+  model.remat = False
+
+  # --- optimizer --------------------------------------------------------------------------------
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "adam"
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
+  optim.warmup = 5000
+  optim.grad_clip = 1.0
+
+  return config

@@ -1,0 +1,170 @@
+"""Conversions between the four things a network can predict at ``x_t = alpha x_0 + sigma eps``.
+
+* ``score``    = grad log p_t(x_t) = -E[eps | x_t] / sigma
+* ``eps``      = E[eps | x_t]                       (noise prediction, DDPM)
+* ``x0``       = E[x_0 | x_t]                       (data / denoiser prediction, EDM)
+* ``velocity`` = alpha' E[x_0 | x_t] + sigma' E[eps | x_t]   (flow matching; equals the
+  probability-flow ODE drift of the process)
+
+All functions are pure and work for any :class:`jaxgen.processes.Process`. ``x`` is
+``(batch, ...)`` and ``t`` is ``(batch,)``; outputs have the shape of ``x``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen.processes import Process, broadcast_to
+
+Array = jax.Array
+PREDICTION_TYPES = ("score", "eps", "x0", "velocity")
+
+
+def _coefficients(process: Process, t: Array, x: Array):
+  return (broadcast_to(process.alpha(t), x), broadcast_to(process.sigma(t), x),
+          broadcast_to(process.alpha_dot(t), x), broadcast_to(process.sigma_dot(t), x))
+
+
+def to_x0_eps(process: Process, x: Array, t: Array, prediction: Array,
+              prediction_type: str) -> Tuple[Array, Array]:
+  """Turn any prediction at ``(x, t)`` into the pair ``(x0, eps)`` with ``x = alpha x0 + sigma eps``.
+
+  Args:
+    process: the noise process.
+    x: noisy input ``(batch, ...)``; t: ``(batch,)``.
+    prediction: network output ``(batch, ...)``.
+    prediction_type: one of ``score``, ``eps``, ``x0``, ``velocity``.
+  Returns:
+    ``(x0, eps)``, each ``(batch, ...)``.
+  """
+  alpha, sigma, alpha_dot, sigma_dot = _coefficients(process, t, x)
+  if prediction_type == "score":
+    eps = -sigma * prediction
+    return (x - sigma * eps) / alpha, eps
+  if prediction_type == "eps":
+    return (x - sigma * prediction) / alpha, prediction
+  if prediction_type == "x0":
+    return prediction, (x - alpha * prediction) / sigma
+  if prediction_type == "velocity":
+    det = alpha * sigma_dot - sigma * alpha_dot
+    return (sigma_dot * x - sigma * prediction) / det, (alpha * prediction - alpha_dot * x) / det
+  raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def from_x0_eps(process: Process, x: Array, t: Array, x0: Array, eps: Array,
+                prediction_type: str) -> Array:
+  """Inverse of :func:`to_x0_eps`: express ``(x0, eps)`` as a ``prediction_type`` output."""
+  alpha, sigma, alpha_dot, sigma_dot = _coefficients(process, t, x)
+  del alpha
+  if prediction_type == "score":
+    return -eps / sigma
+  if prediction_type == "eps":
+    return eps
+  if prediction_type == "x0":
+    return x0
+  if prediction_type == "velocity":
+    return alpha_dot * x0 + sigma_dot * eps
+  raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
+def convert(process: Process, x: Array, t: Array, prediction: Array, source: str,
+            target: str) -> Array:
+  """Convert a ``source``-type prediction at ``(x, t)`` into a ``target``-type one.
+
+  ``x``, ``prediction``: ``(batch, ...)``; ``t``: ``(batch,)``. Returns ``(batch, ...)``.
+  Score and eps convert without dividing by ``alpha`` (safe at ``alpha = 0``).
+  """
+  if source == target:
+    if source not in PREDICTION_TYPES:
+      raise ValueError(f"unknown prediction_type {source!r}; expected one of {PREDICTION_TYPES}")
+    return prediction
+  sigma = broadcast_to(process.sigma(t), x)
+  if {source, target} == {"score", "eps"}:
+    return -sigma * prediction if source == "score" else -prediction / sigma
+  x0, eps = to_x0_eps(process, x, t, prediction, source)
+  return from_x0_eps(process, x, t, x0, eps, target)
+
+
+def score_to_eps(process, x, t, score):
+  """``eps = -sigma(t) score``; shapes ``(batch, ...)``."""
+  return convert(process, x, t, score, "score", "eps")
+
+
+def eps_to_score(process, x, t, eps):
+  """``score = -eps / sigma(t)``; shapes ``(batch, ...)``."""
+  return convert(process, x, t, eps, "eps", "score")
+
+
+def eps_to_x0(process, x, t, eps):
+  """``x0 = (x - sigma eps) / alpha``; shapes ``(batch, ...)``."""
+  return convert(process, x, t, eps, "eps", "x0")
+
+
+def x0_to_eps(process, x, t, x0):
+  """``eps = (x - alpha x0) / sigma``; shapes ``(batch, ...)``."""
+  return convert(process, x, t, x0, "x0", "eps")
+
+
+def x0_to_score(process, x, t, x0):
+  """``score = -(x - alpha x0) / sigma^2``; shapes ``(batch, ...)``."""
+  return convert(process, x, t, x0, "x0", "score")
+
+
+def score_to_velocity(process, x, t, score):
+  """Velocity (= PF-ODE drift) from a score; shapes ``(batch, ...)``."""
+  return convert(process, x, t, score, "score", "velocity")
+
+
+def velocity_to_score(process, x, t, velocity):
+  """Score from a velocity prediction; shapes ``(batch, ...)``."""
+  return convert(process, x, t, velocity, "velocity", "score")
+
+
+def as_score_fn(process: Process, model_fn: Callable[[Array, Array], Array],
+                prediction_type: str) -> Callable[[Array, Array], Array]:
+  """Wrap ``model_fn(x, t)`` predicting ``prediction_type`` into ``score_fn(x, t)``."""
+  return lambda x, t: convert(process, x, t, model_fn(x, t), prediction_type, "score")
+
+
+def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
+                prediction_type: str) -> Callable[[Array, Array], Array]:
+  """Wrap ``model_fn(x, t)`` into the probability-flow drift ``drift_fn(x, t)`` (the velocity)."""
+  if prediction_type == "velocity":
+    return model_fn
+  if prediction_type == "score":
+    from jaxgen.processes import probability_flow_drift  # pylint: disable=import-outside-toplevel
+    return probability_flow_drift(process, model_fn)
+  return lambda x, t: convert(process, x, t, model_fn(x, t), prediction_type, "velocity")
+
+
+# --- EDM preconditioning (Karras et al. 2022, Table 1) --------------------------------------------
+def edm_preconditioning(sigma: Array, sigma_data: float = 0.5) -> Tuple[Array, Array, Array, Array]:
+  """EDM's ``(c_skip, c_out, c_in, c_noise)`` for noise levels ``sigma`` ``(batch,)``.
+
+  The denoiser is ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``, each ``(batch,)``.
+  """
+  sigma = jnp.asarray(sigma)
+  total = sigma**2 + sigma_data**2
+  c_skip = sigma_data**2 / total
+  c_out = sigma * sigma_data / jnp.sqrt(total)
+  c_in = 1.0 / jnp.sqrt(total)
+  c_noise = jnp.log(sigma) / 4.0
+  return c_skip, c_out, c_in, c_noise
+
+
+def edm_denoiser(network_fn: Callable[[Array, Array], Array], sigma_data: float = 0.5):
+  """Wrap a raw network ``F(x_scaled, c_noise)`` into EDM's denoiser ``D(x, sigma) -> x0``."""
+
+  def denoiser(x, sigma):
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, sigma_data)
+    raw = network_fn(broadcast_to(c_in, x) * x, c_noise)
+    return broadcast_to(c_skip, x) * x + broadcast_to(c_out, x) * raw
+
+  return denoiser
+
+
+def edm_loss_weight(sigma: Array, sigma_data: float = 0.5) -> Array:
+  """EDM's loss weight ``lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``."""
+  return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2

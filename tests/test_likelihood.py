@@ -1,0 +1,195 @@
+"""ode_log_likelihood and bits/dim against closed forms."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import closed_form, likelihood, processes
+
+# (process, t0, t1)
+PROCESSES = {
+    "vp": (processes.VPSDE(), 1e-5, 1.0),
+    "subvp": (processes.SubVPSDE(), 1e-5, 1.0),
+    "ve": (processes.VESDE(), 1e-5, 1.0),
+    "linear": (processes.LinearPath(), 1e-5, 1.0),
+}
+DATA = {
+    "gauss2": lambda: closed_form.random_gaussian(2, seed=0),
+    "gauss64": lambda: closed_form.random_gaussian(64, seed=1),
+    "mixture2": closed_form.three_gaussians_2d,
+}
+
+
+def _exact_prior(data, process, t1):
+  return lambda z: data.logp(z, jnp.full((z.shape[0],), t1), process)
+
+
+@pytest.mark.parametrize("data_name", sorted(DATA))
+@pytest.mark.parametrize("process_name", sorted(PROCESSES))
+def test_exact_divergence_matches_closed_form(data_name, process_name):
+  data = DATA[data_name]()
+  process, t0, t1 = PROCESSES[process_name]
+  x = data.sample(jax.random.PRNGKey(3), 16)
+  logp, z, nfe = likelihood.ode_log_likelihood(
+      data.velocity_fn(process), x, prior_logp=_exact_prior(data, process, t1), t0=t0, t1=t1,
+      divergence="exact", rtol=1e-5, atol=1e-5)
+  reference = data.logp(x, jnp.full((x.shape[0],), t0), process)
+  err_per_dim = np.max(np.abs(np.asarray(logp - reference))) / data.dim
+  assert z.shape == x.shape and logp.shape == (16,)
+  assert 0 < int(nfe) < 2000
+  assert err_per_dim < 1e-4, f"{data_name}/{process_name}: {err_per_dim:.2e} nats/dim"
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_divergence_unbiased_at_a_point(kind):
+  data = closed_form.three_gaussians_2d()
+  vp = processes.VPSDE()
+  drift = data.velocity_fn(vp)
+  n = 2000
+  x = jnp.tile(data.sample(jax.random.PRNGKey(1), 1), (n, 1))
+  t = jnp.full((n,), 0.3)
+  _, exact = likelihood.exact_divergence(drift, x, t)
+  probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, kind)
+  _, est = likelihood.hutchinson_divergence(drift, x, t, probes)
+  est = np.asarray(est)
+  stderr = est.std(ddof=1) / math.sqrt(n)
+  assert stderr > 0
+  assert abs(est.mean() - float(exact[0])) < 3 * stderr
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_hutchinson_log_likelihood_unbiased(kind):
+  """2,000 copies of one point, each with its own probe: the mean log p is the exact one."""
+  data = closed_form.random_gaussian(2, seed=4)
+  vp = processes.VPSDE()
+  n = 2000
+  x = jnp.tile(data.sample(jax.random.PRNGKey(5), 1), (n, 1))
+  common = dict(prior_logp=vp.prior_logp, t0=1e-5, t1=1.0, rtol=1e-5, atol=1e-5)
+  exact, _, _ = likelihood.ode_log_likelihood(data.velocity_fn(vp), x[:1], **common)
+  est, _, _ = likelihood.ode_log_likelihood(data.velocity_fn(vp), x, key=jax.random.PRNGKey(6),
+                                            divergence=kind, **common)
+  est = np.asarray(est)
+  stderr = est.std(ddof=1) / math.sqrt(n)
+  assert abs(est.mean() - float(exact[0])) < 3 * stderr, (est.mean(), float(exact[0]), stderr)
+
+
+def test_several_probes_reduce_variance():
+  data = closed_form.random_gaussian(4, seed=2)
+  vp = processes.VPSDE()
+  x = jnp.tile(data.sample(jax.random.PRNGKey(0), 1), (500, 1))
+  t = jnp.full((500,), 0.5)
+  drift = data.velocity_fn(vp)
+  one = likelihood.hutchinson_divergence(
+      drift, x, t, likelihood.sample_probes(jax.random.PRNGKey(1), x.shape, "gaussian", 1))[1]
+  eight = likelihood.hutchinson_divergence(
+      drift, x, t, likelihood.sample_probes(jax.random.PRNGKey(1), x.shape, "gaussian", 8))[1]
+  assert np.var(np.asarray(eight)) < 0.3 * np.var(np.asarray(one))
+
+
+def test_fixed_step_solver_and_jit_and_nfe():
+  data = closed_form.random_gaussian(2, seed=0)
+  vp = processes.VPSDE()
+  x = data.sample(jax.random.PRNGKey(0), 4)
+
+  @jax.jit
+  def run(x):
+    return likelihood.ode_log_likelihood(data.velocity_fn(vp), x, prior_logp=vp.prior_logp,
+                                         t0=1e-5, t1=1.0, solver="heun", num_steps=200)
+
+  logp, _, nfe = run(x)
+  assert int(nfe) == 400
+  reference = data.logp(x, jnp.full((4,), 1e-5), vp)
+  assert np.max(np.abs(np.asarray(logp - reference))) < 1e-2
+
+
+@pytest.mark.parametrize("solver,num_steps", [("dopri5", None), ("tsit5", None), ("heun", 20),
+                                              ("euler", 30), ("midpoint", 10)])
+def test_nfe_counts_drift_calls(solver, num_steps):
+  """The reported NFE equals the number of times the solver actually called the drift."""
+  data = closed_form.random_gaussian(2, seed=0)
+  vp = processes.VPSDE()
+  x = data.sample(jax.random.PRNGKey(0), 4)
+  calls = []
+
+  def counting_drift(y, t):
+    jax.debug.callback(lambda: calls.append(1))
+    return data.velocity_fn(vp)(y, t)
+
+  _, _, nfe = likelihood.ode_log_likelihood(counting_drift, x, prior_logp=vp.prior_logp,
+                                            t0=1e-5, t1=1.0, divergence="rademacher",
+                                            key=jax.random.PRNGKey(1), solver=solver,
+                                            num_steps=num_steps)
+  jax.effects_barrier()
+  assert len(calls) == int(nfe)
+
+
+def test_gradients_flow_through_the_solver():
+  data = closed_form.random_gaussian(2, seed=0)
+  x = data.sample(jax.random.PRNGKey(0), 4)
+  prior = processes.LinearPath().prior_logp
+
+  def loss(a):
+    drift = lambda y, t: -a * y
+    return -jnp.mean(likelihood.ode_log_likelihood(drift, x, prior_logp=prior, t0=0.0, t1=1.0)[0])
+
+  # dx/dt = -a x: z = x e^{-a}, log p(x) = log N(x e^{-a}) - 2a, analytic derivative.
+  def analytic(a):
+    z = x * jnp.exp(-a)
+    return -jnp.mean(prior(z) - 2 * a)
+
+  g, g_ref = jax.grad(loss)(0.7), jax.grad(analytic)(0.7)
+  assert abs(float(g) - float(g_ref)) < 1e-3 * abs(float(g_ref))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(divergence="hutch"), "divergence"),
+    (dict(solver="rk45"), "solver"),
+    (dict(rtol=0.0), "rtol"),
+    (dict(atol=-1e-5), "atol"),
+    (dict(t0=0.5, t1=0.1), "t0"),
+    (dict(t0=-1.0), "t0"),
+    (dict(solver="euler"), "num_steps"),
+    (dict(divergence="rademacher"), "key"),
+    (dict(num_probes=0, divergence="gaussian", key=jax.random.PRNGKey(0)), "num_probes"),
+])
+def test_bad_arguments_raise_named_errors(kwargs, match):
+  x = jnp.ones((4, 2))
+  args = dict(prior_logp=processes.VPSDE().prior_logp, t0=1e-5, t1=1.0)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    likelihood.ode_log_likelihood(lambda y, t: y, x, **args)
+  with pytest.raises(ValueError, match="x"):
+    likelihood.ode_log_likelihood(lambda y, t: y, jnp.ones((4,)), prior_logp=lambda z: z)
+
+
+def test_bits_per_dim_convention_on_uniform_discrete_data():
+  """Uniform 8-bit data has entropy 8 bits/dim: its dequantized density is uniform on the cube."""
+  shape = (4, 4, 3)
+  d = math.prod(shape)
+  # Data in [-1, 1]: continuous density 2^-d, so logp = -d ln 2.
+  logp = jnp.full((5,), -d * math.log(2.0))
+  np.testing.assert_allclose(likelihood.bits_per_dim(logp, shape), 8.0, rtol=1e-6)
+  # Same data in [0, 1]: density 1, logp = 0.
+  np.testing.assert_allclose(
+      likelihood.bits_per_dim(jnp.zeros((5,)), shape, data_range=1.0), 8.0, rtol=1e-6)
+  # score_sde's offsets: +7 for [-1, 1], +8 for [0, 1].
+  np.testing.assert_allclose(likelihood.bits_per_dim(jnp.zeros((1,)), shape), 7.0)
+
+
+def test_bits_per_dim_on_a_known_discrete_distribution():
+  """A discrete distribution on 4 levels; a piecewise-constant density on the dequantization
+  cells gives exactly its entropy in bits/dim, computed through uniform_dequantize."""
+  probs = np.array([0.1, 0.2, 0.3, 0.4])
+  k = 4
+  levels = jax.random.choice(jax.random.PRNGKey(0), k, (20000, 3), p=jnp.asarray(probs))
+  x = likelihood.uniform_dequantize(jax.random.PRNGKey(1), levels, num_levels=k)  # in [-1, 1]
+  assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+  cell = jnp.clip(jnp.floor((x + 1.0) / 2.0 * k).astype(jnp.int32), 0, k - 1)
+  np.testing.assert_array_equal(np.asarray(cell), np.asarray(levels))
+  # density of the cell: P(k) / cell width (2 / K)
+  logp = jnp.sum(jnp.log(jnp.asarray(probs)[cell] / (2.0 / k)), axis=1)
+  bpd = float(jnp.mean(likelihood.bits_per_dim(logp, (3,), num_levels=k)))
+  entropy_bits = float(-(probs * np.log2(probs)).sum())
+  assert abs(bpd - entropy_bits) < 0.02
