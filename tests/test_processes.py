@@ -1,0 +1,141 @@
+"""Noise processes and prediction conversions: identities, round trips, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import predictions, processes
+
+ALL = {
+    "vp": processes.VPSDE(),
+    "subvp": processes.SubVPSDE(),
+    "ve": processes.VESDE(),
+    "linear": processes.LinearPath(),
+    "edm": processes.EDMPath(),
+}
+
+
+def _times(process, n=64):
+  lo, hi = max(process.t_min, 1e-3), process.T * (0.98 if isinstance(process, processes.LinearPath) else 1.0)
+  return jnp.linspace(lo, hi, n)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_sde_coefficients_generate_the_marginal(name):
+  """f = d log alpha/dt and g^2 = d sigma^2/dt - 2 f sigma^2, checked by autodiff of alpha, sigma."""
+  p = ALL[name]
+  t = _times(p)
+  ones = jnp.ones_like(t)
+  alpha_dot = jax.jvp(p.alpha, (t,), (ones,))[1]
+  sigma_dot = jax.jvp(p.sigma, (t,), (ones,))[1]
+  np.testing.assert_allclose(p.alpha_dot(t), alpha_dot, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(p.sigma_dot(t), sigma_dot, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(p.drift_coefficient(t), alpha_dot / p.alpha(t), rtol=1e-4, atol=1e-6)
+  g2 = 2 * p.sigma(t) * sigma_dot - 2 * alpha_dot / p.alpha(t) * p.sigma(t) ** 2
+  np.testing.assert_allclose(p.diffusion_squared(t), g2, rtol=2e-3, atol=1e-5)
+
+
+def test_score_sde_parametrisations():
+  vp, subvp, ve = processes.VPSDE(), processes.SubVPSDE(), processes.VESDE()
+  t = jnp.array([0.0, 0.25, 0.5, 1.0])
+  lmc = -0.25 * t**2 * (20.0 - 0.1) - 0.5 * t * 0.1
+  np.testing.assert_allclose(vp.alpha(t), np.exp(lmc), rtol=1e-6)
+  np.testing.assert_allclose(vp.sigma(t), np.sqrt(1 - np.exp(2 * lmc)), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(subvp.sigma(t), 1 - np.exp(2 * lmc), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(ve.sigma(t), 0.01 * (50 / 0.01) ** t, rtol=1e-5)
+  x = jnp.ones((4, 3))
+  drift, diffusion = vp.sde(x, t)
+  np.testing.assert_allclose(drift, -0.5 * (0.1 + t[:, None] * 19.9) * x, rtol=1e-6)
+  np.testing.assert_allclose(diffusion, np.sqrt(0.1 + t * 19.9), rtol=1e-6)
+  _, diffusion = ve.sde(x, t)
+  np.testing.assert_allclose(diffusion, ve.sigma(t) * np.sqrt(2 * np.log(50 / 0.01)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_prior(name):
+  p = ALL[name]
+  z = p.prior_sample(jax.random.PRNGKey(0), (20000, 3))
+  np.testing.assert_allclose(np.std(np.asarray(z)), p.prior_std, rtol=0.02)
+  z = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2, 3)), jnp.float32) * p.prior_std
+  ref = jax.scipy.stats.norm.logpdf(z, scale=p.prior_std).reshape(5, -1).sum(-1)
+  np.testing.assert_allclose(p.prior_logp(z), ref, rtol=1e-5)
+
+
+PAIRS = [(a, b) for a in predictions.PREDICTION_TYPES for b in predictions.PREDICTION_TYPES]
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_conversions_round_trip_and_agree(name):
+  p = ALL[name]
+  key = jax.random.PRNGKey(1)
+  k1, k2 = jax.random.split(key)
+  t = _times(p, 32)[2:-2]
+  x0 = jax.random.normal(k1, (t.shape[0], 6))
+  eps = jax.random.normal(k2, x0.shape)
+  x = processes.broadcast_to(p.alpha(t), x0) * x0 + processes.broadcast_to(p.sigma(t), x0) * eps
+  truth = {
+      "x0": x0, "eps": eps, "score": -eps / p.sigma(t)[:, None],
+      "velocity": p.alpha_dot(t)[:, None] * x0 + p.sigma_dot(t)[:, None] * eps,
+  }
+  for source, target in PAIRS:
+    out = predictions.convert(p, x, t, truth[source], source, target)
+    scale = float(jnp.max(jnp.abs(truth[target]))) + 1.0
+    np.testing.assert_allclose(out, truth[target], atol=2e-4 * scale, rtol=0,
+                               err_msg=f"{source}->{target}")
+    back = predictions.convert(p, x, t, out, target, source)
+    scale = float(jnp.max(jnp.abs(truth[source]))) + 1.0
+    np.testing.assert_allclose(back, truth[source], atol=2e-4 * scale, rtol=0,
+                               err_msg=f"{source}->{target}->{source}")
+
+
+def test_velocity_is_probability_flow_drift():
+  """The PF-ODE drift written with the score equals the velocity alpha' x0 + sigma' eps."""
+  for name in ("vp", "subvp", "ve", "edm"):
+    p = ALL[name]
+    t = _times(p, 16)
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+    score = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+    drift = processes.probability_flow_drift(p, lambda y, s: score)(x, t)
+    velocity = predictions.score_to_velocity(p, x, t, score)
+    np.testing.assert_allclose(drift, velocity, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(drift))))
+
+
+def test_edm_preconditioning():
+  sigma = jnp.array([0.002, 0.5, 80.0])
+  c_skip, c_out, c_in, c_noise = predictions.edm_preconditioning(sigma, 0.5)
+  np.testing.assert_allclose(c_skip, 0.25 / (sigma**2 + 0.25), rtol=1e-6)
+  np.testing.assert_allclose(c_out, sigma * 0.5 / np.sqrt(sigma**2 + 0.25), rtol=1e-6)
+  np.testing.assert_allclose(c_in, 1 / np.sqrt(sigma**2 + 0.25), rtol=1e-6)
+  np.testing.assert_allclose(c_noise, np.log(sigma) / 4, rtol=1e-6)
+  # A network predicting zeros gives D = c_skip x; unit-variance target: c_skip^2 + c_out^2 scale.
+  denoiser = predictions.edm_denoiser(lambda x, c: jnp.zeros_like(x))
+  x = jnp.ones((3, 2))
+  np.testing.assert_allclose(denoiser(x, sigma), c_skip[:, None] * x, rtol=1e-6)
+
+
+def test_discretizations_match_ddpm_and_smld():
+  vp, ve = processes.VPSDE(N=100), processes.VESDE(N=100)
+  x = jnp.ones((2, 3))
+  t = jnp.array([0.0, 1.0])
+  f, g = vp.discretize(x, t)
+  betas = np.linspace(0.1 / 100, 20 / 100, 100)
+  np.testing.assert_allclose(g, np.sqrt(betas[[0, 99]]), rtol=1e-6)
+  np.testing.assert_allclose(f[:, 0], np.sqrt(1 - betas[[0, 99]]) - 1, rtol=1e-5)
+  f, g = ve.discretize(x, t)
+  sig = np.exp(np.linspace(np.log(0.01), np.log(50), 100))
+  np.testing.assert_allclose(g, [sig[0], np.sqrt(sig[99] ** 2 - sig[98] ** 2)], rtol=1e-5)
+  np.testing.assert_allclose(f, 0)
+
+
+def test_bad_inputs():
+  vp = processes.VPSDE()
+  with pytest.raises(ValueError, match="t"):
+    vp.marginal(jnp.ones((4, 2)), jnp.ones((3,)))
+  with pytest.raises(ValueError, match="t"):
+    vp.sde(jnp.ones((4, 2)), jnp.ones((4, 1)))
+  with pytest.raises(ValueError, match="nope"):
+    processes.get_process("nope")
+  with pytest.raises(ValueError, match="beta_mn"):
+    processes.get_process("vp", beta_mn=0.1)
+  with pytest.raises(ValueError, match="prediction_type"):
+    predictions.convert(vp, jnp.ones((2, 2)), jnp.ones((2,)) * 0.5, jnp.ones((2, 2)), "noise", "x0")
