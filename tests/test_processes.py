@@ -120,7 +120,7 @@ def test_discretizations_match_ddpm_and_smld():
   f, g = vp.discretize(x, t)
   betas = np.linspace(0.1 / 100, 20 / 100, 100)
   np.testing.assert_allclose(g, np.sqrt(betas[[0, 99]]), rtol=1e-6)
-  np.testing.assert_allclose(f[:, 0], np.sqrt(1 - betas[[0, 99]]) - 1, rtol=1e-5)
+  np.testing.assert_allclose(f[:, 0], np.sqrt(1 - betas[[0, 99]]) - 1, rtol=1e-4)
   f, g = ve.discretize(x, t)
   sig = np.exp(np.linspace(np.log(0.01), np.log(50), 100))
   np.testing.assert_allclose(g, [sig[0], np.sqrt(sig[99] ** 2 - sig[98] ** 2)], rtol=1e-5)
