@@ -70,6 +70,8 @@ def get_base_config():
   data.random_flip = True
   data.uniform_dequantization = False
   data.num_classes = 0
+  data.train_split = "train"
+  data.eval_split = "test"
 
   # --- noise process ----------------------------------------------------------------------------
   config.process = process = ml_collections.ConfigDict()

@@ -1,0 +1,412 @@
+"""Host-side input pipeline: random-access TFDS data sources, sharded over hosts, stateless.
+
+Which source serves a data set is decided by `config.data.dataset`:
+- `toy_<name>`: the 2-D samplers of `jaxgen.data.toy` (infinite data);
+- `digits`, `mnist_local`: our builders, prepared into `data_dir` on first use, then read like
+  any other TFDS data set;
+- anything else (cifar10, mnist, celeb_a, downsampled_imagenet/32x32, ...): a TFDS data set that
+  must already be prepared in `data_dir` in the array_record format
+  (`tfds build NAME --file_format=array_record`), read through `tfds.data_source`.
+
+Every TFDS data set goes through the same code: `tfds.data_source(name, split, data_dir)`, host
+`i` of `n` takes the contiguous block `[N i / n, N (i + 1) / n)` of the split, and a small table
+says how to crop / resize. Training batches are a pure function of `(seed, step)`: the shard is
+read as an endless sequence of epochs, epoch `e` in the order of a permutation drawn from
+`(seed, e)`, and batch `step` holds positions `[step b, (step + 1) b)` of that sequence. Resuming
+is therefore just calling `get_batch` with the restored step (keep the batch size). Nothing in
+this module imports TensorFlow.
+"""
+import collections
+import dataclasses
+import os
+import re
+import zlib
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxgen.data import toy
+from jaxgen.data.builders import LOCAL_BUILDERS
+from jaxgen.data.builders import prepare_local_dataset
+
+# Shards up to this size (after cropping / resizing) are read into memory once.
+CACHE_LIMIT_BYTES = 512 * 2**20
+# Size of the fixed evaluation set that `iterate` walks over for toy data (over all hosts).
+TOY_EVAL_EXAMPLES = 10_000
+_TOY_SPLITS = ("train", "validation", "test")
+_SEED_SALT = 0x6A61786765  # "jaxge": keeps our permutation streams apart from other uses of a seed
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceSpec:
+  """How to read one TFDS data set: feature keys and a center crop before resizing."""
+
+  image_key: str = "image"
+  label_key: str = "label"
+  crop_size: int = 0  # center crop to crop_size x crop_size before resizing (0: none)
+
+
+# Data sets whose reading differs from the default: read "image" and "label" (a missing label
+# feature gives labels -1, as for downsampled_imagenet), center crop to a square if needed, resize
+# when the side differs from `image_size` (cifar10, mnist, digits, downsampled_imagenet need none).
+_SOURCE_SPECS = {
+    "celeb_a": _SourceSpec(crop_size=140),  # score_sde: central crop 140, then resize
+}
+
+
+def check_batch_size(global_batch, num_devices, num_processes):
+  """Checks that a global batch splits evenly; returns the per-process (local) batch size.
+
+  Args:
+    global_batch: batch size summed over all devices of all hosts.
+    num_devices: number of devices over all hosts (`jax.device_count()`).
+    num_processes: number of hosts (`jax.process_count()`).
+  """
+  if num_processes <= 0 or num_devices <= 0:
+    raise ValueError(f"need at least one process and one device, got num_processes="
+                     f"{num_processes}, num_devices={num_devices}")
+  if global_batch <= 0:
+    raise ValueError(f"global batch size must be positive, got {global_batch}")
+  if global_batch % num_processes:
+    raise ValueError(f"global batch size {global_batch} is not divisible by the number of "
+                     f"processes {num_processes}")
+  if global_batch % num_devices:
+    raise ValueError(f"global batch size {global_batch} is not divisible by the number of "
+                     f"devices {num_devices}")
+  return global_batch // num_processes
+
+
+def _check_local_batch_size(local_batch_size):
+  if not isinstance(local_batch_size, (int, np.integer)) or local_batch_size <= 0:
+    raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
+  return int(local_batch_size)
+
+
+def _check_step(step):
+  if not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f"step must be a non-negative int, got {step!r}")
+  return int(step)
+
+
+def _config_value(data_config, name, default):
+  value = getattr(data_config, name, default)
+  return default if value is None else value
+
+
+def _resolve_data_dir(data_dir):
+  if data_dir:
+    return os.path.expanduser(os.fspath(data_dir))
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def _shard_bounds(num_examples, process_index, process_count):
+  start = num_examples * process_index // process_count
+  end = num_examples * (process_index + 1) // process_count
+  return start, end
+
+
+def _split_names(split):
+  """Base split names of a TFDS split spec, e.g. 'test[:9000]+train' -> ['test', 'train']."""
+  return [re.split(r"[\[(]", part, maxsplit=1)[0].strip() for part in str(split).split("+")]
+
+
+def _center_crop(image, size):
+  height, width = image.shape[:2]
+  if size > height or size > width:
+    raise ValueError(f"cannot center crop {size}x{size} out of an image of shape {image.shape}")
+  top, left = (height - size) // 2, (width - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def _resize(image, size):
+  """Antialiased bilinear resize of a (H, W, C) uint8 image to (size, size, C)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  channels = image.shape[-1]
+  mode_image = image[..., 0] if channels == 1 else image
+  resized = np.asarray(Image.fromarray(mode_image).resize((size, size), Image.BILINEAR))
+  return resized.reshape(size, size, channels)
+
+
+def prepare_image(image, image_size, crop_size=0):
+  """One raw image to a square uint8 `(image_size, image_size, C)` image.
+
+  Center crops to `crop_size` (if > 0), then to a centered square if the image is not square,
+  then resizes (antialiased bilinear) when the side differs from `image_size`.
+  """
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if crop_size:
+    image = _center_crop(image, crop_size)
+  if image.shape[0] != image.shape[1]:
+    image = _center_crop(image, min(image.shape[:2]))
+  if image.shape[0] != image_size:
+    if image.dtype != np.uint8:
+      raise ValueError(f"can only resize uint8 images, got {image.dtype}")
+    image = _resize(image, image_size)
+  return image
+
+
+class TfdsDataset:
+  """One host's shard of a split of a TFDS data set (see the module docstring).
+
+  Attributes:
+    name, split: the data set and split spec.
+    num_examples: number of examples in this host's shard.
+    num_examples_total: number of examples in the split over all hosts.
+    image_shape: (H, W, C) of the images `get_batch` returns.
+  """
+
+  def __init__(self, source, *, name, split, image_size, num_channels, spec, seed,
+               process_index, process_count):
+    self.name = name
+    self.split = split
+    self.seed = int(seed)
+    self.process_index = process_index
+    self.process_count = process_count
+    self._source = source
+    self._spec = spec
+    self.num_examples_total = len(source)
+    self._start, self._end = _shard_bounds(self.num_examples_total, process_index, process_count)
+    self.num_examples = self._end - self._start
+    if self.num_examples <= 0:
+      raise ValueError(f"split {split!r} of {name!r} has {self.num_examples_total} examples, too "
+                       f"few to give one to each of {process_count} processes")
+    self._image_size = image_size
+    first = self._read_source([self._start])
+    if first["image"].shape[-1] != num_channels:
+      raise ValueError(f"data set {name!r} has {first['image'].shape[-1]} channels but "
+                       f"config.data.num_channels is {num_channels}")
+    self.image_shape = tuple(first["image"].shape[1:])
+    self._cache = None
+    bytes_per_example = first["image"].nbytes + 4
+    self._use_cache = self.num_examples * bytes_per_example <= CACHE_LIMIT_BYTES
+    self._permutations = collections.OrderedDict()
+
+  def _read_source(self, indices):
+    records = self._source.__getitems__([int(i) for i in indices])
+    images = [prepare_image(r[self._spec.image_key], self._image_size, self._spec.crop_size)
+              for r in records]
+    if self._spec.label_key in records[0]:
+      labels = [int(r[self._spec.label_key]) for r in records]
+    else:
+      labels = [-1] * len(records)
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+
+  def _load_cache(self):
+    chunks = [self._read_source(range(lo, min(lo + 1024, self._end)))
+              for lo in range(self._start, self._end, 1024)]
+    self._cache = {key: np.concatenate([c[key] for c in chunks]) for key in ("image", "label")}
+
+  def _read(self, local_indices):
+    """Examples at shard-local indices, in the given order."""
+    local_indices = np.asarray(local_indices, np.int64)
+    if self._use_cache:
+      if self._cache is None:
+        self._load_cache()
+      return {key: value[local_indices] for key, value in self._cache.items()}
+    return self._read_source(local_indices + self._start)
+
+  def _permutation(self, epoch):
+    if epoch not in self._permutations:
+      rng = np.random.default_rng([_SEED_SALT, self.seed % 2**63, epoch])
+      self._permutations[epoch] = rng.permutation(self.num_examples)
+      while len(self._permutations) > 2:
+        self._permutations.popitem(last=False)
+    return self._permutations[epoch]
+
+  def batch_indices(self, step, local_batch_size):
+    """Shard-local indices of training batch `step`: (local_batch_size,) int64."""
+    step = _check_step(step)
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    indices = np.empty(local_batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      indices[where] = self._permutation(int(epoch))[offsets[where]]
+    return indices
+
+  def get_batch(self, step, local_batch_size):
+    """Training batch `step` of this host: a pure function of (seed, step, batch size, shard).
+
+    Returns:
+      dict(image=uint8 (b, H, W, C) integer levels, label=int32 (b,), -1 where the data set has
+      no labels).
+    """
+    return self._read(self.batch_indices(step, local_batch_size))
+
+  def num_eval_batches(self, local_batch_size):
+    """Batches that `iterate` yields; the same on every host (sized by the largest shard)."""
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    largest_shard = -(-self.num_examples_total // self.process_count)
+    return -(-largest_shard // local_batch_size)
+
+  def iterate(self, local_batch_size):
+    """One ordered pass over this host's shard, in padded batches of `local_batch_size`.
+
+    Every host yields `num_eval_batches(local_batch_size)` batches, so multi-host evaluation
+    steps stay in lockstep; padding rows are zeros with `mask` False.
+
+    Yields:
+      dict(image=(b, H, W, C) uint8, label=(b,) int32, mask=(b,) bool).
+    """
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    for batch in range(self.num_eval_batches(local_batch_size)):
+      lo = min(batch * local_batch_size, self.num_examples)
+      hi = min(lo + local_batch_size, self.num_examples)
+      yield _pad_batch(self._read(np.arange(lo, hi)) if hi > lo else None, hi - lo,
+                       local_batch_size, self.image_shape, np.uint8)
+
+
+def _pad_batch(batch, num_valid, batch_size, example_shape, dtype):
+  images = np.zeros((batch_size,) + tuple(example_shape), dtype)
+  labels = np.full((batch_size,), -1, np.int32)
+  if num_valid:
+    images[:num_valid] = batch["image"]
+    labels[:num_valid] = batch["label"]
+  mask = np.arange(batch_size) < num_valid
+  return {"image": images, "label": labels, "mask": mask}
+
+
+class ToyDataset:
+  """A 2-D toy distribution: `get_batch` draws fresh samples, `iterate` walks a fixed set.
+
+  Attributes:
+    name, split: the data set (`toy_<name>`) and split.
+    num_examples: this host's share of the fixed evaluation set of `TOY_EVAL_EXAMPLES` points that
+      `iterate` yields (`get_batch` never repeats).
+    image_shape: (2,).
+  """
+
+  def __init__(self, toy_name, *, name, split, seed, process_index, process_count):
+    self.name = name
+    self.split = split
+    self.seed = int(seed)
+    self.process_index = process_index
+    self.process_count = process_count
+    self.image_shape = (2,)
+    self._toy_name = toy_name
+    self.num_examples_total = TOY_EVAL_EXAMPLES
+    start, end = _shard_bounds(TOY_EVAL_EXAMPLES, process_index, process_count)
+    self.num_examples = end - start
+    # Independent streams per split; 2**31 keeps the folded-in value inside int32.
+    self._split_key = jax.random.fold_in(jax.random.PRNGKey(self.seed),
+                                         zlib.crc32(split.encode()) % 2**31)
+    self._eval_points = None
+
+  def get_batch(self, step, local_batch_size):
+    """Fresh samples from a key derived from (seed, split, step, process_index).
+
+    Returns:
+      dict(image=float32 (b, 2), label=int32 (b,) of -1).
+    """
+    step = _check_step(step)
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    key = jax.random.fold_in(jax.random.fold_in(self._split_key, step), self.process_index)
+    points = np.asarray(toy.sample_toy(self._toy_name, key, local_batch_size))
+    return {"image": points, "label": np.full((local_batch_size,), -1, np.int32)}
+
+  def num_eval_batches(self, local_batch_size):
+    """Batches that `iterate` yields; the same on every host."""
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    largest_shard = -(-TOY_EVAL_EXAMPLES // self.process_count)
+    return -(-largest_shard // local_batch_size)
+
+  def iterate(self, local_batch_size):
+    """One pass over this host's share of a fixed evaluation set, padded with `mask`.
+
+    Yields:
+      dict(image=float32 (b, 2), label=int32 (b,), mask=bool (b,)).
+    """
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    if self._eval_points is None:
+      key = jax.random.fold_in(jax.random.fold_in(self._split_key, 2**31 - 1), self.process_index)
+      self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key, self.num_examples))
+    for batch in range(self.num_eval_batches(local_batch_size)):
+      lo = min(batch * local_batch_size, self.num_examples)
+      hi = min(lo + local_batch_size, self.num_examples)
+      chunk = {"image": self._eval_points[lo:hi], "label": np.full((hi - lo,), -1, np.int32)}
+      yield _pad_batch(chunk, hi - lo, local_batch_size, self.image_shape, np.float32)
+
+
+def _tfds_source(name, split, data_dir):
+  """`tfds.data_source` for a prepared data set, with clear errors for the usual mistakes."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(
+        f"unknown dataset {name!r}: not toy_<name> (names: {', '.join(toy.TOY_DATASETS)}), not "
+        f"one of our builders ({', '.join(sorted(LOCAL_BUILDERS))}), and not a TFDS data set "
+        f"registered or prepared in {data_dir!r}") from None
+  if not builder.is_prepared():
+    raise ValueError(
+        f"TFDS data set {name!r} is not prepared in {data_dir!r}; prepare it once where it can be "
+        f"downloaded, e.g. `tfds build {name} --data_dir={data_dir} --file_format=array_record`, "
+        "and set config.data.data_dir") from None
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise ValueError(
+        f"TFDS data set {name!r} in {data_dir!r} is stored as {builder.info.file_format.value}; "
+        "random access needs array_record: rebuild it with --file_format=array_record")
+  available = sorted(builder.info.splits.keys())
+  for split_name in _split_names(split):
+    if split_name not in builder.info.splits:
+      hint = ""
+      if name in LOCAL_BUILDERS:
+        hint = (f" (splits come from the source files present when it was prepared; delete "
+                f"{os.path.join(data_dir, name)} to prepare it again)")
+      raise ValueError(f"split {split_name!r} (from {split!r}) is not in data set {name!r}; "
+                       f"available splits: {available}{hint}")
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+
+
+def get_dataset(data_config, split, *, seed, process_index=None, process_count=None):
+  """This host's view of one split of the data set named by `data_config.dataset`.
+
+  Args:
+    data_config: `config.data` (fields `dataset`, `data_dir`, `source_dir`, `image_size`,
+      `num_channels`).
+    split: TFDS split spec, e.g. 'train', 'test', 'test[:9000]'.
+    seed: seed of the training order (TFDS data) or of the samples (toy data).
+    process_index, process_count: this host and the number of hosts; default
+      `jax.process_index()` and `jax.process_count()`.
+
+  Returns:
+    a `TfdsDataset` or `ToyDataset`: `num_examples`, `image_shape`, `get_batch(step,
+    local_batch_size)`, `iterate(local_batch_size)`.
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in range for process_count "
+                     f"{process_count}")
+  name = str(_config_value(data_config, "dataset", ""))
+  if not name:
+    raise ValueError(f"data_config.dataset must name a data set, got {name!r}")
+  common = dict(name=name, split=split, seed=seed, process_index=process_index,
+                process_count=process_count)
+
+  if name.startswith("toy_"):
+    toy_name = name[len("toy_"):]
+    if toy_name not in toy.TOY_DATASETS:
+      raise ValueError(f"unknown dataset {name!r}; toy data sets are "
+                       f"{', '.join('toy_' + n for n in toy.TOY_DATASETS)}")
+    if split not in _TOY_SPLITS:
+      raise ValueError(f"split {split!r} is not a toy split; use one of {list(_TOY_SPLITS)}")
+    return ToyDataset(toy_name, **common)
+
+  data_dir = _resolve_data_dir(_config_value(data_config, "data_dir", ""))
+  if name in LOCAL_BUILDERS:
+    prepare_local_dataset(name, data_dir, _config_value(data_config, "source_dir", ""))
+  source = _tfds_source(name, split, data_dir)
+  image_size = int(_config_value(data_config, "image_size", 0))
+  if image_size <= 0:
+    raise ValueError(f"data_config.image_size must be positive, got {image_size}")
+  num_channels = int(_config_value(data_config, "num_channels", 0))
+  spec = _SOURCE_SPECS.get(name, _SourceSpec())
+  return TfdsDataset(source, image_size=image_size, num_channels=num_channels, spec=spec,
+                     **common)

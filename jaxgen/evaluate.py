@@ -1,0 +1,329 @@
+"""Evaluation: bits/dim with the probability-flow ODE, sampling, image grids and plots.
+
+Everything heavy is one jitted function sharded over the ``data`` axis of the mesh; the host only
+feeds batches and writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import data as data_lib
+from jaxgen import likelihood, parallel, predictions, solvers
+from jaxgen.processes import EDMPath
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------------------------------
+# samplers from the config
+# --------------------------------------------------------------------------------------------------
+SAMPLING_METHODS = ("pc", "em", "ancestral", "ode", "euler", "heun", "ddim", "edm_heun")
+
+
+def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[Array, Array]]:
+  """``sample_fn(params, key, n) -> (samples (n, *shape), nfe)`` for ``config.sampling.method``."""
+  if setup.config.method == "cnf":
+    from jaxgen import cnf  # pylint: disable=import-outside-toplevel
+    return cnf.make_sample_fn(setup, sampling_config)
+  if setup.config.method == "distill":
+    from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
+    return rectified_flow.make_distilled_sample_fn(setup, sampling_config)
+  method = sampling_config.method
+  if method not in SAMPLING_METHODS:
+    raise ValueError(f"unknown config.sampling.method {method!r}; expected one of "
+                     f"{SAMPLING_METHODS}")
+  process, prediction, model_fn = setup.process, setup.prediction, setup.model_fn
+  eps = float(sampling_config.eps)
+  if isinstance(process, EDMPath):
+    eps = max(eps, process.sigma_min)
+  num_steps = int(sampling_config.num_steps) or int(getattr(process, "N", 1000))
+
+  def fn(params, key, n):
+    shape = (n,) + tuple(setup.shape)
+    model = lambda x, t: model_fn(params, x, t)
+    score_fn = predictions.as_score_fn(process, model, prediction)
+    drift_fn = predictions.as_drift_fn(process, model, prediction)
+    if method == "pc":
+      return solvers.pc_sample(key, process, score_fn, shape, predictor=sampling_config.predictor,
+                               corrector=sampling_config.corrector, snr=sampling_config.snr,
+                               n_steps_each=sampling_config.n_steps_each, num_steps=num_steps,
+                               eps=eps, denoise=sampling_config.noise_removal)
+    if method == "em":
+      return solvers.euler_maruyama_sample(key, process, score_fn, shape, num_steps=num_steps,
+                                           eps=eps, denoise=sampling_config.noise_removal)
+    if method == "ancestral":
+      return solvers.pc_sample(key, process, score_fn, shape, predictor="ancestral",
+                               corrector="none", num_steps=num_steps, eps=eps,
+                               denoise=sampling_config.noise_removal)
+    if method == "ode":
+      return solvers.ode_sample(key, process, drift_fn, shape, solver="dopri5",
+                                rtol=sampling_config.rtol, atol=sampling_config.atol, eps=eps)
+    if method == "euler":
+      return solvers.ode_sample(key, process, drift_fn, shape, solver="euler",
+                                num_steps=num_steps, eps=eps)
+    if method == "heun":
+      return solvers.heun_sample(key, process, drift_fn, shape, num_steps=num_steps, eps=eps)
+    if method == "edm_heun":
+      denoiser = lambda x, sigma: predictions.convert(process, x, sigma, model(x, sigma),
+                                                      prediction, "x0")
+      return solvers.edm_heun_sample(key, denoiser, shape, num_steps=num_steps,
+                                     sigma_min=process.t_min, sigma_max=process.T)
+    eps_fn = lambda x, t: predictions.convert(process, x, t, model(x, t), prediction, "eps")
+    return solvers.ddim_sample(key, process, eps_fn, shape, num_steps=num_steps, eps=eps)
+
+  return fn
+
+
+# --------------------------------------------------------------------------------------------------
+# likelihood
+# --------------------------------------------------------------------------------------------------
+def is_toy(config) -> bool:
+  return config.data.dataset.startswith("toy_")
+
+
+def make_nll_fn(setup, eval_config) -> Callable:
+  """``nll_fn(params, key, batch) -> (bits/dim or nats (batch,), nfe)``.
+
+  Images are uniformly dequantized (whatever the training used) and reported in bits/dim with
+  the convention of :func:`jaxgen.likelihood.bits_per_dim`; toy data in nats.
+  """
+  config, process = setup.config, setup.process
+  if config.method == "cnf":
+    from jaxgen import cnf  # pylint: disable=import-outside-toplevel
+    return cnf.make_nll_fn(setup, eval_config)
+  data_config = config.data.copy_and_resolve_references()
+  data_config.uniform_dequantization = True
+  data_range = 2.0 if data_config.centered else 1.0
+  t0 = max(float(eval_config.t0), process.t_min)
+
+  def nll_fn(params, key, batch):
+    k_deq, k_probe = jax.random.split(key)
+    if is_toy(config):
+      x = batch["image"].astype(jnp.float32)
+    else:
+      x = data_lib.preprocess(k_deq, batch["image"], data_config, train=False)
+    model = lambda y, t: setup.model_fn(params, y, t)
+    drift_fn = predictions.as_drift_fn(process, model, setup.prediction)
+    logp, _, nfe = likelihood.ode_log_likelihood(
+        drift_fn, x, key=k_probe, prior_logp=process.prior_logp, t0=t0, t1=process.T,
+        divergence=eval_config.divergence, num_probes=int(eval_config.num_probes),
+        solver=eval_config.solver, rtol=float(eval_config.rtol), atol=float(eval_config.atol))
+    if is_toy(config):
+      return -logp, nfe
+    return likelihood.bits_per_dim(logp, x.shape[1:], num_levels=int(data_config.num_levels),
+                                   data_range=data_range), nfe
+
+  return nll_fn
+
+
+def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
+                        max_batches: Optional[int] = None, seed: int = 0,
+                        progress: bool = True) -> Dict[str, float]:
+  """Mean bits/dim (nats for toy data) over ``split`` (default ``config.data.eval_split``).
+
+  Batched over ``config.eval.batch_size`` (global), sharded over devices, with a progress bar.
+  """
+  config = setup.config
+  split = split or config.data.eval_split
+  ds = data_lib.get_dataset(config.data, split, seed=config.seed)
+  local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  nll = jax.jit(make_nll_fn(setup, config.eval), in_shardings=(repl, repl, sharded),
+                out_shardings=(sharded, repl))
+  total_batches = ds.num_eval_batches(local_batch)
+  if max_batches is not None:
+    total_batches = min(total_batches, max_batches)
+  values, nfes = [], []
+  bar = _progress(total_batches, "bits/dim" if not is_toy(config) else "nll", progress)
+  t_start = time.time()
+  for i, batch in enumerate(ds.iterate(local_batch)):
+    if i >= total_batches:
+      break
+    mask = batch.pop("mask")
+    batch = {"image": batch["image"]}
+    global_batch = parallel.host_local_to_global(batch, mesh)
+    global_mask = parallel.to_host(parallel.host_local_to_global({"m": mask}, mesh))["m"]
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    value, nfe = nll(params, key, global_batch)
+    value = parallel.to_host(value)
+    values.append(value[global_mask])
+    nfes.append(int(nfe))
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(value=f"{np.mean(np.concatenate(values)):.4f}", nfe=nfes[-1])
+  if bar is not None:
+    bar.close()
+  values = np.concatenate(values) if values else np.zeros((0,))
+  name = "nll_nats" if is_toy(config) else "bpd"
+  return {name: float(np.mean(values)), f"{name}_stderr": float(np.std(values) /
+                                                                 max(math.sqrt(len(values)), 1)),
+          "num_examples": int(len(values)), "mean_nfe": float(np.mean(nfes)) if nfes else 0.0,
+          "seconds": time.time() - t_start}
+
+
+def _progress(total, desc, enabled):
+  if not enabled or jax.process_index() != 0:
+    return None
+  try:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    return tqdm(total=total, desc=desc, leave=True, mininterval=2.0)
+  except ImportError:  # pragma: no cover
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# pictures
+# --------------------------------------------------------------------------------------------------
+def save_image_grid(images: np.ndarray, path: str, data_config, ncols: Optional[int] = None) -> str:
+  """Write a PNG grid of images given in the model's data range ``(n, H, W, C)``."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  images = np.asarray(data_lib.postprocess(jnp.asarray(images), data_config))
+  n, h, w, c = images.shape
+  ncols = ncols or int(math.ceil(math.sqrt(n)))
+  nrows = int(math.ceil(n / ncols))
+  pad = 1
+  grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad): pad + r * (h + pad) + h,
+         pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+  scale = max(1, 256 // max(grid.shape[:2]))
+  img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+  if scale > 1:
+    img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  img.save(path)
+  return path
+
+
+def save_scatter(points: np.ndarray, path: str, reference: Optional[np.ndarray] = None,
+                 title: str = "") -> str:
+  """Write a PNG scatter plot of 2-D samples (next to reference data if given)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  ncols = 2 if reference is not None else 1
+  fig, axes = plt.subplots(1, ncols, figsize=(4 * ncols, 4), squeeze=False)
+  panels = [(points, "samples")] + ([(reference, "data")] if reference is not None else [])
+  for ax, (pts, name) in zip(axes[0], panels):
+    pts = np.asarray(pts)
+    ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
+    ax.set_title(f"{title} {name}".strip())
+    ax.set_aspect("equal")
+    ax.set_xlim(-4.5, 4.5)
+    ax.set_ylim(-4.5, 4.5)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def save_density(log_density_fn: Callable[[Array], Array], path: str, lim: float = 4.0,
+                 n: int = 200, title: str = "") -> str:
+  """Write a PNG of ``exp(log_density_fn(points (m, 2)) -> (m,))`` on a grid over ``[-lim, lim]^2``."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  xs = np.linspace(-lim, lim, n)
+  grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2).astype(np.float32)
+  dens = np.exp(np.asarray(log_density_fn(jnp.asarray(grid)))).reshape(n, n)
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.imshow(dens, origin="lower", extent=(-lim, lim, -lim, lim), cmap="viridis")
+  ax.set_title(title)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def write_samples(setup, samples: np.ndarray, workdir: str, name: str) -> Dict[str, str]:
+  """Save samples as ``.npz`` and a PNG (grid for images, scatter for 2-D)."""
+  config = setup.config
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  npz = os.path.join(out_dir, f"{name}.npz")
+  np.savez_compressed(npz, samples=np.asarray(samples))
+  png = os.path.join(out_dir, f"{name}.png")
+  if is_toy(config):
+    reference = np.asarray(data_lib.sample_toy(config.data.dataset[len("toy_"):], 0,
+                                               len(samples)))
+    save_scatter(samples, png, reference=reference, title=config.data.dataset)
+  else:
+    save_image_grid(np.clip(np.asarray(samples)[:64], -10, 10), png, config.data)
+  return {"npz": npz, "png": png}
+
+
+def generate_samples(setup, params, mesh, num: int, seed: int) -> Tuple[np.ndarray, int]:
+  """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``."""
+  config = setup.config
+  batch = min(int(config.sampling.batch_size), max(num, 1))
+  devices = parallel.data_parallel_size(mesh)
+  batch = int(math.ceil(batch / devices) * devices)
+  sample_fn = make_sample_fn(setup, config.sampling)
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  run = jax.jit(lambda p, k: sample_fn(p, k, batch), in_shardings=(repl, repl),
+                out_shardings=(sharded, repl))
+  out, nfe = [], 0
+  for i in range(int(math.ceil(num / batch))):
+    x, nfe = run(params, jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    out.append(parallel.to_host(x))
+  return np.concatenate(out)[:num], int(nfe)
+
+
+# --------------------------------------------------------------------------------------------------
+# during training
+# --------------------------------------------------------------------------------------------------
+def make_periodic_evaluation(config) -> Callable:
+  """The ``evaluate_fn`` given to :func:`jaxgen.train.train_and_evaluate`: held-out loss, bits/dim
+  on ``eval.num_bpd_batches`` batches (EMA parameters) and a sample grid."""
+  cache = {}
+
+  def evaluate_fn(setup, state, step, workdir, mesh):
+    results = {}
+    ds = data_lib.get_dataset(config.data, config.data.eval_split, seed=config.seed)
+    local_batch = parallel.check_global_batch(config.eval.batch_size, mesh,
+                                              "config.eval.batch_size")
+    if "loss" not in cache:
+      repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+      cache["loss"] = jax.jit(setup.make_eval_loss(), in_shardings=(repl, repl, sharded))
+    held_out = []
+    for i, batch in enumerate(ds.iterate(local_batch)):
+      if i >= 2:
+        break
+      batch = {"image": batch["image"], "label": batch["label"]}
+      held_out.append(float(cache["loss"](state.ema_params, jax.random.PRNGKey(i),
+                                          parallel.host_local_to_global(batch, mesh))))
+    results["held_out_loss"] = float(np.mean(held_out))
+    if config.eval.num_bpd_batches:
+      lik = evaluate_likelihood(setup, state.ema_params, mesh,
+                                max_batches=int(config.eval.num_bpd_batches), progress=False)
+      results.update({k: v for k, v in lik.items() if k in ("bpd", "nll_nats", "mean_nfe")})
+    if config.sampling.num_samples:
+      samples, nfe = generate_samples(setup, state.ema_params, mesh,
+                                      int(config.sampling.num_samples), seed=step)
+      paths = write_samples(setup, samples, workdir, f"step_{step:07d}")
+      results["sample_nfe"] = nfe
+      results["sample_grid"] = paths["png"]
+    msg = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in results.items())
+    if jax.process_index() == 0:
+      print(f"eval @ step {step}: {msg}", flush=True)
+    return results
+
+  return evaluate_fn
+
+
+def write_json(path: str, obj: Dict[str, Any]) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=1, default=str)

@@ -1,0 +1,492 @@
+"""One training loop for every experiment: train state, jitted sharded step, orbax checkpoints.
+
+Layout of a workdir::
+
+    workdir/config.json        the config of the run (a resumed run must be compatible)
+    workdir/checkpoints/<step> orbax checkpoints (train state + metadata incl. the data position)
+    workdir/metrics.jsonl      one JSON object per logged step / evaluation
+    workdir/tensorboard/       TensorBoard event files
+    workdir/samples/           PNG grids / plots written at evaluation
+
+Resuming is automatic: the newest checkpoint in the workdir is restored and the run continues
+bit-identically (batches and random keys are pure functions of (seed, step)).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from jaxgen import data as data_lib
+from jaxgen import losses, models, parallel, processes
+
+Array = jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the loss becomes NaN/inf and ``training.nonfinite == 'error'``."""
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint in the workdir is corrupt or does not fit the config; nothing is overwritten."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: ``step``, ``params``, ``ema_params``, ``opt_state``,
+  ``key`` (the run's root key; per-step keys are ``fold_in(key, step)``), and ``bad_step``
+  (first step whose loss was non-finite, -1 if none)."""
+  step: Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  key: Array
+  bad_step: Array
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks from the config
+# --------------------------------------------------------------------------------------------------
+def get_process(config) -> processes.Process:
+  """The noise process named by ``config.process.name`` with its parameters."""
+  p = config.process
+  name = p.name
+  if name in ("vp", "subvp"):
+    return processes.get_process(name, beta_min=p.beta_min, beta_max=p.beta_max, N=p.num_scales)
+  if name == "ve":
+    return processes.get_process(name, sigma_min=p.sigma_min, sigma_max=p.sigma_max,
+                                 N=p.num_scales)
+  if name == "edm":
+    return processes.get_process(name, sigma_min=p.sigma_min, sigma_max=p.sigma_max,
+                                 sigma_data=p.sigma_data)
+  return processes.get_process(name)
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """Adam with linear warmup and global-norm gradient clipping (score_sde's ``optimization_manager``)."""
+  if optim_config.optimizer.lower() not in ("adam", "adamw"):
+    raise ValueError(f"unknown config.optim.optimizer {optim_config.optimizer!r}; expected 'adam'")
+  warmup = int(optim_config.warmup)
+  schedule = (optax.linear_schedule(0.0, optim_config.lr, warmup) if warmup > 0
+              else optax.constant_schedule(optim_config.lr))
+  parts = []
+  if optim_config.grad_clip and optim_config.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(optim_config.grad_clip))
+  if optim_config.weight_decay:
+    parts.append(optax.adamw(schedule, b1=optim_config.beta1, b2=optim_config.beta2,
+                             eps=optim_config.eps, weight_decay=optim_config.weight_decay))
+  else:
+    parts.append(optax.adam(schedule, b1=optim_config.beta1, b2=optim_config.beta2,
+                            eps=optim_config.eps))
+  return optax.chain(*parts)
+
+
+def data_shape(config) -> Tuple[int, ...]:
+  """Shape of one example: ``(H, W, C)`` for images, ``(d,)`` for toy data."""
+  if config.data.dataset.startswith("toy_"):
+    return (int(config.data.get("dim", 2)),)
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+METHODS = ("score", "edm", "flow", "rectified_flow", "distill", "cnf")
+
+
+def validate_config(config, num_devices: Optional[int] = None) -> None:
+  """Reject a bad config before anything is compiled or written (names the bad field)."""
+  if config.method not in METHODS:
+    raise ValueError(f"unknown config.method {config.method!r}; expected one of {METHODS}")
+  get_process(config)
+  models.validate_model_config(config.model, config.data)
+  models.get_model(config.model, config.data)
+  if config.training.nonfinite not in ("error", "skip"):
+    raise ValueError(f"config.training.nonfinite must be 'error' or 'skip', got "
+                     f"{config.training.nonfinite!r}")
+  num_devices = num_devices or jax.device_count()
+  data_lib.check_batch_size(config.training.batch_size, num_devices, jax.process_count())
+  data_lib.check_batch_size(config.eval.batch_size, num_devices, jax.process_count())
+
+
+class Setup:
+  """Model, process, loss and the pure functions of one experiment, built from its config."""
+
+  def __init__(self, config):
+    self.config = config
+    self.process = get_process(config)
+    self.model = models.get_model(config.model, config.data)
+    self.prediction = "x0" if config.method == "edm" else config.model.prediction
+    self.model_fn = losses.make_model_fn(self.model.apply, self.process, self.prediction,
+                                         edm_preconditioning=config.method == "edm")
+    if config.method == "cnf":
+      from jaxgen import cnf  # pylint: disable=import-outside-toplevel
+      self.loss_fn = cnf.make_loss_fn(config, self)
+    elif config.method == "distill":
+      from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
+      self.loss_fn = rectified_flow.make_distill_loss_fn(config, self)
+    else:
+      self.loss_fn = losses.get_loss_fn(config, self.model_fn, self.process)
+    self.optimizer = make_optimizer(config.optim)
+    self.shape = data_shape(config)
+
+  def init_state(self, key: Array) -> TrainState:
+    """Fresh float32 parameters, EMA copy and optimizer state."""
+    k_init, k_run = jax.random.split(key)
+    x = jnp.zeros((1,) + self.shape, jnp.float32)
+    cond = jnp.ones((1,), jnp.float32)
+    kwargs = {}
+    if self.config.model.get("num_classes", 0):
+      kwargs["y"] = jnp.zeros((1,), jnp.int32)
+    params = self.model.init({"params": k_init, "dropout": k_init}, x, cond, train=False,
+                             **kwargs)["params"]
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                      opt_state=self.optimizer.init(params), key=k_run,
+                      bad_step=jnp.full((), -1, jnp.int32))
+
+  def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
+    out = dict(batch)
+    if not self.config.data.dataset.startswith("toy_"):
+      out["image"] = data_lib.preprocess(key, batch["image"], self.config.data, train=train)
+    else:
+      out["image"] = batch["image"].astype(jnp.float32)
+    out.pop("mask", None)
+    if not self.config.model.get("num_classes", 0):
+      out.pop("label", None)
+    return out
+
+  def make_train_step(self) -> Callable[[TrainState, Dict[str, Array]], Tuple[TrainState, Dict]]:
+    """``train_step(state, batch) -> (state, metrics)``; pure, to be jitted with shardings."""
+    ema_rate = float(self.config.model.ema_rate)
+    skip_nonfinite = True  # the update of a non-finite step is always dropped; 'error' then stops
+
+    def train_step(state: TrainState, batch):
+      step_key = jax.random.fold_in(state.key, state.step)
+      k_data, k_loss = jax.random.split(step_key)
+      batch = self.preprocess(k_data, batch, train=True)
+      (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, k_loss,
+                                                                          batch)
+      grad_norm = optax.global_norm(grads)
+      updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                                   state.ema_params, params)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      if skip_nonfinite:
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda a, b: jnp.where(finite, a, b), new, old)
+        params, ema, opt_state = (keep(params, state.params), keep(ema, state.ema_params),
+                                  keep(opt_state, state.opt_state))
+      bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+      new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                                opt_state=opt_state, bad_step=bad_step)
+      return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    return train_step
+
+  def make_eval_loss(self) -> Callable:
+    """``eval_loss(params, key, batch) -> mean loss`` (no dropout)."""
+
+    def eval_loss(params, key, batch):
+      k_data, k_loss = jax.random.split(key)
+      batch = self.preprocess(k_data, batch, train=False)
+      return self.loss_fn(params, k_loss, batch, train=False)[0]
+
+    return eval_loss
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------------
+def _config_fingerprint(config) -> Dict[str, Any]:
+  """The parts of a config that a checkpoint must agree with to be restored."""
+  return {"model": config.model.to_dict(), "process": config.process.to_dict(),
+          "method": config.method, "data_shape": list(data_shape(config)),
+          "optim": {"optimizer": config.optim.optimizer}}
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {k: _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  return obj
+
+
+def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  """Orbax manager: async saves every ``preemption_every`` steps, the newest
+  ``keep_checkpoints`` kept, plus every ``snapshot_every``-th step kept for good."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max(1, int(config.training.keep_checkpoints)),
+      keep_period=int(config.training.snapshot_every) or None,
+      enable_async_checkpointing=True,
+      create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options, item_names=("state", "meta"))
+
+
+def check_workdir_compatible(workdir: str, config) -> None:
+  """Raise :class:`CheckpointError` if the workdir holds a run of an incompatible config."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({e}); refusing to touch this workdir") from e
+  mine = _jsonable(_config_fingerprint(config))
+  theirs = saved.get("fingerprint", {})
+  if theirs and theirs != mine:
+    diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    raise CheckpointError(
+        f"workdir {workdir} holds a run with a different {', '.join(diffs)} config; it cannot be "
+        f"resumed with this config and is left untouched (use another --workdir)")
+
+
+def write_config(workdir: str, config) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    return
+  with open(path, "w") as f:
+    json.dump({"fingerprint": _jsonable(_config_fingerprint(config)),
+               "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, data_step: int,
+                    force: bool = False) -> bool:
+  """Save ``state`` and the data position (async); returns whether a save started."""
+  step = int(state.step)
+  meta = {"step": step, "data_step": int(data_step), "time": time.time()}
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                       step: Optional[int] = None) -> Tuple[TrainState, Dict[str, Any]]:
+  """Restore the newest (or given) checkpoint onto ``abstract_state``'s shardings.
+
+  Raises :class:`CheckpointError` (and touches nothing) when it is corrupt or does not fit.
+  """
+  step = manager.latest_step() if step is None else step
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax raises many types for corrupt / mismatched trees
+    raise CheckpointError(
+        f"checkpoint {step} in {manager.directory} is corrupt or incompatible with this config "
+        f"({type(e).__name__}: {str(e)[:500]}); it is left untouched — move it away or use "
+        f"another --workdir") from e
+  return restored["state"], restored["meta"]
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+class MetricWriter:
+  """JSON lines + TensorBoard events under the workdir (host 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # pragma: no cover - tensorboardX is a dependency
+        self.tb = None
+
+  def write(self, step: int, scalars: Dict[str, float]) -> None:
+    if not self.active:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+    if self.tb is not None:
+      for k, v in scalars.items():
+        self.tb.add_scalar(k, float(v), int(step))
+      self.tb.flush()
+
+  def close(self):
+    if self.tb is not None:
+      self.tb.close()
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+class _Preemption:
+  """SIGTERM/SIGINT turn into a flag the loop polls: it saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not in the main thread
+        pass
+    return self
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _sync_flag(flag: bool) -> bool:
+  """True on every host if it is true on any (so all hosts stop at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.max(multihost_utils.process_allgather(np.asarray([int(flag)]))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       evaluate_fn: Optional[Callable] = None) -> Dict[str, Any]:
+  """Train (resuming from the workdir if it holds checkpoints); returns a summary dict.
+
+  ``evaluate_fn(setup, state, step, workdir, mesh) -> dict`` is called every
+  ``training.eval_every`` steps and at the end (see :mod:`jaxgen.evaluate`).
+  """
+  validate_config(config)
+  mesh = parallel.make_mesh()
+  local_batch = parallel.check_global_batch(config.training.batch_size, mesh,
+                                            "config.training.batch_size")
+  setup = Setup(config)
+  check_workdir_compatible(workdir, config)
+  train_ds = data_lib.get_dataset(config.data, config.data.train_split, seed=config.seed)
+
+  repl = parallel.replicated(mesh)
+  abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+  manager = make_checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    state, meta = restore_checkpoint(manager, abstract)
+    log(f"resumed from {manager.directory} at step {int(state.step)}")
+  else:
+    state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+    meta = {}
+  write_config(workdir, config)
+
+  train_step = jax.jit(setup.make_train_step(), in_shardings=(repl, parallel.batch_sharded(mesh)),
+                       out_shardings=(repl, repl), donate_argnums=(0,))
+  writer = MetricWriter(workdir)
+  training = config.training
+  n_iters = int(training.n_iters)
+  start = int(state.step)
+  log(f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
+      f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
+
+  summary: Dict[str, Any] = {"start_step": start}
+  t_start = time.time()
+  t_last, step_last = time.time(), start
+  losses_since = []
+  step = start
+  stopped_early = False
+  with _Preemption() as preemption:
+    while step < n_iters:
+      batch = train_ds.get_batch(step, local_batch)
+      batch = parallel.host_local_to_global(batch, mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      losses_since.append(metrics["loss"])
+      at_log = step % training.log_every == 0 or step == n_iters
+      at_save = step % training.preemption_every == 0 or step == n_iters
+      if at_log or at_save:
+        bad = int(state.bad_step)
+        if bad >= 0 and training.nonfinite == "error":
+          manager.wait_until_finished()
+          raise NonFiniteLossError(
+              f"non-finite loss at step {bad} (config.training.nonfinite='error'); its update was "
+              f"dropped and the last good checkpoint "
+              f"({manager.latest_step()}) in {manager.directory} is kept")
+      if at_log:
+        now = time.time()
+        loss_mean = float(jnp.mean(jnp.stack(losses_since)))
+        losses_since = []
+        rate = (step - step_last) * config.training.batch_size / max(now - t_last, 1e-9)
+        eta = (n_iters - step) * (now - t_last) / max(step - step_last, 1)
+        log(f"step {step:>7d}/{n_iters}  loss {loss_mean:.4f}  {rate:,.0f} img/s  "
+            f"ETA {_fmt_seconds(eta)}")
+        writer.write(step, {"train/loss": loss_mean, "train/images_per_second": rate,
+                            "train/grad_norm": float(metrics["grad_norm"])})
+        t_last, step_last = now, step
+        summary["train_loss"] = loss_mean
+      if at_save:
+        save_checkpoint(manager, state, step)
+      if evaluate_fn is not None and training.eval_every and (
+          step % training.eval_every == 0 or step == n_iters):
+        results = evaluate_fn(setup, state, step, workdir, mesh)
+        writer.write(step, {f"eval/{k}": v for k, v in results.items()
+                            if isinstance(v, (int, float))})
+        summary.update(results)
+      too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
+      if _sync_flag(preemption.requested or bool(too_long)):
+        log(f"stopping at step {step} ({'preemption signal' if preemption.requested else 'time limit'}); "
+            "saving a checkpoint")
+        save_checkpoint(manager, state, step, force=True)
+        stopped_early = True
+        break
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  summary.update({"final_step": int(state.step), "stopped_early": stopped_early,
+                  "wall_seconds": time.time() - t_start})
+  summary["state"] = state
+  return summary
+
+
+def _fmt_seconds(s: float) -> str:
+  s = int(max(s, 0))
+  return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def load_state(config, workdir: str, mesh=None, step: Optional[int] = None) -> Tuple["Setup", TrainState]:
+  """Build the experiment and restore its newest (or given) checkpoint from ``workdir``.
+
+  Raises :class:`CheckpointError` if there is none or it does not fit the config.
+  """
+  validate_config(config)
+  mesh = mesh or parallel.make_mesh()
+  setup = Setup(config)
+  check_workdir_compatible(workdir, config)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True), item_names=("state", "meta"))
+  if manager.latest_step() is None:
+    raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
+  repl = parallel.replicated(mesh)
+  abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+  state, _ = restore_checkpoint(manager, abstract, step)
+  manager.close()
+  return setup, state
