@@ -56,11 +56,34 @@ class GaussianMixture:
     c = alpha[..., None] ** 2 * covs[None] + sigma[..., None] ** 2 * eye  # (B, K, d, d)
     return m, c
 
+  # --- single Gaussian: one eigendecomposition, then O(d^2) per example at any t ------------------
+  def _eig(self):
+    lam, u = np.linalg.eigh(np.asarray(self.covs[0], np.float64))
+    return jnp.asarray(lam, jnp.float32), jnp.asarray(u, jnp.float32)
+
+  def _gaussian_terms(self, x, t, process):
+    """(log p_t (B,), score (B, d), E[x0|x_t] (B, d)) for K = 1 in the covariance eigenbasis."""
+    lam, u = self._eig()
+    mu = jnp.asarray(self.means[0], jnp.float32)
+    if process is None:
+      alpha, sigma = jnp.ones((x.shape[0],)), jnp.zeros((x.shape[0],))
+    else:
+      alpha, sigma = process.alpha(t), process.sigma(t)
+    var = alpha[:, None] ** 2 * lam[None] + sigma[:, None] ** 2           # (B, d) eigenvalues of C_t
+    proj = (x - alpha[:, None] * mu) @ u                                    # (B, d)
+    logp = (-0.5 * jnp.sum(proj**2 / var, -1) - 0.5 * jnp.sum(jnp.log(var), -1)
+            - 0.5 * self.dim * math.log(2 * math.pi))
+    score = -(proj / var) @ u.T
+    x0 = mu + (alpha[:, None] * lam[None] * proj / var) @ u.T                # mu + a Sigma C^-1 (x - a mu)
+    return logp, score, x0
+
   def logp(self, x: Array, t: Optional[Array] = None, process: Optional[Process] = None) -> Array:
     """Exact ``log p_t(x)``: ``x`` ``(batch, d)``, ``t`` ``(batch,)`` -> ``(batch,)`` nats.
 
     With ``process=None`` this is the data density ``p_0``.
     """
+    if len(self.weights) == 1:
+      return self._gaussian_terms(x, t, process)[0]
     m, c = self._components(process, t)
     m = jnp.broadcast_to(m, (x.shape[0],) + m.shape[1:])
     c = jnp.broadcast_to(c, (x.shape[0],) + c.shape[1:])
@@ -91,6 +114,9 @@ class GaussianMixture:
     Written without dividing by ``alpha`` or ``sigma`` (``E[x_0 | x_t, k] = mu_k - alpha Sigma_k
     score_k``, ``E[eps | x_t] = -sigma score``), so it stays accurate at both ends of a path.
     """
+    if len(self.weights) == 1:
+      _, score, x0 = self._gaussian_terms(x, t, process)
+      return x0, -process.sigma(t)[:, None] * score
     comp, scores = self._component_terms(x, t, process)
     resp = jax.nn.softmax(comp, axis=-1)[..., None]                    # (B, K, 1)
     alpha = process.alpha(t)[:, None, None]
@@ -103,8 +129,7 @@ class GaussianMixture:
   def score(self, x: Array, t: Array, process: Process) -> Array:
     """Exact score ``grad_x log p_t(x)``: ``(batch, d)``, ``(batch,)`` -> ``(batch, d)``."""
     if len(self.weights) == 1:
-      m, c = self._components(process, t)
-      return -jnp.linalg.solve(c[:, 0], (x - m[:, 0])[..., None])[..., 0]
+      return self._gaussian_terms(x, t, process)[1]
     return jax.grad(lambda y: jnp.sum(self.logp(y, t, process)))(x)
 
   def score_fn(self, process: Process):

@@ -11,6 +11,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
@@ -31,6 +32,7 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel
   from jaxgen import evaluate, parallel, train  # pylint: disable=import-outside-toplevel
 
+  logging.set_verbosity(logging.WARNING)   # orbax / TFDS info lines would drown the progress
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":

@@ -41,9 +41,9 @@ def get_config():
   model = config.model
   model.name = "unet"
   model.prediction = "eps"
-  model.nf = 64
+  model.nf = 32
   model.ch_mult = (1, 2)
-  model.num_res_blocks = 2
+  model.num_res_blocks = 1
   model.attn_resolutions = ()
   model.dropout = 0.0
   model.embedding_type = "positional"

@@ -1,0 +1,6 @@
+"""CIFAR-10, VE SDE, NCSN++ (4 res blocks), continuous time (score_sde: configs/ve/cifar10_ncsnpp_continuous.py)."""
+from configs.cifar10 import common
+
+
+def get_config():
+  return common.cifar10_config("ve", "ncsnpp", deep=False)

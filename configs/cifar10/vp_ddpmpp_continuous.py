@@ -1,0 +1,6 @@
+"""CIFAR-10, VP SDE, DDPM++ (4 res blocks), continuous time (score_sde: configs/vp/cifar10_ddpmpp_continuous.py)."""
+from configs.cifar10 import common
+
+
+def get_config():
+  return common.cifar10_config("vp", "ddpmpp", deep=False)

@@ -1,0 +1,6 @@
+"""CIFAR-10, VP SDE, deep DDPM++ (8 res blocks), continuous time (score_sde: configs/vp/cifar10_ddpmpp_deep_continuous.py)."""
+from configs.cifar10 import common
+
+
+def get_config():
+  return common.cifar10_config("vp", "ddpmpp", deep=True)

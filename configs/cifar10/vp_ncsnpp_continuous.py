@@ -1,0 +1,6 @@
+"""CIFAR-10, VP SDE, NCSN++ (4 res blocks), continuous time (score_sde: configs/vp/cifar10_ncsnpp_continuous.py)."""
+from configs.cifar10 import common
+
+
+def get_config():
+  return common.cifar10_config("vp", "ncsnpp", deep=False)

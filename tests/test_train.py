@@ -1,0 +1,158 @@
+"""The train loop: bit-identical resume, preemption, non-finite losses, bad configs, checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs.toy import vp_mlp
+from jaxgen import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(n_iters=6):
+  config = vp_mlp.get_config()
+  config.training.batch_size = 16
+  config.training.n_iters = n_iters
+  config.training.log_every = 2
+  config.training.preemption_every = 3
+  config.training.eval_every = 0
+  config.eval.batch_size = 16
+  config.model.hidden = (32, 32)
+  config.model.ema_rate = 0.9
+  return config
+
+
+def _params(state):
+  return jax.tree_util.tree_leaves(jax.device_get((state.params, state.ema_params,
+                                                   state.opt_state)))
+
+
+def test_resume_is_bit_identical(tmp_path):
+  full = train.train_and_evaluate(tiny_config(8), str(tmp_path / "full"))["state"]
+  config = tiny_config(8)
+  config.training.n_iters = 4
+  first = train.train_and_evaluate(config, str(tmp_path / "split"))
+  assert first["final_step"] == 4
+  second = train.train_and_evaluate(tiny_config(8), str(tmp_path / "split"))
+  assert second["start_step"] == 4 and second["final_step"] == 8
+  for a, b in zip(_params(full), _params(second["state"])):
+    np.testing.assert_array_equal(a, b)
+  lines = open(tmp_path / "split" / "metrics.jsonl").read().splitlines()
+  assert json.loads(lines[-1])["step"] == 8
+  assert os.path.isdir(tmp_path / "split" / "tensorboard")
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(6)
+  train.train_and_evaluate(config, str(tmp_path))        # good checkpoint at step 6
+  config = tiny_config(12)
+  config.optim.lr = float("nan")                        # every update from step 6 on is non-finite
+  config.optim.warmup = 0
+  # lr does not enter the fingerprint, so the run resumes and then fails on its first step.
+  with pytest.raises(train.NonFiniteLossError, match="step 6"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert steps[-1] == 6
+
+
+def test_nonfinite_loss_skip_mode_keeps_params_finite(tmp_path):
+  config = tiny_config(4)
+  config.optim.lr = float("nan")
+  config.optim.warmup = 0
+  config.training.nonfinite = "skip"
+  state = train.train_and_evaluate(config, str(tmp_path))["state"]
+  assert int(state.step) == 4 and int(state.bad_step) == 0
+  assert all(np.all(np.isfinite(p)) for p in _params(state))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("data.dataset", "cifar11_not_a_set", "cifar11_not_a_set"),
+    ("model.name", "transformer9000", "transformer9000"),
+    ("process.name", "vpp", "vpp"),
+    ("training.batch_size", 12, "12"),
+    ("method", "gan", "gan"),
+])
+def test_bad_config_rejected_before_anything_is_written(tmp_path, field, value, match):
+  config = tiny_config(2)
+  section, _, key = field.rpartition(".")
+  (config[section] if section else config)[key] = value
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints")
+
+
+def test_image_size_the_network_cannot_take(tmp_path):
+  from configs.digits import vp_unet
+  config = vp_unet.get_config()
+  config.data.image_size = 7
+  with pytest.raises(ValueError, match="7"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_incompatible_and_corrupt_checkpoints_are_refused_and_kept(tmp_path):
+  train.train_and_evaluate(tiny_config(3), str(tmp_path))
+  other = tiny_config(6)
+  other.model.hidden = (64, 64)
+  with pytest.raises(train.CheckpointError, match="model"):
+    train.train_and_evaluate(other, str(tmp_path))
+  # corrupt the checkpoint's array data
+  ckpt = tmp_path / "checkpoints" / "3"
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  for root, _, files in os.walk(ckpt / "state"):
+    for name in files:
+      if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  with pytest.raises(train.CheckpointError, match="corrupt or incompatible"):
+    train.train_and_evaluate(tiny_config(6), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def _cli(args, **kwargs):
+  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.Popen([sys.executable, "-m", "jaxgen.main"] + args, cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_unknown_override_key_is_rejected(tmp_path):
+  proc = _cli(["--config=configs/toy/vp_mlp.py", f"--workdir={tmp_path}",
+               "--config.training.batch_sise=8"])
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode != 0
+  assert "batch_sise" in out
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_restart_resumes(tmp_path):
+  args = ["--config=configs/toy/vp_mlp.py", f"--workdir={tmp_path}",
+          "--config.training.n_iters=100000", "--config.training.batch_size=16",
+          "--config.training.log_every=10", "--config.training.preemption_every=100000",
+          "--config.training.eval_every=0", "--config.model.hidden=(16,16)"]
+  proc = _cli(args)
+  lines = []
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    lines.append(line)
+    if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 20:
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  log = "".join(lines) + out
+  assert proc.returncode == 0, log
+  assert "preemption" in log
+  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert steps and max(steps) >= 20, log
+  proc = _cli(args[:2] + [f"--config.training.n_iters={max(steps) + 5}"] + args[3:])
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert f"resumed from" in out and f"at step {max(steps)}" in out
