@@ -24,7 +24,22 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "jax.distributed coordinator host:port (multi-host runs)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.environ.get("JAXGEN_COMPILATION_CACHE",
+                                        os.path.expanduser("~/.cache/jaxgen/xla")),
+    "persistent XLA compilation cache directory ('' turns it off)")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Persistent compilation cache: a re-run (or a resumed run) skips recompiling the step."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if not path:
+    return
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def main(argv):
@@ -33,6 +48,7 @@ def main(argv):
   from jaxgen import evaluate, parallel, train  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.WARNING)   # orbax / TFDS info lines would drown the progress
+  enable_compilation_cache(_CACHE.value)
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":

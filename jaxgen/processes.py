@@ -167,7 +167,8 @@ class VPSDE(Process):
   def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """DDPM discretization ``x_{i+1} = x_i + f_i + G_i z``: -> (f ``(batch, ...)``, G ``(batch,)``)."""
     _check_batch(x, t)
-    timestep = (t * (self.N - 1) / self.T).astype(jnp.int32)
+    # +1e-4: float32 rounding must not move an exact grid time i/(N-1) down to step i-1.
+    timestep = jnp.floor(t * (self.N - 1) / self.T + 1e-4).astype(jnp.int32)
     beta = self.discrete_betas[timestep]
     f = broadcast_to(jnp.sqrt(1.0 - beta), x) * x - x
     return f, jnp.sqrt(beta)
@@ -234,7 +235,8 @@ class VESDE(Process):
   def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """SMLD discretization: -> (f = 0 ``(batch, ...)``, G ``(batch,)``)."""
     _check_batch(x, t)
-    timestep = (t * (self.N - 1) / self.T).astype(jnp.int32)
+    # +1e-4: float32 rounding must not move an exact grid time i/(N-1) down to step i-1.
+    timestep = jnp.floor(t * (self.N - 1) / self.T + 1e-4).astype(jnp.int32)
     sigma = self.discrete_sigmas[timestep]
     adjacent = jnp.where(timestep == 0, 0.0, self.discrete_sigmas[jnp.maximum(timestep - 1, 0)])
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)

@@ -24,11 +24,21 @@ import zlib
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
-
 from jaxgen.data import toy
-from jaxgen.data.builders import LOCAL_BUILDERS
-from jaxgen.data.builders import prepare_local_dataset
+
+# TFDS and our builders are imported on first use (``_tfds()``), so that importing jaxgen (and
+# toy-data or random-data runs) does not pay TFDS's import time or need it installed.
+LOCAL_BUILDERS = ("digits", "mnist_local")
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds
+
+
+def prepare_local_dataset(*args, **kwargs):
+  from jaxgen.data import builders  # pylint: disable=import-outside-toplevel
+  return builders.prepare_local_dataset(*args, **kwargs)
 
 # Shards up to this size (after cropping / resizing) are read into memory once.
 CACHE_LIMIT_BYTES = 512 * 2**20
@@ -334,6 +344,7 @@ class ToyDataset:
 
 def _tfds_source(name, split, data_dir):
   """`tfds.data_source` for a prepared data set, with clear errors for the usual mistakes."""
+  tfds = _tfds()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
@@ -389,6 +400,11 @@ def get_dataset(data_config, split, *, seed, process_index=None, process_count=N
     raise ValueError(f"data_config.dataset must name a data set, got {name!r}")
   common = dict(name=name, split=split, seed=seed, process_index=process_index,
                 process_count=process_count)
+
+  pairs_dir = str(_config_value(data_config, "pairs_dir", ""))
+  if pairs_dir and split == _config_value(data_config, "train_split", "train"):
+    from jaxgen.data import pairs  # pylint: disable=g-import-not-at-top
+    return pairs.PairsDataset(pairs_dir, **common)  # reflow pairs stand in for the training split
 
   if name.startswith("toy_"):
     toy_name = name[len("toy_"):]
