@@ -35,8 +35,14 @@ from jaxgen import losses, models, parallel, processes
 Array = jax.Array
 
 
+def _global_norm(tree) -> Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
 class NonFiniteLossError(FloatingPointError):
-  """Raised when the loss becomes NaN/inf and ``training.nonfinite == 'error'``."""
+  """Raised when the loss (or its gradient or update) becomes NaN/inf and
+  ``training.nonfinite == 'error'``."""
 
 
 class CheckpointError(RuntimeError):
@@ -63,6 +69,9 @@ def get_process(config) -> processes.Process:
   """The noise process named by ``config.process.name`` with its parameters."""
   p = config.process
   name = p.name
+  if config.data.get("source", ""):  # a linear path from a toy source instead of N(0, I)
+    from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
+    return rectified_flow.source_path(config)
   if name in ("vp", "subvp"):
     return processes.get_process(name, beta_min=p.beta_min, beta_max=p.beta_max, N=p.num_scales)
   if name == "ve":
@@ -134,6 +143,9 @@ class Setup:
     elif config.method == "distill":
       from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
       self.loss_fn = rectified_flow.make_distill_loss_fn(config, self)
+    elif config.training.get("coupling", "independent") != "independent":
+      from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
+      self.loss_fn = rectified_flow.make_coupled_flow_loss_fn(config, self)
     else:
       self.loss_fn = losses.get_loss_fn(config, self.model_fn, self.process)
     self.optimizer = make_optimizer(config.optim)
@@ -157,7 +169,8 @@ class Setup:
 
   def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
     out = dict(batch)
-    if not self.config.data.dataset.startswith("toy_"):
+    from_pairs = train and self.config.data.get("pairs_dir", "")  # reflow pairs: model space
+    if not (self.config.data.dataset.startswith("toy_") or from_pairs):
       out["image"] = data_lib.preprocess(key, batch["image"], self.config.data, train=train)
     else:
       out["image"] = batch["image"].astype(jnp.float32)
@@ -177,12 +190,12 @@ class Setup:
       batch = self.preprocess(k_data, batch, train=True)
       (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, k_loss,
                                                                           batch)
-      grad_norm = optax.global_norm(grads)
+      grad_norm = _global_norm(grads)
       updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
                                    state.ema_params, params)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(_global_norm(updates))
       if skip_nonfinite:
         keep = lambda new, old: jax.tree_util.tree_map(
             lambda a, b: jnp.where(finite, a, b), new, old)

@@ -1,4 +1,7 @@
-"""CIFAR-10, sub-VP SDE, DDPM, continuous time (score_sde: configs/subvp/cifar10_ddpm_continuous.py)."""
+"""CIFAR-10, sub-VP SDE, DDPM, continuous time.
+
+Mirrors score_sde's configs/subvp/cifar10_ddpm_continuous.py.
+"""
 from configs.cifar10 import common
 
 

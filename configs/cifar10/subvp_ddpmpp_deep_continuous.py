@@ -1,4 +1,7 @@
-"""CIFAR-10, sub-VP SDE, deep DDPM++ (8 res blocks), continuous time (score_sde: configs/subvp/cifar10_ddpmpp_deep_continuous.py)."""
+"""CIFAR-10, sub-VP SDE, deep DDPM++ (8 res blocks), continuous time.
+
+Mirrors score_sde's configs/subvp/cifar10_ddpmpp_deep_continuous.py.
+"""
 from configs.cifar10 import common
 
 

@@ -1,4 +1,7 @@
-"""CIFAR-10, VE SDE, NCSN++ (4 res blocks), continuous time (score_sde: configs/ve/cifar10_ncsnpp_continuous.py)."""
+"""CIFAR-10, VE SDE, NCSN++ (4 res blocks), continuous time.
+
+Mirrors score_sde's configs/ve/cifar10_ncsnpp_continuous.py.
+"""
 from configs.cifar10 import common
 
 

@@ -1,4 +1,7 @@
-"""CIFAR-10, VP SDE, DDPM, continuous time (score_sde: configs/vp/ddpm/cifar10_continuous.py)."""
+"""CIFAR-10, VP SDE, DDPM, continuous time.
+
+Mirrors score_sde's configs/vp/ddpm/cifar10_continuous.py.
+"""
 from configs.cifar10 import common
 
 

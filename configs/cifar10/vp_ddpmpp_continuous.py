@@ -1,4 +1,7 @@
-"""CIFAR-10, VP SDE, DDPM++ (4 res blocks), continuous time (score_sde: configs/vp/cifar10_ddpmpp_continuous.py)."""
+"""CIFAR-10, VP SDE, DDPM++ (4 res blocks), continuous time.
+
+Mirrors score_sde's configs/vp/cifar10_ddpmpp_continuous.py.
+"""
 from configs.cifar10 import common
 
 

@@ -1,0 +1,19 @@
+"""FFJORD's multiscale CNF on CIFAR-10 (4 scales, 14 CNF blocks), bits/dim through `--mode=eval`.
+
+TFDS `cifar10` prepared in array_record format in `data.data_dir`; horizontal flips in training.
+
+  --config=configs/cnf/cifar10_multiscale.py          (FFJORD)
+  --config=configs/cnf/cifar10_multiscale.py:rnode    (RNODE penalties 0.01 / 0.01)
+"""
+from configs.cnf import images
+
+
+def get_config(variant: str = "ffjord"):
+  config = images.image_cnf_config(variant)
+  data = config.data
+  data.dataset = "cifar10"
+  data.image_size = 32
+  data.num_channels = 3
+  data.random_flip = True
+  config.model.image_size = 32
+  return config

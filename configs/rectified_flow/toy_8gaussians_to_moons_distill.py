@@ -1,0 +1,11 @@
+"""Rectified flow, distilled generator: 8 Gaussians -> two moons, small MLP.
+
+The t = 1 end is a toy source (config.data.source), not N(0, I).
+
+Stages and commands: configs/rectified_flow/common.py.
+"""
+from configs.rectified_flow import common
+
+
+def get_config():
+  return common.toy_config("moons", "toy_8gaussians", "distill")

@@ -1,0 +1,9 @@
+"""Rectified flow, 2-rectified flow: N(0, I) -> checkerboard with a small MLP.
+
+Stages and commands: configs/rectified_flow/common.py.
+"""
+from configs.rectified_flow import common
+
+
+def get_config():
+  return common.toy_config("checkerboard", "", "2rf")

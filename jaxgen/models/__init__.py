@@ -1,0 +1,193 @@
+"""Score / noise / velocity networks (Flax linen) and the name -> class map of the configs.
+
+Every model is called as ``model.apply({'params': p}, x, cond, y=None, train=False,
+rngs={'dropout': key})`` with ``x`` ``(batch, ...)``, ``cond`` ``(batch,)`` the conditioning
+value the caller computes (``999 t`` for VP, ``sigma(t)`` for VE) and ``y`` optional int labels
+``(batch,)``; the output has the shape of ``x`` and dtype float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.models import layers
+from jaxgen.models.ddpm import DDPM
+from jaxgen.models.embeddings import EMBEDDING_TYPES
+from jaxgen.models.mlp import MLP
+from jaxgen.models.ncsnpp import (NCSNpp, PROGRESSIVE, PROGRESSIVE_COMBINE, PROGRESSIVE_INPUT,
+                                  RESBLOCK_TYPES)
+from jaxgen.models.unet import UNet
+
+__all__ = ["DDPM", "MLP", "NCSNpp", "UNet", "MODELS", "get_model", "validate_model_config",
+           "count_params", "init_params", "abstract_params"]
+
+MODELS = {
+    "ncsnpp": NCSNpp,
+    "ddpmpp": NCSNpp,
+    "ddpm": DDPM,
+    "unet": UNet,
+    "mlp": MLP,
+}
+CONV_MODELS = ("ncsnpp", "ddpmpp", "ddpm", "unet")
+DTYPES = ("float32", "bfloat16", "float16")
+# Config fields whose names differ from the module attribute they set.
+_ALIASES = {"mlp": {"embedding": "embedding_dim", "nonlinearity": "activation"}}
+
+
+def _static(value):
+  """Config values as hashable Python values (lists -> tuples)."""
+  if isinstance(value, (list, tuple)):
+    return tuple(_static(v) for v in value)
+  return value
+
+
+def _module_kwargs(name: str, model_config, data_config) -> dict:
+  cls = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  config = dict(model_config.items()) if hasattr(model_config, "items") else dict(model_config)
+  kwargs = {}
+  for key, attr in _ALIASES.get(name, {}).items():
+    if key in config and attr in fields and attr not in config:
+      kwargs[attr] = _static(config[key])
+  for key, value in config.items():
+    if key in fields:
+      kwargs[key] = _static(value)
+  if "centered" in fields and data_config is not None and "centered" in data_config:
+    kwargs["centered"] = bool(data_config.centered)
+  return kwargs
+
+
+def get_model(model_config, data_config=None) -> nn.Module:
+  """The Flax module named by ``model_config.name`` with its fields set from the config.
+
+  Args:
+    model_config: ``config.model`` (names: ncsnpp, ddpmpp, ddpm, unet, mlp).
+    data_config: optional ``config.data``; ``data.centered=False`` makes NCSN++/DDPM map
+      ``[0, 1]`` inputs to ``[-1, 1]`` as score_sde does.
+  Raises:
+    ValueError: unknown name.
+  """
+  name = str(model_config.name).lower()
+  if name not in MODELS:
+    raise ValueError(f"unknown model name {model_config.name!r}; expected one of {sorted(MODELS)}")
+  return MODELS[name](**_module_kwargs(name, model_config, data_config))
+
+
+def _require(condition: bool, message: str):
+  if not condition:
+    raise ValueError(message)
+
+
+def validate_model_config(model_config, data_config=None) -> None:
+  """Rejects, before any tracing or compilation, a model config the data cannot go through.
+
+  Checks names and options, the dtype, and for convolutional models that ``image_size`` is
+  divisible by ``2 ** (len(ch_mult) - 1)`` and every entry of ``attn_resolutions`` is a
+  resolution the network reaches. Raises ``ValueError`` naming the bad field and value.
+  """
+  get = model_config.get
+  name = str(get("name", "")).lower()
+  _require(name in MODELS, f"unknown model name {get('name')!r}; expected one of {sorted(MODELS)}")
+  dtype = str(get("dtype", "float32"))
+  _require(dtype in DTYPES, f"model.dtype={dtype!r} is not one of {DTYPES}")
+  if "nonlinearity" in model_config or "activation" in model_config:
+    act = get("activation", get("nonlinearity"))
+    _require(str(act).lower() in layers.ACTIVATIONS,
+             f"model nonlinearity {act!r} is unknown; expected one of {sorted(layers.ACTIVATIONS)}")
+  embedding_type = str(get("embedding_type", "positional")).lower()
+  allowed_embeddings = EMBEDDING_TYPES if name in ("unet", "mlp") else ("positional", "fourier")
+  _require(embedding_type in allowed_embeddings,
+           f"model.embedding_type={embedding_type!r} is not one of {allowed_embeddings} "
+           f"for model {name!r}")
+  num_classes = int(get("num_classes", 0))
+  _require(num_classes >= 0, f"model.num_classes={num_classes} must be >= 0")
+  if num_classes > 0 and name in ("ncsnpp", "ddpmpp", "ddpm"):
+    _require(bool(get("conditional", True)),
+             f"model.num_classes={num_classes} needs model.conditional=True (labels join the "
+             "time embedding)")
+
+  if name == "mlp":
+    hidden = _static(get("hidden", (256, 256, 256)))
+    _require(all(isinstance(w, int) and w > 0 for w in hidden),
+             f"model.hidden={hidden} must be a sequence of positive ints")
+    return
+
+  nf = int(get("nf", 0))
+  _require(nf > 0, f"model.nf={nf} must be positive")
+  ch_mult = _static(get("ch_mult", ()))
+  _require(len(ch_mult) > 0 and all(int(m) > 0 for m in ch_mult),
+           f"model.ch_mult={ch_mult} must be a non-empty sequence of positive ints")
+  num_res_blocks = int(get("num_res_blocks", 0))
+  _require(num_res_blocks >= 1, f"model.num_res_blocks={num_res_blocks} must be >= 1")
+  conv_size = int(get("conv_size", 3))
+  _require(conv_size >= 1 and conv_size % 2 == 1, f"model.conv_size={conv_size} must be odd")
+  dropout = float(get("dropout", 0.0))
+  _require(0.0 <= dropout < 1.0, f"model.dropout={dropout} must be in [0, 1)")
+
+  if name in ("ncsnpp", "ddpmpp"):
+    for field, allowed in (("progressive", PROGRESSIVE), ("progressive_input", PROGRESSIVE_INPUT),
+                           ("progressive_combine", PROGRESSIVE_COMBINE),
+                           ("resblock_type", RESBLOCK_TYPES), ("attention_type", ("ddpm",))):
+      value = str(get(field, allowed[0])).lower()
+      _require(value in allowed, f"model.{field}={value!r} is not one of {allowed}")
+    if get("fir", False):
+      kernel = _static(get("fir_kernel", (1, 3, 3, 1)))
+      _require(len(kernel) > 0 and sum(kernel) != 0,
+               f"model.fir_kernel={kernel} must be non-empty with a non-zero sum")
+
+  if data_config is None:
+    return
+  image_size = int(data_config.image_size)
+  factor = 2 ** (len(ch_mult) - 1)
+  _require(image_size > 0 and image_size % factor == 0,
+           f"data.image_size={image_size} is not divisible by 2**(len(ch_mult)-1)={factor} "
+           f"(model.ch_mult={ch_mult}); choose an image size or a shorter ch_mult")
+  reachable = [image_size // 2 ** i for i in range(len(ch_mult))]
+  attn = _static(get("attn_resolutions", ()))
+  bad = [r for r in attn if r not in reachable]
+  _require(not bad, f"model.attn_resolutions={attn} contains {bad}, which the network never "
+           f"reaches for data.image_size={image_size}; reachable: {reachable}")
+  channels = int(data_config.get("num_channels", 1))
+  _require(channels >= 1, f"data.num_channels={channels} must be >= 1")
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter tree (arrays or ``ShapeDtypeStruct``s)."""
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def _dummy_inputs(model: nn.Module, x_shape: Sequence[int], cond_shape: Sequence[int]):
+  x = jnp.zeros(tuple(x_shape), jnp.float32)
+  cond = jnp.ones(tuple(cond_shape), jnp.float32)
+  y = (jnp.zeros(tuple(cond_shape), jnp.int32)
+       if getattr(model, "num_classes", 0) > 0 else None)
+  return x, cond, y
+
+
+def abstract_params(model: nn.Module, x_shape: Sequence[int], cond_shape: Sequence[int]):
+  """Parameter shapes (``ShapeDtypeStruct`` tree) by ``jax.eval_shape``, without compiling."""
+  x, cond, y = _dummy_inputs(model, x_shape, cond_shape)
+  init = lambda key: model.init({"params": key}, x, cond, y, train=False)["params"]
+  return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+
+def init_params(model: nn.Module, key: jax.Array, x_shape: Sequence[int],
+                cond_shape: Sequence[int]) -> Any:
+  """Initial float32 parameters for inputs ``x`` of ``x_shape`` and ``cond`` of ``cond_shape``.
+
+  Dummy labels are supplied when ``model.num_classes > 0``. Jitted, so a large model is built
+  in one compiled call rather than op by op.
+  """
+  x, cond, y = _dummy_inputs(model, x_shape, cond_shape)
+
+  @jax.jit
+  def init(key):
+    return model.init({"params": key}, x, cond, y, train=False)["params"]
+
+  params = init(key)
+  return jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)

@@ -1,0 +1,389 @@
+"""Building blocks shared by the convolutional networks (NCSN++, DDPM++, DDPM, U-Net).
+
+Layout and initialisation follow score_sde (``models/layers.py``, ``models/layerspp.py``,
+``models/up_or_down_sampling.py``) so that parameter counts match parameter for parameter:
+
+* kernels use DDPM's ``default_init`` (variance scaling, ``fan_avg``, uniform), biases zeros;
+* GroupNorm uses ``min(C // 4, 32)`` groups, epsilon 1e-6;
+* ``NIN`` is a 1x1 "network in network" projection with parameters ``W`` and ``b``;
+* FIR up/down-sampling (StyleGAN2's ``upfirdn``) is written here as a depthwise convolution.
+
+Images are NHWC. Parameters are always float32; every module takes a compute ``dtype``
+(a name such as ``'bfloat16'`` or a dtype); GroupNorm and softmax statistics run in float32.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+PARAM_DTYPE = jnp.float32
+SQRT2 = math.sqrt(2.0)  # a Python float keeps the compute dtype
+
+ACTIVATIONS = {
+    "swish": nn.swish,
+    "silu": nn.swish,
+    "relu": nn.relu,
+    "elu": nn.elu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "softplus": nn.softplus,
+}
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+  """Activation function by name (swish/silu, relu, elu, lrelu, gelu, tanh, softplus)."""
+  key = str(name).lower()
+  if key not in ACTIVATIONS:
+    raise ValueError(f"unknown nonlinearity {name!r}; expected one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[key]
+
+
+def default_init(scale: float = 1.0):
+  """DDPM initializer: variance scaling (``fan_avg``, uniform); a zero scale becomes 1e-10."""
+  scale = 1e-10 if scale == 0 else scale
+  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def conv2d(features: int, kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
+           use_bias: bool = True, dtype: Any = jnp.float32) -> nn.Conv:
+  """A 'SAME' convolution with DDPM initialisation (score_sde's ``ddpm_conv3x3/1x1``)."""
+  return nn.Conv(features, kernel_size=(kernel_size, kernel_size), strides=(stride, stride),
+                 padding="SAME", use_bias=use_bias, kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros, dtype=jnp.dtype(dtype),
+                 param_dtype=PARAM_DTYPE)
+
+
+def dense(features: int, init_scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Dense:
+  """A dense layer with DDPM initialisation."""
+  return nn.Dense(features, kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
+                  dtype=jnp.dtype(dtype), param_dtype=PARAM_DTYPE)
+
+
+def num_groups(channels: int) -> int:
+  """GroupNorm groups: ``min(channels // 4, 32)`` (score_sde), lowered until it divides.
+
+  Every width of the score_sde models is divisible, so only unusual widths (e.g. 144) differ.
+  """
+  groups = max(min(channels // 4, 32), 1)
+  while channels % groups:
+    groups -= 1
+  return groups
+
+
+def group_norm(x: Array, dtype: Any = jnp.float32) -> Array:
+  """GroupNorm over the last axis with :func:`num_groups` groups, computed in float32.
+
+  Must be called inside a compact module. ``x``: ``(..., C)``; returns ``x.shape`` in ``dtype``.
+  """
+  norm = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=1e-6, dtype=jnp.float32,
+                      param_dtype=PARAM_DTYPE)
+  return norm(x.astype(jnp.float32)).astype(jnp.dtype(dtype))
+
+
+class NIN(nn.Module):
+  """Per-position linear map over channels: ``(..., C) -> (..., features)``."""
+  features: int
+  init_scale: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dtype = jnp.dtype(self.dtype)
+    kernel = self.param("W", default_init(self.init_scale), (x.shape[-1], self.features),
+                        PARAM_DTYPE)
+    bias = self.param("b", nn.initializers.zeros, (self.features,), PARAM_DTYPE)
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+# --- FIR resampling ------------------------------------------------------------------------------
+
+def fir_kernel_2d(kernel: Sequence[float]) -> np.ndarray:
+  """Normalised 2-D FIR kernel from a 1-D separable one (outer product), summing to 1."""
+  k = np.asarray(kernel, dtype=np.float32)
+  if k.ndim == 1:
+    k = np.outer(k, k)
+  if k.ndim != 2 or k.shape[0] != k.shape[1] or k.size == 0:
+    raise ValueError(f"fir_kernel must be a non-empty 1-D or square 2-D array, got shape {k.shape}")
+  return k / np.sum(k)
+
+
+def upfirdn_2d(x: Array, kernel: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0,
+               pad1: int = 0) -> Array:
+  """Upsample by zero insertion, pad, FIR-filter and downsample (StyleGAN2's ``upfirdn_2d``).
+
+  Args:
+    x: ``(batch, H, W, C)``.
+    kernel: 2-D FIR kernel ``(k, k)`` (applied as a true convolution, i.e. flipped).
+    up, down: integer factors; pad0, pad1: padding before/after on each spatial axis after
+      zero insertion (negative values crop).
+  Returns:
+    ``(batch, H', W', C)`` with ``H' = (H * up + pad0 + pad1 - k) // down + 1``.
+  """
+  channels = x.shape[-1]
+  spatial = (pad0, pad1 + up - 1, up - 1)  # zeros after every pixel, then edge padding
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
+  w = jnp.asarray(kernel[::-1, ::-1], dtype=x.dtype)
+  w = jnp.tile(w[:, :, None, None], (1, 1, 1, channels))
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(down, down), padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+
+
+def upsample_2d(x: Array, fir_kernel: Sequence[float] = (1, 3, 3, 1), factor: int = 2) -> Array:
+  """FIR upsampling ``(B, H, W, C) -> (B, factor*H, factor*W, C)``; constants keep their value."""
+  k = fir_kernel_2d(fir_kernel) * factor ** 2
+  p = k.shape[0] - factor
+  return upfirdn_2d(x, k, up=factor, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2)
+
+
+def downsample_2d(x: Array, fir_kernel: Sequence[float] = (1, 3, 3, 1), factor: int = 2) -> Array:
+  """FIR downsampling ``(B, H, W, C) -> (B, H/factor, W/factor, C)``."""
+  k = fir_kernel_2d(fir_kernel)
+  p = k.shape[0] - factor
+  return upfirdn_2d(x, k, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
+
+
+def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
+  """Nearest-neighbour upsampling ``(B, H, W, C) -> (B, factor*H, factor*W, C)``."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
+  """Average pooling ``(B, H, W, C) -> (B, H/factor, W/factor, C)``."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+class FIRConv2d(nn.Module):
+  """Convolution fused with FIR up- or downsampling by 2 (StyleGAN2's ``Conv2d``).
+
+  ``x``: ``(B, H, W, C)`` -> ``(B, H', W', features)`` with ``H' = 2H`` (up), ``H/2`` (down) or
+  ``H``. Parameters: ``weight`` ``(k, k, C, features)`` and ``bias``.
+  """
+  features: int
+  kernel_size: int = 3
+  up: bool = False
+  down: bool = False
+  fir_kernel: Sequence[float] = (1, 3, 3, 1)
+  use_bias: bool = True
+  init_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.up and self.down:
+      raise ValueError("FIRConv2d: up and down cannot both be True")
+    dtype = jnp.dtype(self.dtype)
+    ks = self.kernel_size
+    w = self.param("weight", default_init(self.init_scale), (ks, ks, x.shape[-1], self.features),
+                   PARAM_DTYPE).astype(dtype)
+    x = x.astype(dtype)
+    dims = ("NHWC", "HWIO", "NHWC")
+    factor = 2
+    if self.up:
+      # Transposed strided convolution (zero insertion + full padding), then FIR smoothing.
+      x = jax.lax.conv_general_dilated(x, w, window_strides=(1, 1),
+                                       padding=[(ks - 1, ks - 1), (ks - 1, ks - 1)],
+                                       lhs_dilation=(factor, factor), dimension_numbers=dims)
+      k = fir_kernel_2d(self.fir_kernel) * factor ** 2
+      p = (k.shape[0] - factor) - (ks - 1)
+      x = upfirdn_2d(x, k, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2 + 1)
+    elif self.down:
+      k = fir_kernel_2d(self.fir_kernel)
+      p = (k.shape[0] - factor) + (ks - 1)
+      x = upfirdn_2d(x, k, pad0=(p + 1) // 2, pad1=p // 2)
+      x = jax.lax.conv_general_dilated(x, w, window_strides=(factor, factor), padding="VALID",
+                                       dimension_numbers=dims)
+    else:
+      x = jax.lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
+                                       dimension_numbers=dims)
+    if self.use_bias:
+      b = self.param("bias", nn.initializers.zeros, (self.features,), PARAM_DTYPE)
+      x = x + b.astype(dtype)
+    return x
+
+
+class Upsample(nn.Module):
+  """Upsampling by 2, nearest or FIR, optionally with a convolution to ``out_ch`` channels."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[float] = (1, 3, 3, 1)
+  conv_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """``(B, H, W, C) -> (B, 2H, 2W, out_ch or C)``."""
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      h = naive_upsample_2d(x)
+      if self.with_conv:
+        h = conv2d(out_ch, self.conv_size, dtype=self.dtype)(h)
+    elif not self.with_conv:
+      h = upsample_2d(x, self.fir_kernel)
+    else:
+      h = FIRConv2d(out_ch, self.conv_size, up=True, fir_kernel=self.fir_kernel,
+                    dtype=self.dtype)(x)
+    return h
+
+
+class Downsample(nn.Module):
+  """Downsampling by 2 (average pool, strided conv or FIR), optionally to ``out_ch`` channels."""
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[float] = (1, 3, 3, 1)
+  conv_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """``(B, H, W, C) -> (B, H/2, W/2, out_ch or C)``."""
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      if self.with_conv:
+        return conv2d(out_ch, self.conv_size, stride=2, dtype=self.dtype)(x)
+      return naive_downsample_2d(x)
+    if not self.with_conv:
+      return downsample_2d(x, self.fir_kernel)
+    return FIRConv2d(out_ch, self.conv_size, down=True, fir_kernel=self.fir_kernel,
+                     dtype=self.dtype)(x)
+
+
+class Combine(nn.Module):
+  """Merges a skip input ``x`` into ``y`` after a 1x1 conv to ``y``'s channels (sum or cat)."""
+  method: str = "cat"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, y: Array) -> Array:
+    """``x``: ``(B, H, W, Cx)``, ``y``: ``(B, H, W, Cy)`` -> ``(B, H, W, Cy or 2 Cy)``."""
+    h = conv2d(y.shape[-1], 1, dtype=self.dtype)(x)
+    if self.method == "cat":
+      return jnp.concatenate([h, y], axis=-1)
+    if self.method == "sum":
+      return h + y
+    raise ValueError(f"unknown progressive_combine {self.method!r}; expected 'sum' or 'cat'")
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all positions (DDPM), with a residual connection.
+
+  ``x``: ``(B, H, W, C)`` -> same shape. Softmax in float32.
+  """
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dtype = jnp.dtype(self.dtype)
+    b, height, width, c = x.shape
+    h = group_norm(x, dtype).reshape(b, height * width, c)
+    q = NIN(c, dtype=dtype)(h)
+    k = NIN(c, dtype=dtype)(h)
+    v = NIN(c, dtype=dtype)(h)
+    logits = jnp.einsum("bnc,bmc->bnm", q, k) * (c ** -0.5)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    h = jnp.einsum("bnm,bmc->bnc", weights, v)
+    h = NIN(c, init_scale=self.init_scale, dtype=dtype)(h).reshape(b, height, width, c)
+    out = x.astype(dtype) + h
+    return out / SQRT2 if self.skip_rescale else out
+
+
+class ResnetBlockDDPM(nn.Module):
+  """DDPM residual block (score_sde's ``ResnetBlockDDPMpp``; DDPM's with ``init_scale=0``).
+
+  ``x``: ``(B, H, W, C)``, ``temb``: ``(B, D)`` or None -> ``(B, H, W, out_ch or C)``.
+  """
+  act: str = "swish"
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  conv_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
+    dtype = jnp.dtype(self.dtype)
+    act = get_activation(self.act)
+    x = x.astype(dtype)
+    channels = x.shape[-1]
+    out_ch = self.out_ch or channels
+    h = act(group_norm(x, dtype))
+    h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
+    if temb is not None:
+      h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
+    h = act(group_norm(h, dtype))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
+    if channels != out_ch:
+      if self.conv_shortcut:
+        x = conv2d(out_ch, self.conv_size, dtype=dtype)(x)
+      else:
+        x = NIN(out_ch, dtype=dtype)(x)
+    out = x + h
+    return out / SQRT2 if self.skip_rescale else out
+
+
+class ResnetBlockBigGAN(nn.Module):
+  """BigGAN residual block, optionally resampling by 2 (score_sde's ``ResnetBlockBigGANpp``).
+
+  ``x``: ``(B, H, W, C)``, ``temb``: ``(B, D)`` or None -> ``(B, H', W', out_ch or C)``.
+  """
+  act: str = "swish"
+  up: bool = False
+  down: bool = False
+  out_ch: Optional[int] = None
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: Sequence[float] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+  conv_size: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
+    dtype = jnp.dtype(self.dtype)
+    act = get_activation(self.act)
+    x = x.astype(dtype)
+    channels = x.shape[-1]
+    out_ch = self.out_ch or channels
+    h = act(group_norm(x, dtype))
+    if self.up:
+      resample = (functools.partial(upsample_2d, fir_kernel=self.fir_kernel) if self.fir
+                  else naive_upsample_2d)
+    elif self.down:
+      resample = (functools.partial(downsample_2d, fir_kernel=self.fir_kernel) if self.fir
+                  else naive_downsample_2d)
+    else:
+      resample = None
+    if resample is not None:
+      h, x = resample(h), resample(x)
+    h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
+    if temb is not None:
+      h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
+    h = act(group_norm(h, dtype))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
+    if channels != out_ch or resample is not None:
+      x = conv2d(out_ch, 1, dtype=dtype)(x)
+    out = x + h
+    return out / SQRT2 if self.skip_rescale else out
+
+
+def maybe_remat(block_cls, remat: bool):
+  """``nn.remat`` of a residual block class (``train`` static) when ``remat`` is True."""
+  return nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
