@@ -1,13 +1,26 @@
-"""Device mesh, shardings and multi-host plumbing (``jax.sharding``; no ``pmap``).
+"""Device mesh, shardings and multi-host plumbing (``jax.sharding`` + ``jax.jit``; no ``pmap``).
 
-The mesh has a ``data`` axis over every device of every host, and a ``model`` axis of size 1 kept
-for later model parallelism. Train state is replicated; batches are sharded on their leading axis.
-Each host feeds its own slice of the global batch (``host_local_to_global``).
+Data parallelism, as every jitted computation of jaxgen uses it:
+
+* one :class:`~jax.sharding.Mesh` over every device of every host with a ``data`` axis and a
+  ``model`` axis (size 1 for now, room for model parallelism later), see :func:`make_mesh`;
+* the train state is replicated (:func:`replicated`), batches are split on their leading axis over
+  ``data`` (:func:`batch_sharded`); ``jax.jit(f, in_shardings=..., out_shardings=...)`` then
+  inserts the gradient all-reduce itself;
+* each host reads its own slice of the global batch and :func:`host_local_to_global` assembles the
+  global array. The mesh orders devices host by host, so host ``i`` of ``n`` feeds rows
+  ``[i b, (i + 1) b)`` of a global batch of ``n b`` rows (:func:`host_batch_rows`);
+* :func:`to_host` brings (sharded, multi-host) results back to numpy, identical on every host;
+* :func:`initialize_distributed` starts ``jax.distributed`` on TPU pods, SLURM clusters and with
+  explicit coordinator flags (local multi-process runs, any other cluster).
 """
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +32,35 @@ DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
 
+# --------------------------------------------------------------------------------------------------
+# mesh and shardings
+# --------------------------------------------------------------------------------------------------
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None, model_parallel: int = 1) -> Mesh:
-  """A ``(data, model)`` mesh over ``devices`` (default: all devices of all hosts)."""
+  """A ``(data, model)`` mesh over ``devices`` (default: all devices of all hosts).
+
+  Devices are ordered host by host (``process_index``, then ``id``), so the rows of a batch
+  sharded on ``data`` that live on one host are contiguous: host ``i`` holds rows
+  ``[i b, (i + 1) b)`` of a global batch of ``n b`` rows.
+
+  Args:
+    devices: the devices to use (default ``jax.devices()``).
+    model_parallel: size of the ``model`` axis; must divide the number of devices.
+  Returns:
+    a mesh of shape ``(len(devices) // model_parallel, model_parallel)``.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  if len(devices) % model_parallel:
-    raise ValueError(f"model_parallel={model_parallel} does not divide the {len(devices)} devices")
-  grid = np.asarray(devices).reshape(len(devices) // model_parallel, model_parallel)
+  if not devices:
+    raise ValueError("make_mesh needs at least one device, got an empty list")
+  if not isinstance(model_parallel, int) or model_parallel <= 0 or len(devices) % model_parallel:
+    raise ValueError(f"model_parallel={model_parallel!r} must be a positive int dividing the "
+                     f"{len(devices)} devices")
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  grid = np.asarray(devices, dtype=object).reshape(len(devices) // model_parallel, model_parallel)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  """Sharding of an array copied on every device (parameters, optimizer state)."""
+  """Sharding of an array copied on every device (parameters, optimizer state, keys)."""
   return NamedSharding(mesh, P())
 
 
@@ -39,48 +70,114 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
+  """Number of batch shards (size of the ``data`` axis)."""
   return mesh.shape[DATA_AXIS]
 
 
+def _mesh_processes(mesh: Mesh) -> int:
+  return len({d.process_index for d in mesh.devices.flat})
+
+
+def _local_data_shards(mesh: Mesh) -> int:
+  """Number of ``data`` positions whose devices belong to this host."""
+  me = jax.process_index()
+  rows = mesh.devices  # (data, model)
+  return int(sum(any(d.process_index == me for d in row) for row in rows))
+
+
 def check_global_batch(global_batch: int, mesh: Mesh, name: str = "batch_size") -> int:
-  """Validate that the global batch splits evenly over devices and hosts; returns the host-local
-  batch size. Raises ``ValueError`` naming both numbers otherwise."""
+  """Validate that a global batch splits evenly over the mesh's devices and hosts.
+
+  Args:
+    global_batch: rows summed over all devices of all hosts.
+    mesh: the mesh the batch is sharded over.
+    name: the config field, for the error message.
+  Returns:
+    the host-local batch size ``global_batch // number of hosts``.
+  Raises:
+    ValueError naming the field, its value and the device / host count otherwise.
+  """
   devices = data_parallel_size(mesh)
-  hosts = jax.process_count()
-  if global_batch <= 0 or global_batch % devices:
-    raise ValueError(f"{name}={global_batch} must be a positive multiple of the number of "
-                     f"devices ({devices})")
+  hosts = _mesh_processes(mesh)
+  if not isinstance(global_batch, (int, np.integer)) or global_batch <= 0:
+    raise ValueError(f"{name}={global_batch!r} must be a positive int")
+  if global_batch % devices:
+    raise ValueError(f"{name}={global_batch} is not divisible by the number of devices "
+                     f"({devices}); use a multiple of {devices}")
   if global_batch % hosts:
-    raise ValueError(f"{name}={global_batch} must be divisible by the number of hosts ({hosts})")
-  return global_batch // hosts
+    raise ValueError(f"{name}={global_batch} is not divisible by the number of hosts ({hosts})")
+  return int(global_batch) // hosts
+
+
+def host_batch_rows(global_batch: int, mesh: Mesh, process_index: Optional[int] = None) -> slice:
+  """Rows of a global batch (sharded by :func:`batch_sharded`) that ``process_index`` feeds.
+
+  With the host-major mesh of :func:`make_mesh` these are contiguous: ``slice(i b, (i + 1) b)``
+  where ``b = global_batch // number of hosts``.
+  """
+  local = check_global_batch(global_batch, mesh)
+  i = jax.process_index() if process_index is None else process_index
+  return slice(i * local, (i + 1) * local)
 
 
 def host_local_to_global(tree: Any, mesh: Mesh) -> Any:
-  """Assemble host-local batches ``(local_batch, ...)`` into global arrays sharded on ``data``.
+  """Assemble host-local batches into global arrays sharded on ``data``.
 
-  On one host this is a sharded ``device_put``; on many hosts each contributes its slice
-  (``jax.make_array_from_process_local_data``).
+  Args:
+    tree: pytree of host-local arrays ``(local_batch, ...)``, the same ``local_batch`` on every
+      host; it must split evenly over this host's devices.
+    mesh: the mesh (see :func:`make_mesh`).
+  Returns:
+    pytree of global ``jax.Array`` s ``(num_hosts * local_batch, ...)`` sharded by
+    :func:`batch_sharded`; host ``i``'s rows are ``[i local_batch, (i + 1) local_batch)``.
+  Raises:
+    ValueError if a leaf has no batch axis or its batch does not split over the local devices.
+
+  On one host this is a sharded ``device_put``; on many, each host contributes its rows through
+  ``jax.make_array_from_process_local_data``.
   """
   sharding = batch_sharded(mesh)
+  local_shards = _local_data_shards(mesh)
+  multi_host = _mesh_processes(mesh) > 1
+
+  def one(path, x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar; every leaf needs a "
+                       f"leading batch axis")
+    if x.shape[0] % local_shards:
+      raise ValueError(
+          f"batch leaf {jax.tree_util.keystr(path)} has {x.shape[0]} rows on this host, not "
+          f"divisible by its {local_shards} devices (global batch {x.shape[0]} x "
+          f"{_mesh_processes(mesh)} host(s) over {data_parallel_size(mesh)} devices)")
+    if not multi_host:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Place a pytree replicated on every device of the mesh.
+
+  On several hosts every host must pass the same values (e.g. from the same seed).
+  """
+  sharding = replicated(mesh)
+  if _mesh_processes(mesh) == 1:
+    return jax.device_put(tree, sharding)
 
   def one(x):
     x = np.asarray(x)
-    if jax.process_count() == 1:
-      return jax.device_put(x, sharding)
-    return jax.make_array_from_process_local_data(sharding, x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree_util.tree_map(one, tree)
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Place a pytree replicated on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
-
-
 def to_host(tree: Any) -> Any:
-  """Fetch (possibly multi-host, sharded) arrays to numpy on every host.
+  """Fetch (possibly sharded, multi-host) arrays to numpy, the same full value on every host.
 
-  Fully replicated arrays are read locally; sharded ones are gathered across hosts.
+  Fully replicated or fully addressable arrays are read locally; arrays sharded across hosts are
+  gathered (``process_allgather``; every host must call this together).
   """
 
   def one(x):
@@ -91,33 +188,146 @@ def to_host(tree: Any) -> Any:
   return jax.tree_util.tree_map(one, tree)
 
 
+def global_mean(x: jax.Array) -> float:
+  """Mean of a (sharded) array as a host float, identical on every host."""
+  return float(jax.jit(jnp.mean)(x))
+
+
+def describe(mesh: Optional[Mesh] = None) -> str:
+  """One line for logs: processes, devices, mesh shape."""
+  text = (f"process {jax.process_index()}/{jax.process_count()}, "
+          f"{jax.local_device_count()} local / {jax.device_count()} global "
+          f"{jax.devices()[0].platform} device(s)")
+  if mesh is not None:
+    text += f", mesh {dict(mesh.shape)}"
+  return text
+
+
+# --------------------------------------------------------------------------------------------------
+# jax.distributed start-up
+# --------------------------------------------------------------------------------------------------
+def _on_tpu_vm() -> bool:
+  """True on a Cloud TPU VM (libtpu installed and TPU chips present), checked without starting
+  the JAX backend."""
+  if any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+                                   "MEGASCALE_COORDINATOR_ADDRESS")):
+    return True
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _tasks_per_node(env: Mapping[str, str]) -> int:
+  """Tasks of this SLURM step on this node (``SLURM_STEP_TASKS_PER_NODE='8(x2)'`` -> 8)."""
+  for key in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"):
+    match = re.match(r"\s*(\d+)", env.get(key, ""))
+    if match:
+      return int(match.group(1))
+  nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_JOB_NUM_NODES", "1")) or 1)
+  return max(1, int(env.get("SLURM_NTASKS", "1")) // max(nodes, 1))
+
+
+def slurm_local_device_ids(env: Optional[Mapping[str, str]] = None) -> Optional[list]:
+  """The local GPU ids this SLURM task should use, or ``None`` to keep JAX's default.
+
+  JAX's SLURM detection gives each task the single GPU ``[SLURM_LOCALID]``; that is right for one
+  task per GPU with all GPUs visible, and wrong for one task per node (it would use one GPU) or
+  for tasks bound to their own GPUs (``--gpus-per-task``: each sees its GPUs as 0..k-1).
+
+  Rules, with ``v`` GPUs visible to the task (``CUDA_VISIBLE_DEVICES``, else
+  ``SLURM_GPUS_ON_NODE``) and ``t`` tasks on the node:
+  ``JAXGEN_LOCAL_DEVICE_IDS`` (comma list) wins; ``t == 1`` or ``v < t`` (bound GPUs): all
+  ``range(v)``; ``v == t``: ``None`` (JAX's ``[SLURM_LOCALID]``); ``v`` a multiple of ``t``:
+  the task's block of ``v // t`` GPUs.
+  """
+  env = os.environ if env is None else env
+  explicit = env.get("JAXGEN_LOCAL_DEVICE_IDS", "").strip()
+  if explicit:
+    return [int(i) for i in explicit.split(",") if i.strip()]
+  visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+  if visible:
+    num_visible = len([v for v in visible.split(",") if v.strip()])
+  elif env.get("SLURM_GPUS_ON_NODE", "").strip().isdigit():
+    num_visible = int(env["SLURM_GPUS_ON_NODE"])
+  else:
+    return None
+  tasks = _tasks_per_node(env)
+  if num_visible == 0:
+    return None
+  if tasks == 1 or num_visible < tasks:
+    return list(range(num_visible))
+  if num_visible == tasks:
+    return None
+  if num_visible % tasks == 0:
+    per_task = num_visible // tasks
+    local_id = int(env.get("SLURM_LOCALID", "0"))
+    return list(range(local_id * per_task, (local_id + 1) * per_task))
+  return None
+
+
+def _use_gloo_for_cpu_collectives() -> None:
+  """CPU devices of different processes talk through gloo (needed for multi-process CPU runs;
+  no effect on GPU/TPU). The option's name has changed across JAX versions."""
+  for name, value in (("jax_cpu_collectives_implementation", "gloo"),
+                      ("jax_cpu_enable_gloo_collectives", True)):
+    try:
+      jax.config.update(name, value)
+      return
+    except (AttributeError, KeyError, ValueError):
+      continue
+
+
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
-                           local_device_ids: Optional[Sequence[int]] = None) -> None:
-  """Start ``jax.distributed`` when running on several hosts.
+                           local_device_ids: Optional[Sequence[int]] = None,
+                           initialization_timeout: int = 300) -> bool:
+  """Start ``jax.distributed`` when running on several hosts; call before any other JAX use.
 
-  * TPU pods and SLURM clusters: no arguments (JAX reads the environment: TPU metadata,
-    ``SLURM_*`` variables).
-  * Anywhere else: explicit coordinator flags, or the environment variables
-    ``JAXGEN_COORDINATOR``, ``JAXGEN_NUM_PROCESSES``, ``JAXGEN_PROCESS_ID``.
-  Does nothing on a single host with no such setting.
+  * Explicit: ``coordinator_address`` (``host:port`` of process 0), ``num_processes`` and
+    ``process_id`` — or the environment variables ``JAXGEN_COORDINATOR``,
+    ``JAXGEN_NUM_PROCESSES``, ``JAXGEN_PROCESS_ID``. Used by ``launch/local_multiprocess.sh``.
+  * Cloud TPU VMs (pod slices, multislice): no arguments; JAX reads the TPU metadata.
+  * An ``srun`` step of more than one task: no arguments; JAX reads ``SLURM_*`` and the GPUs each
+    task uses follow :func:`slurm_local_device_ids` (one task per node or per GPU both work).
+  * ``JAXGEN_DISTRIBUTED=1`` forces JAX's auto-detection elsewhere, ``=0`` turns start-up off.
+
+  CPU collectives across processes use gloo. Does nothing on a single host with no such setting,
+  or when ``jax.distributed`` is already running.
+
+  Returns:
+    whether ``jax.distributed`` was started by this call.
   """
-  coordinator_address = coordinator_address or os.environ.get("JAXGEN_COORDINATOR")
-  if num_processes is None and "JAXGEN_NUM_PROCESSES" in os.environ:
+  mode = os.environ.get("JAXGEN_DISTRIBUTED", "").strip().lower()
+  if mode in ("0", "false", "off", "no"):
+    return False
+  if jax.distributed.is_initialized():
+    return False
+  coordinator_address = coordinator_address or os.environ.get("JAXGEN_COORDINATOR") or None
+  if num_processes is None and os.environ.get("JAXGEN_NUM_PROCESSES"):
     num_processes = int(os.environ["JAXGEN_NUM_PROCESSES"])
-  if process_id is None and "JAXGEN_PROCESS_ID" in os.environ:
+  if process_id is None and os.environ.get("JAXGEN_PROCESS_ID"):
     process_id = int(os.environ["JAXGEN_PROCESS_ID"])
-  on_slurm = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  # SLURM: only inside an `srun` step of several tasks (a lone python in an allocation of many
+  # tasks would otherwise wait for peers that never come).
+  slurm_tasks = os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))
+  on_slurm = ("SLURM_JOB_ID" in os.environ and "SLURM_STEP_NODELIST" in os.environ
+              and int(slurm_tasks or 1) > 1)
+  forced = mode in ("1", "true", "on", "yes", "auto")
+
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
-  elif on_slurm or on_tpu_pod:
-    jax.distributed.initialize()
-
-
-def global_mean(x: jax.Array) -> float:
-  """Mean of a (sharded) array as a host float, identical on every host."""
-  return float(jnp.mean(x))
+    if num_processes is None or process_id is None:
+      raise ValueError(f"coordinator_address={coordinator_address!r} also needs num_processes "
+                       f"({num_processes!r}) and process_id ({process_id!r})")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id={process_id} is not in [0, num_processes={num_processes})")
+  elif not (on_slurm or forced or _on_tpu_vm()):
+    return False
+  if on_slurm and local_device_ids is None:
+    local_device_ids = slurm_local_device_ids()
+  _use_gloo_for_cpu_collectives()
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids,
+                             initialization_timeout=initialization_timeout)
+  return True

@@ -460,7 +460,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             if isinstance(v, (int, float))})
         summary.update(results)
       too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
-      if _sync_flag(preemption.requested or bool(too_long)):
+      # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.
+      check_now = jax.process_count() == 1 or at_log
+      if check_now and _sync_flag(preemption.requested or bool(too_long)):
         log(f"stopping at step {step} ({'preemption signal' if preemption.requested else 'time limit'}); "
             "saving a checkpoint")
         save_checkpoint(manager, state, step, force=True)

@@ -1,0 +1,208 @@
+"""Data-parallel scaling benchmark: training images/s on 1 device and on all visible devices.
+
+    python experiments/bench/scaling.py --out experiments/bench/results/scaling_h200x2.json
+
+Defaults: the DDPM++ CIFAR-10 config (``configs/cifar10/vp_ddpmpp_continuous.py``), 128 images per
+device, the real jitted train step of ``jaxgen.train.Setup`` (preprocessing, loss, gradients,
+Adam, EMA) with a replicated state and a batch sharded over a ``parallel.make_mesh`` of the first
+``n`` devices. Each step's batch comes from host memory through ``parallel.host_local_to_global``
+as in the training loop (synthetic uint8 images, so no data set is needed; ``--device_resident``
+keeps one batch on the devices instead). Scaling efficiency = img/s on all devices / (number of
+devices x img/s on one). Prints a table and writes a JSON file.
+
+Override config fields with ``--set model.dtype=bfloat16`` (repeatable; values parsed as Python
+literals when possible).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join("configs", "cifar10", "vp_ddpmpp_continuous.py")
+
+
+def load_config(path: str, overrides):
+  """``get_config()`` of a config file, with ``key.sub=value`` overrides applied."""
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  full = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+  if not os.path.exists(full):
+    raise ValueError(f"config file {path!r} does not exist (looked at {full})")
+  spec = importlib.util.spec_from_file_location("bench_config", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"--set {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"--set {item!r}: config has no field {key!r}")
+    node[leaf] = value
+  return config
+
+
+def parse_device_counts(text: str, available: int):
+  counts = []
+  for part in text.split(","):
+    part = part.strip()
+    n = available if part == "all" else int(part)
+    if not 1 <= n <= available:
+      raise ValueError(f"--devices entry {part!r} is not in [1, {available}] (visible devices)")
+    if n not in counts:
+      counts.append(n)
+  return counts
+
+
+def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_resident, seed=0):
+  """img/s of the train step on ``devices``: median over ``repeats`` windows of ``steps`` steps."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxgen import parallel, train  # pylint: disable=import-outside-toplevel
+
+  n = len(devices)
+  config = config.copy_and_resolve_references()
+  config.training.batch_size = per_device_batch * n
+  mesh = parallel.make_mesh(devices)
+  local_batch = parallel.check_global_batch(config.training.batch_size, mesh)
+  setup = train.Setup(config)
+  repl = parallel.replicated(mesh)
+  state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(seed))
+  step_fn = jax.jit(setup.make_train_step(), in_shardings=(repl, parallel.batch_sharded(mesh)),
+                    out_shardings=(repl, repl), donate_argnums=(0,))
+
+  rng = np.random.default_rng(seed)
+  shape = (local_batch,) + tuple(setup.shape)
+  if config.data.dataset.startswith("toy_"):
+    make = lambda: {"image": rng.normal(size=shape).astype(np.float32)}
+  else:
+    levels = int(config.data.get("num_levels", 256))
+    make = lambda: {"image": rng.integers(0, levels, shape, dtype=np.int32).astype(np.uint8)}
+  if config.model.get("num_classes", 0):
+    base_make = make
+    make = lambda: dict(base_make(), label=rng.integers(0, config.model.num_classes,
+                                                         (local_batch,)).astype(np.int32))
+  host_batches = [make() for _ in range(4)]
+  resident = parallel.host_local_to_global(host_batches[0], mesh)
+
+  def batch(i):
+    return resident if device_resident else parallel.host_local_to_global(
+        host_batches[i % len(host_batches)], mesh)
+
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, batch(0))
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  for i in range(warmup):
+    state, metrics = step_fn(state, batch(i))
+  jax.block_until_ready(metrics)
+  windows = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for i in range(steps):
+      state, metrics = step_fn(state, batch(i))
+    jax.block_until_ready((state, metrics))
+    windows.append((time.perf_counter() - t0) / steps)
+  step_s = statistics.median(windows)
+  loss = float(metrics["loss"])
+  return {
+      "devices": n, "global_batch": config.training.batch_size, "per_device_batch": per_device_batch,
+      "compile_and_first_step_s": compile_s, "step_s_median": step_s,
+      "step_s_windows": windows, "images_per_s": config.training.batch_size / step_s,
+      "last_loss": loss, "loss_finite": bool(np.isfinite(loss)),
+      "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default=DEFAULT_CONFIG)
+  parser.add_argument("--per_device_batch", type=int, default=128)
+  parser.add_argument("--devices", default="1,all",
+                      help="comma list of device counts to measure; 'all' = every visible device")
+  parser.add_argument("--steps", type=int, default=30, help="timed steps per window")
+  parser.add_argument("--warmup", type=int, default=5, help="untimed steps after compiling")
+  parser.add_argument("--repeats", type=int, default=3, help="timed windows (median is reported)")
+  parser.add_argument("--device_resident", action="store_true",
+                      help="reuse one on-device batch (no host-to-device copy per step)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set model.dtype=bfloat16")
+  parser.add_argument("--out", required=True, help="path of the JSON results")
+  args = parser.parse_args(argv)
+  if args.per_device_batch <= 0 or args.steps <= 0 or args.repeats <= 0 or args.warmup < 0:
+    raise ValueError(f"need positive --per_device_batch/--steps/--repeats and --warmup >= 0, got "
+                     f"{args.per_device_batch}/{args.steps}/{args.repeats}/{args.warmup}")
+
+  config = load_config(args.config, args.set)
+  import jax  # pylint: disable=import-outside-toplevel
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  parallel.initialize_distributed()
+  if jax.process_count() > 1:
+    raise ValueError(f"run the benchmark on one host (got {jax.process_count()} processes)")
+  devices = jax.devices()
+  counts = parse_device_counts(args.devices, len(devices))
+  print(f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), jax {jax.__version__}; "
+        f"config {args.config} (model {config.model.name}, dtype {config.model.dtype}), "
+        f"{args.per_device_batch} images per device", flush=True)
+
+  results = []
+  for n in counts:
+    print(f"measuring {n} device(s) ...", flush=True)
+    results.append(bench_one(config, devices[:n], args.per_device_batch, args.steps, args.warmup,
+                             args.repeats, args.device_resident))
+  base = next((r for r in results if r["devices"] == 1), None)
+  for r in results:
+    r["speedup_vs_1"] = r["images_per_s"] / base["images_per_s"] if base else None
+    r["scaling_efficiency"] = r["speedup_vs_1"] / r["devices"] if base else None
+
+  print()
+  print(f"{'devices':>7} {'global batch':>12} {'step (ms)':>10} {'img/s':>10} {'speedup':>8} "
+        f"{'efficiency':>10} {'compile (s)':>11}")
+  for r in results:
+    eff = f"{100 * r['scaling_efficiency']:.1f} %" if base else "-"
+    speed = f"{r['speedup_vs_1']:.2f}x" if base else "-"
+    print(f"{r['devices']:>7} {r['global_batch']:>12} {1e3 * r['step_s_median']:>10.1f} "
+          f"{r['images_per_s']:>10.1f} {speed:>8} {eff:>10} "
+          f"{r['compile_and_first_step_s']:>11.1f}")
+
+  report = {
+      "benchmark": "data-parallel training throughput (jaxgen.train.Setup.make_train_step)",
+      "config": args.config, "overrides": args.set, "model": config.model.name,
+      "dtype": str(config.model.dtype), "per_device_batch": args.per_device_batch,
+      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+      "input": "device-resident batch" if args.device_resident else
+               "host batch each step (host_local_to_global)",
+      "device_kind": devices[0].device_kind, "platform": devices[0].platform,
+      "visible_devices": len(devices), "jax_version": jax.__version__,
+      "host": platform.node(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "results": results,
+      "scaling_efficiency_all": results[-1]["scaling_efficiency"] if base else None,
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(report, f, indent=1)
+  print(f"\nwrote {args.out}")
+  return report
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Simulate N hosts on one machine: N processes of `python -m jaxgen.main`, each with its own fake
+# CPU devices, joined by jax.distributed (coordinator on localhost, gloo collectives).
+#
+#   launch/local_multiprocess.sh N --config=configs/toy/vp_mlp.py --workdir=/tmp/run [flags...]
+#
+# Every argument after N goes to jaxgen.main unchanged. Environment:
+#   DEVICES_PER_PROCESS  fake CPU devices per process (default 2)
+#   PORT                 coordinator port (default: a free one)
+#   LOG_DIR              where process_<i>.log go (default: a new /tmp/jaxgen_local_mp.XXXX)
+#   TIMEOUT              seconds before all processes are killed (default 0: none)
+# Process 0's output is also shown here. If any process fails, the others are killed and the
+# script exits with that process's status after printing the tail of every log.
+set -euo pipefail
+
+if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
+  echo "usage: $0 N --config=CONFIG --workdir=DIR [jaxgen.main flags...]  (N >= 1 processes)" >&2
+  exit 2
+fi
+N="$1"; shift
+DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-2}"
+TIMEOUT="${TIMEOUT:-0}"
+PYTHON="${PYTHON:-python}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}"
+LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/jaxgen_local_mp.XXXX)}"
+mkdir -p "$LOG_DIR"
+
+echo "local multi-process run: $N processes x $DEVICES_PER_PROCESS CPU devices, coordinator" \
+     "localhost:$PORT, logs in $LOG_DIR"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+}
+trap 'cleanup; exit 130' INT TERM
+
+for ((i = 0; i < N; i++)); do
+  (
+    cd "$REPO_ROOT"
+    export JAX_PLATFORMS=cpu
+    export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS} ${XLA_FLAGS_EXTRA:-}"
+    export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    exec "$PYTHON" -m jaxgen.main "$@" \
+      --coordinator_address="localhost:$PORT" --num_processes="$N" --process_id="$i"
+  ) >"$LOG_DIR/process_$i.log" 2>&1 &
+  pids+=("$!")
+done
+# show process 0's log here until it exits
+tail -n +1 --pid="${pids[0]}" -F "$LOG_DIR/process_0.log" 2>/dev/null \
+  | grep --line-buffered -v '^\[Gloo\]' &
+tail_pid=$!
+
+status=0
+start=$SECONDS
+remaining=("${pids[@]}")
+while ((${#remaining[@]})); do
+  still=()
+  for pid in "${remaining[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      still+=("$pid")
+    else
+      rc=0; wait "$pid" || rc=$?
+      if ((rc != 0 && status == 0)); then
+        status=$rc
+        echo "process with pid $pid exited with status $rc; stopping the others" >&2
+        cleanup
+      fi
+    fi
+  done
+  remaining=("${still[@]+"${still[@]}"}")
+  if ((TIMEOUT > 0 && SECONDS - start > TIMEOUT && ${#remaining[@]})); then
+    echo "timeout after ${TIMEOUT}s; stopping all processes" >&2
+    cleanup
+    status=124
+  fi
+  sleep 0.5
+done
+wait "$tail_pid" 2>/dev/null || true
+
+if ((status != 0)); then
+  for ((i = 0; i < N; i++)); do
+    echo "----- process $i ($LOG_DIR/process_$i.log) -----" >&2
+    grep -v '^\[Gloo\]' "$LOG_DIR/process_$i.log" | tail -n 40 >&2 || true
+  done
+fi
+exit "$status"

@@ -1,0 +1,350 @@
+"""Data parallelism on 8 fake CPU devices (conftest): mesh, shardings, sharded train step and
+likelihood against their unsharded versions, host shards of the input, batch-size errors, and
+the SLURM / explicit-coordinator start-up logic.
+
+Sharded and unsharded runs see the same global batch and the same keys, so they differ only in
+the order of floating-point reductions: results agree to float32 tolerance.
+"""
+import collections
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import data as data_lib
+from jaxgen import likelihood, parallel, processes
+
+NUM_DEVICES = 8
+
+
+def _require_devices(n=NUM_DEVICES):
+  if jax.device_count() < n:
+    pytest.skip(f"needs {n} devices (XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+  _require_devices()
+  return parallel.make_mesh(jax.devices()[:NUM_DEVICES])
+
+
+@pytest.fixture(scope="module")
+def mesh1():
+  return parallel.make_mesh(jax.devices()[:1])
+
+
+def _max_abs_diff(a, b):
+  leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda x, y: np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))
+      if np.size(x) else 0.0, a, b))
+  return float(max(leaves)) if leaves else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# mesh, shardings, host <-> global
+# --------------------------------------------------------------------------------------------------
+def test_mesh_covers_devices_host_major(mesh8):
+  assert dict(mesh8.shape) == {parallel.DATA_AXIS: NUM_DEVICES, parallel.MODEL_AXIS: 1}
+  keys = [(d.process_index, d.id) for d in mesh8.devices.flat]
+  assert keys == sorted(keys)
+  assert parallel.data_parallel_size(parallel.make_mesh(jax.devices()[:NUM_DEVICES],
+                                                        model_parallel=2)) == NUM_DEVICES // 2
+  with pytest.raises(ValueError, match="model_parallel=3"):
+    parallel.make_mesh(jax.devices()[:NUM_DEVICES], model_parallel=3)
+  with pytest.raises(ValueError, match="at least one device"):
+    parallel.make_mesh([])
+
+
+def test_host_local_to_global_round_trip(mesh8):
+  batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),
+           "label": np.arange(16, dtype=np.int32)}
+  global_batch = parallel.host_local_to_global(batch, mesh8)
+  image = global_batch["image"]
+  assert image.shape == (16, 3) and image.sharding == parallel.batch_sharded(mesh8)
+  assert len(image.addressable_shards) == NUM_DEVICES
+  assert all(s.data.shape == (2, 3) for s in image.addressable_shards)
+  back = parallel.to_host(global_batch)
+  np.testing.assert_array_equal(back["image"], batch["image"])
+  np.testing.assert_array_equal(back["label"], batch["label"])
+  assert parallel.host_batch_rows(16, mesh8) == slice(0, 16)
+  state = parallel.replicate({"w": np.ones((3,), np.float32)}, mesh8)
+  assert state["w"].sharding.is_fully_replicated
+  assert parallel.global_mean(image) == pytest.approx(float(np.mean(batch["image"])))
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(mesh8):
+  with pytest.raises(ValueError, match=r"batch_size=12 is not divisible by the number of "
+                                       r"devices \(8\)"):
+    parallel.check_global_batch(12, mesh8, "config.training.batch_size")
+  with pytest.raises(ValueError, match="must be a positive int"):
+    parallel.check_global_batch(0, mesh8)
+  assert parallel.check_global_batch(16, mesh8) == 16
+  with pytest.raises(ValueError, match=r"\['image'\] has 12 rows on this host, not divisible by "
+                                       r"its 8 devices"):
+    parallel.host_local_to_global({"image": np.zeros((12, 2), np.float32)}, mesh8)
+  with pytest.raises(ValueError, match="scalar"):
+    parallel.host_local_to_global({"n": np.float32(1.0)}, mesh8)
+  with pytest.raises(ValueError, match="not divisible by the number of devices 8"):
+    data_lib.check_batch_size(12, 8, 1)
+  # ... and a run with such a config stops before compiling or writing anything
+  from jaxgen import train
+  config = _mlp_config()
+  config.training.batch_size = 12
+  with pytest.raises(ValueError, match="12 is not divisible by the number of devices 8"):
+    train.validate_config(config, num_devices=8)
+
+
+# --------------------------------------------------------------------------------------------------
+# likelihood of a sharded batch
+# --------------------------------------------------------------------------------------------------
+def _small_drift(dim, seed=0):
+  """A fixed nonlinear drift on ``(batch, 4, 4, 1)`` data (no batch interaction)."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  w1 = jax.random.normal(k1, (dim, 16)) / np.sqrt(dim)
+  w2 = jax.random.normal(k2, (16, dim)) / 4.0
+
+  def drift(x, t):
+    flat = x.reshape(x.shape[0], -1)
+    h = jnp.tanh(flat @ w1 + t[:, None])
+    return (h @ w2 - 0.5 * flat).reshape(x.shape)
+
+  return drift
+
+
+@pytest.mark.parametrize("divergence", ["exact", "rademacher"])
+def test_ode_log_likelihood_sharded_equals_unsharded(mesh8, divergence):
+  shape = (16, 4, 4, 1)
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), shape))
+  drift = _small_drift(16)
+  prior = processes.VPSDE().prior_logp
+  kwargs = dict(key=jax.random.PRNGKey(2), prior_logp=prior, t0=1e-3, t1=1.0,
+                divergence=divergence, rtol=1e-5, atol=1e-5)
+  logp_ref, z_ref, nfe_ref = likelihood.ode_log_likelihood(drift, jnp.asarray(x), **kwargs)
+
+  x_sharded = parallel.host_local_to_global(x, mesh8)
+  # 1) the sharded array given straight to the (jitted) solver
+  logp, z, nfe = likelihood.ode_log_likelihood(drift, x_sharded, **kwargs)
+  # 2) inside an outer jit with explicit shardings, as evaluate.py runs it
+  run = jax.jit(lambda xs: likelihood.ode_log_likelihood(drift, xs, **kwargs),
+                in_shardings=parallel.batch_sharded(mesh8),
+                out_shardings=(parallel.batch_sharded(mesh8), parallel.batch_sharded(mesh8),
+                               parallel.replicated(mesh8)))
+  logp_jit, z_jit, nfe_jit = run(x_sharded)
+  assert logp_jit.sharding == parallel.batch_sharded(mesh8)
+  for lp, zz, n in ((logp, z, nfe), (logp_jit, z_jit, nfe_jit)):
+    np.testing.assert_allclose(parallel.to_host(lp), np.asarray(logp_ref), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(parallel.to_host(zz), np.asarray(z_ref), rtol=1e-5, atol=1e-5)
+    assert int(n) == int(nfe_ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# host shards of the input, end to end through get_dataset
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_config(tmp_path_factory):
+  from jaxgen.data.builders import prepare_local_dataset
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  prepare_local_dataset("digits", data_dir)
+  return ml_collections.ConfigDict(dict(
+      dataset="digits", data_dir=data_dir, source_dir="", image_size=8, num_channels=1,
+      num_levels=17, centered=True, random_flip=False, uniform_dequantization=False,
+      num_classes=0))
+
+
+@pytest.mark.parametrize("process_count", [2, 4, 7])
+def test_global_batches_of_hosts_cover_one_epoch_once(digits_config, process_count):
+  """Hosts read disjoint shards: over one epoch the rows they feed into the global batches are
+  the train split, each example exactly once (7 hosts: shards of unequal size)."""
+  import sklearn.datasets
+  digits = sklearn.datasets.load_digits()
+  expected = collections.Counter(
+      (im.astype(np.uint8).tobytes(), int(lb))
+      for im, lb in zip(digits.images[:1500, :, :, None], digits.target[:1500]))
+  local_batch = 32
+  hosts = [data_lib.get_dataset(digits_config, "train", seed=3, process_index=i,
+                                process_count=process_count) for i in range(process_count)]
+  assert sum(h.num_examples for h in hosts) == 1500
+  steps = max(-(-h.num_examples // local_batch) for h in hosts)
+  seen = collections.Counter()
+  for step in range(steps):
+    # the global batch of this step, as host_local_to_global lays it out (host i: block i)
+    parts = [h.get_batch(step, local_batch) for h in hosts]
+    for i, (host, part) in enumerate(zip(hosts, parts)):
+      first = step * local_batch
+      keep = max(0, min(local_batch, host.num_examples - first))  # this host's first epoch
+      for im, lb in zip(part["image"][:keep], part["label"][:keep]):
+        seen[(im.tobytes(), int(lb))] += 1
+  assert seen == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# start-up logic
+# --------------------------------------------------------------------------------------------------
+def test_slurm_local_device_ids():
+  one_per_node = {"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+                  "SLURM_LOCALID": "0"}
+  assert parallel.slurm_local_device_ids(one_per_node) == [0, 1, 2, 3]
+  one_per_gpu = {"SLURM_STEP_TASKS_PER_NODE": "4(x2)", "CUDA_VISIBLE_DEVICES": "0,1,2,3",
+                 "SLURM_LOCALID": "2"}
+  assert parallel.slurm_local_device_ids(one_per_gpu) is None  # JAX's own [SLURM_LOCALID]
+  bound = {"SLURM_STEP_TASKS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "2", "SLURM_LOCALID": "2"}
+  assert parallel.slurm_local_device_ids(bound) == [0]
+  two_per_task = {"SLURM_NTASKS": "4", "SLURM_STEP_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
+                  "SLURM_LOCALID": "1"}
+  assert parallel.slurm_local_device_ids(two_per_task) == [4, 5, 6, 7]
+  assert parallel.slurm_local_device_ids({"JAXGEN_LOCAL_DEVICE_IDS": "1,3"}) == [1, 3]
+  assert parallel.slurm_local_device_ids({}) is None
+
+
+def test_initialize_distributed_single_host_and_bad_flags(monkeypatch):
+  for name in ("JAXGEN_COORDINATOR", "JAXGEN_NUM_PROCESSES", "JAXGEN_PROCESS_ID", "SLURM_JOB_ID",
+               "JAXGEN_DISTRIBUTED", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  assert parallel.initialize_distributed() is False
+  with pytest.raises(ValueError, match="num_processes"):
+    parallel.initialize_distributed("localhost:1234")
+  with pytest.raises(ValueError, match="process_id=2"):
+    parallel.initialize_distributed("localhost:1234", num_processes=2, process_id=2)
+  monkeypatch.setenv("JAXGEN_DISTRIBUTED", "0")
+  assert parallel.initialize_distributed("localhost:1234", 2, 0) is False
+
+
+# --------------------------------------------------------------------------------------------------
+# the sharded train step
+# --------------------------------------------------------------------------------------------------
+def _mlp_config():
+  from configs.toy import vp_mlp
+  config = vp_mlp.get_config()
+  config.model.hidden = (32, 32)
+  config.model.embedding_dim = 16
+  config.training.batch_size = 16
+  config.optim.warmup = 0
+  config.optim.lr = 1e-3
+  return config
+
+
+def _ddpmpp_config():
+  from configs.digits import vp_unet
+  config = vp_unet.get_config()
+  config.training.batch_size = 16
+  config.data.random_flip = True  # random flips and dropout must not depend on the sharding
+  model = config.model
+  model.name = "ddpmpp"
+  model.nf = 16
+  model.ch_mult = (1, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = ()
+  model.dropout = 0.1
+  model.embedding_type = "positional"
+  model.ema_rate = 0.9
+  config.optim.warmup = 0
+  config.optim.lr = 1e-3
+  return config
+
+
+def _batch_for(config, seed=0):
+  """A host batch of ``config.training.batch_size`` rows, as the pipeline yields it."""
+  rng = np.random.default_rng(seed)
+  b = config.training.batch_size
+  if config.data.dataset.startswith("toy_"):
+    return {"image": rng.normal(size=(b, 2)).astype(np.float32),
+            "label": np.full((b,), -1, np.int32)}
+  size, channels = config.data.image_size, config.data.num_channels
+  return {"image": rng.integers(0, config.data.num_levels, (b, size, size, channels)).astype(
+      np.uint8), "label": rng.integers(0, 10, (b,)).astype(np.int32)}
+
+
+def _run_steps(setup, mesh, batches, init_state):
+  repl = parallel.replicated(mesh)
+  step = jax.jit(setup.make_train_step(), in_shardings=(repl, parallel.batch_sharded(mesh)),
+                 out_shardings=(repl, repl))
+  state = parallel.replicate(init_state, mesh)
+  metrics = []
+  for batch in batches:
+    state, m = step(state, parallel.host_local_to_global(batch, mesh))
+    metrics.append(parallel.to_host(m))
+  return parallel.to_host(state), metrics
+
+
+@pytest.mark.parametrize("make_config", [_mlp_config, _ddpmpp_config], ids=["mlp", "ddpmpp"])
+def test_sharded_train_step_equals_single_device(mesh1, mesh8, make_config):
+  from jaxgen import train
+  config = make_config()
+  setup = train.Setup(config)
+  batches = [_batch_for(config, seed) for seed in range(2)]
+  init = parallel.to_host(jax.jit(setup.init_state)(jax.random.PRNGKey(0)))
+  state1, metrics1 = _run_steps(setup, mesh1, batches, init)
+  state8, metrics8 = _run_steps(setup, mesh8, batches, init)
+  assert int(state1.step) == int(state8.step) == 2
+  for m1, m8 in zip(metrics1, metrics8):
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-5)
+  # the parameters moved (two Adam steps of ~lr each), and the same way on 1 and 8 devices
+  moved = _max_abs_diff(state1.params, init.params)
+  assert moved > 1e-4
+  for name in ("params", "ema_params", "opt_state"):
+    diff = _max_abs_diff(getattr(state1, name), getattr(state8, name))
+    assert diff < 1e-5, f"{name}: max |1 device - 8 devices| = {diff:.3g}"
+
+
+@pytest.mark.parametrize("dataset", ["toy", "digits"])
+def test_model_likelihood_sharded_equals_unsharded(mesh1, mesh8, dataset):
+  """The PF-ODE likelihood of a model on a batch sharded over 8 devices vs on one device.
+
+  * Fixed-step solve (Heun, 32 steps) of the model's probability-flow drift through
+    ``likelihood.ode_log_likelihood``: the same arithmetic up to reduction order, so the results
+    agree to float32 tolerance.
+  * ``evaluate.make_nll_fn`` (dequantization, adaptive Dopri5, bits/dim or nats): the adaptive
+    controller's accept/reject decisions hinge on the per-step error estimate, and 1-ulp
+    differences between the per-device and the whole-batch matmuls can flip one of several
+    hundred decisions (seen: NFE 1093 vs 1075). Both are then valid solves of the same ODE, and
+    they agree to the solver's tolerance, which is what is checked there.
+  """
+  from jaxgen import evaluate, predictions, train
+  config = _mlp_config()
+  if dataset == "digits":
+    from configs.digits import vp_unet
+    config = vp_unet.get_config()
+    config.model.name = "mlp"
+    config.model.hidden = (32, 32)
+    config.model.embedding_dim = 16
+    config.eval.divergence = "rademacher"
+  config.eval.rtol = config.eval.atol = 1e-4
+  config.training.batch_size = 16
+  setup = train.Setup(config)
+  params = jax.jit(setup.init_state)(jax.random.PRNGKey(0)).params
+  batch = {"image": _batch_for(config, seed=1)["image"]}
+  if dataset == "toy":
+    x = batch["image"]
+  else:
+    x = np.asarray(data_lib.preprocess(jax.random.PRNGKey(3), jnp.asarray(batch["image"]),
+                                       config.data, train=False))
+  key = jax.random.PRNGKey(5)
+
+  def fixed_step_logp(params, x):
+    drift = predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(params, y, t),
+                                    setup.prediction)
+    return likelihood.ode_log_likelihood(
+        drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-3, t1=setup.process.T,
+        divergence=config.eval.divergence, solver="heun", num_steps=32)[0]
+
+  fixed, adaptive = {}, {}
+  for name, mesh in (("1", mesh1), ("8", mesh8)):
+    repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    mesh_params = parallel.replicate(params, mesh)
+    run_fixed = jax.jit(fixed_step_logp, in_shardings=(repl, sharded), out_shardings=sharded)
+    fixed[name] = parallel.to_host(run_fixed(mesh_params, parallel.host_local_to_global(x, mesh)))
+    nll = jax.jit(evaluate.make_nll_fn(setup, config.eval), in_shardings=(repl, repl, sharded),
+                  out_shardings=(sharded, repl))
+    value, nfe = nll(mesh_params, key, parallel.host_local_to_global(batch, mesh))
+    adaptive[name] = (parallel.to_host(value), int(nfe))
+
+  assert fixed["1"].shape == (16,) and np.all(np.isfinite(fixed["1"]))
+  np.testing.assert_allclose(fixed["8"], fixed["1"], rtol=1e-5, atol=1e-4)
+  values1, nfe1 = adaptive["1"]
+  values8, nfe8 = adaptive["8"]
+  assert values1.shape == (16,) and np.all(np.isfinite(values1))
+  np.testing.assert_allclose(values8, values1, rtol=10 * config.eval.rtol)
+  assert abs(nfe8 - nfe1) <= 0.05 * nfe1
