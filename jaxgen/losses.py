@@ -234,7 +234,8 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
   """Conditional flow matching: regress ``alpha' x0 + sigma' z`` at ``x_t = alpha x0 + sigma z``.
 
   For the linear path the target is ``z - x0`` (rectified flow). ``batch["noise"]``, if present,
-  is used as the coupled ``z`` (reflow pairs); otherwise ``z ~ N(0, I)``.
+  is used as the coupled ``z`` (reflow pairs); otherwise ``z ~ N(0, I)``, or on a linear path its
+  prior (``N(0, I)``, or the source distribution of :func:`jaxgen.rectified_flow.source_path`).
   """
 
   def loss_fn(params, key, batch, train: bool = True):
@@ -243,7 +244,12 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
     k_t, k_z, k_drop = jax.random.split(key, 3)
     t = sample_time(k_t, n, eps, process.T - (eps if isinstance(process, LinearPath) else 0.0),
                     time_sampling)
-    z = batch["noise"] if "noise" in batch else jax.random.normal(k_z, x0.shape, jnp.float32)
+    if "noise" in batch:
+      z = batch["noise"]
+    elif isinstance(process, LinearPath):  # the noise end is the prior (N(0, I) or a source)
+      z = process.prior_sample(k_z, x0.shape)
+    else:
+      z = jax.random.normal(k_z, x0.shape, jnp.float32)
     alpha, sigma = broadcast_to(process.alpha(t), x0), broadcast_to(process.sigma(t), x0)
     x_t = alpha * x0 + sigma * z
     target = (broadcast_to(process.alpha_dot(t), x0) * x0

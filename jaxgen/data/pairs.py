@@ -1,0 +1,245 @@
+"""Reflow pairs on disk: the chunked ``(z, x = ODE(z))`` couplings of a trained flow.
+
+Layout of a pairs directory (written by :func:`jaxgen.rectified_flow.generate_pairs`)::
+
+    <dir>/meta.json            what was generated and how (solver, seed, chunking, model step)
+    <dir>/chunk_000000.npz     z (n, ...) float32, x (n, ...) float32, nfe () int32
+    <dir>/chunk_000001.npz     ...
+
+Every file appears by an atomic rename of a finished temporary file, so a chunk that exists is
+complete; an interrupted generation leaves at most a ``*.tmp*`` file behind, which is ignored.
+
+:class:`PairsDataset` serves the pairs with the interface of the datasets of
+:mod:`jaxgen.data.pipeline` (``num_examples``, ``image_shape``, ``get_batch(step,
+local_batch_size)``, ``num_eval_batches``, ``iterate``), returning ``{'image': x, 'noise': z,
+'label': -1}``: ``x`` is already in model space (float32, e.g. ``[-1, 1]`` images), so it must not
+be preprocessed again. ``jaxgen.data.pipeline.get_dataset`` returns it for the training split when
+``config.data.pairs_dir`` names a directory.
+"""
+import collections
+import glob
+import json
+import os
+import re
+
+import numpy as np
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+_CHUNK_RE = re.compile(r"^chunk_(\d{6})\.npz$")
+_SEED_SALT = 0x70616972  # "pair": keeps this permutation stream apart from other uses of a seed
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------------
+def chunk_path(directory, index):
+  """Path of chunk ``index`` (an int >= 0) in ``directory``."""
+  return os.path.join(directory, f"chunk_{int(index):06d}.npz")
+
+
+def _atomic_write(path, write_fn):
+  """Write through ``write_fn(file)`` into a temporary file, fsync, then rename onto ``path``."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_chunk(directory, index, z, x, nfe):
+  """Atomically write chunk ``index``: ``z``, ``x`` ``(n, ...)`` float32 and the solver's ``nfe``
+  (one entry per solve of the chunk)."""
+  z, x = np.asarray(z, np.float32), np.asarray(x, np.float32)
+  if z.shape != x.shape or z.ndim < 2:
+    raise ValueError(f"z and x must share a shape (n, ...), got {z.shape} and {x.shape}")
+  _atomic_write(chunk_path(directory, index),
+                lambda f: np.savez(f, z=z, x=x, nfe=np.asarray(nfe, np.int32)))
+
+
+def read_chunk(directory, index):
+  """``{'z': (n, ...), 'x': (n, ...), 'nfe': ()}`` of chunk ``index`` (numpy arrays)."""
+  with np.load(chunk_path(directory, index)) as data:
+    return {key: np.asarray(data[key]) for key in ("z", "x", "nfe")}
+
+
+def write_meta(directory, meta):
+  """Atomically write ``meta.json`` (a JSON-serialisable dict)."""
+  text = json.dumps(meta, indent=1, sort_keys=True).encode()
+  _atomic_write(os.path.join(directory, META_FILE), lambda f: f.write(text))
+
+
+def read_meta(directory):
+  """The dict of ``<directory>/meta.json``; ValueError naming the directory if there is none."""
+  path = os.path.join(directory, META_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"pairs directory {directory!r} has no {META_FILE}: generate pairs first "
+                     f"(--mode=reflow on the workdir of a trained flow)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def existing_chunks(directory):
+  """Sorted indices of the complete chunks in ``directory`` (an empty list if it does not exist)."""
+  if not os.path.isdir(directory):
+    return []
+  found = []
+  for name in os.listdir(directory):
+    match = _CHUNK_RE.match(name)
+    if match:
+      found.append(int(match.group(1)))
+  return sorted(found)
+
+
+def missing_chunks(directory, num_chunks):
+  """Indices in ``range(num_chunks)`` without a complete chunk file, ascending."""
+  have = set(existing_chunks(directory))
+  return [i for i in range(int(num_chunks)) if i not in have]
+
+
+def remove_partial_files(directory):
+  """Delete the temporary files an interrupted writer left behind; returns how many."""
+  stale = glob.glob(os.path.join(directory, "*.tmp-*"))
+  for path in stale:
+    try:
+      os.remove(path)
+    except FileNotFoundError:
+      pass
+  return len(stale)
+
+
+def load_pairs(directory, start=0, stop=None):
+  """Pairs ``[start, stop)`` of a complete directory as ``(z, x)``, each ``(n, ...)`` float32.
+
+  Raises ValueError naming the missing chunks if the generation is not finished.
+  """
+  meta = read_meta(directory)
+  num_pairs, chunk_size = int(meta["num_pairs"]), int(meta["chunk_size"])
+  stop = num_pairs if stop is None else int(stop)
+  if not 0 <= start <= stop <= num_pairs:
+    raise ValueError(f"pair range [{start}, {stop}) is outside [0, {num_pairs}) of {directory!r}")
+  first, last = start // chunk_size, -(-stop // chunk_size)
+  missing = [i for i in missing_chunks(directory, meta["num_chunks"]) if first <= i < last]
+  if missing:
+    shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+    raise ValueError(f"pairs directory {directory!r} is incomplete: {len(missing)} of "
+                     f"{meta['num_chunks']} chunks missing ({shown}); resume the generation with "
+                     f"--mode=reflow")
+  shape = tuple(meta["shape"])
+  zs = np.empty((stop - start,) + shape, np.float32)
+  xs = np.empty((stop - start,) + shape, np.float32)
+  for index in range(first, last):
+    lo = max(start, index * chunk_size)
+    hi = min(stop, (index + 1) * chunk_size)
+    if hi <= lo:
+      continue
+    chunk = read_chunk(directory, index)
+    zs[lo - start:hi - start] = chunk["z"][lo - index * chunk_size:hi - index * chunk_size]
+    xs[lo - start:hi - start] = chunk["x"][lo - index * chunk_size:hi - index * chunk_size]
+  return zs, xs
+
+
+# --------------------------------------------------------------------------------------------------
+# the dataset
+# --------------------------------------------------------------------------------------------------
+def _check_local_batch_size(local_batch_size):
+  if not isinstance(local_batch_size, (int, np.integer)) or local_batch_size <= 0:
+    raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
+  return int(local_batch_size)
+
+
+def _check_step(step):
+  if not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f"step must be a non-negative int, got {step!r}")
+  return int(step)
+
+
+class PairsDataset:
+  """One host's shard of a directory of reflow pairs, held in memory.
+
+  Host ``i`` of ``n`` takes pairs ``[N i / n, N (i + 1) / n)``. Training batches are a pure function
+  of ``(seed, step)``: the shard is read as endless epochs, epoch ``e`` in the order of a
+  permutation drawn from ``(seed, e)``, and batch ``step`` holds positions
+  ``[step b, (step + 1) b)`` of that sequence (as the TFDS datasets of
+  :mod:`jaxgen.data.pipeline`, so resuming is exact).
+
+  Attributes:
+    directory, name, split: where the pairs are, the data set name and split it stands for.
+    num_examples: pairs in this host's shard; num_examples_total: pairs over all hosts.
+    image_shape: shape of one ``x`` (and ``z``).
+    meta: the generation's ``meta.json``.
+  """
+
+  def __init__(self, directory, *, name="pairs", split="train", seed=0, process_index=0,
+               process_count=1):
+    self.directory = os.fspath(directory)
+    self.name, self.split, self.seed = name, split, int(seed)
+    self.process_index, self.process_count = process_index, process_count
+    self.meta = read_meta(self.directory)
+    self.num_examples_total = int(self.meta["num_pairs"])
+    start = self.num_examples_total * process_index // process_count
+    end = self.num_examples_total * (process_index + 1) // process_count
+    self.num_examples = end - start
+    if self.num_examples <= 0:
+      raise ValueError(f"pairs directory {self.directory!r} holds {self.num_examples_total} pairs, "
+                       f"too few to give one to each of {process_count} processes")
+    self.image_shape = tuple(self.meta["shape"])
+    self._z, self._x = load_pairs(self.directory, start, end)
+    self._permutations = collections.OrderedDict()
+
+  def _permutation(self, epoch):
+    if epoch not in self._permutations:
+      rng = np.random.default_rng([_SEED_SALT, self.seed % 2**63, epoch])
+      self._permutations[epoch] = rng.permutation(self.num_examples)
+      while len(self._permutations) > 2:
+        self._permutations.popitem(last=False)
+    return self._permutations[epoch]
+
+  def batch_indices(self, step, local_batch_size):
+    """Shard-local indices of training batch ``step``: ``(local_batch_size,)`` int64."""
+    step = _check_step(step)
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    indices = np.empty(local_batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      indices[where] = self._permutation(int(epoch))[offsets[where]]
+    return indices
+
+  def _rows(self, indices):
+    return {"image": self._x[indices], "noise": self._z[indices],
+            "label": np.full((len(indices),), -1, np.int32)}
+
+  def get_batch(self, step, local_batch_size):
+    """Training batch ``step``: ``{'image': x, 'noise': z}`` float32 ``(b, ...)``, ``label`` -1."""
+    return self._rows(self.batch_indices(step, local_batch_size))
+
+  def num_eval_batches(self, local_batch_size):
+    """Batches that :meth:`iterate` yields; the same on every host."""
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    largest_shard = -(-self.num_examples_total // self.process_count)
+    return -(-largest_shard // local_batch_size)
+
+  def iterate(self, local_batch_size):
+    """One ordered pass over this host's pairs in padded batches (``mask`` False on padding).
+
+    Yields:
+      dict(image=(b, ...) float32, noise=(b, ...) float32, label=(b,) int32, mask=(b,) bool).
+    """
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    for batch in range(self.num_eval_batches(local_batch_size)):
+      lo = min(batch * local_batch_size, self.num_examples)
+      hi = min(lo + local_batch_size, self.num_examples)
+      out = {"image": np.zeros((local_batch_size,) + self.image_shape, np.float32),
+             "noise": np.zeros((local_batch_size,) + self.image_shape, np.float32),
+             "label": np.full((local_batch_size,), -1, np.int32)}
+      out["image"][:hi - lo] = self._x[lo:hi]
+      out["noise"][:hi - lo] = self._z[lo:hi]
+      out["mask"] = np.arange(local_batch_size) < hi - lo
+      yield out

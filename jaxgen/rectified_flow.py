@@ -1,0 +1,695 @@
+"""Rectified flow (Liu, Gong & Liu 2022): reflow, distillation, straightness, minibatch-OT coupling.
+
+Convention of jaxgen's linear path: ``x_t = (1 - t) x + t z`` with data ``x`` at ``t = 0`` and
+noise ``z`` at ``t = 1``; the velocity regressed is ``dx_t/dt = z - x`` and samples are drawn by
+integrating ``dx/dt = v(x, t)`` from ``t = 1`` down to ``t = 0``.
+
+The pieces, each on the shared core (processes, solvers, likelihood, train loop):
+
+* **1-rectified flow**: ``method='flow'`` with ``process.name='linear'`` and a velocity network
+  (:func:`jaxgen.losses.flow_matching_loss`; ``training.time_sampling`` is ``uniform`` or
+  ``logit_normal``). :func:`source_path` swaps the ``N(0, I)`` end for a 2-D toy source
+  (``config.data.source='toy_8gaussians'``): the source is the path's prior, so training, sampling
+  and likelihood all use it. :func:`make_coupled_flow_loss_fn` adds minibatch-OT coupling
+  (``training.coupling='minibatch_ot'``).
+* **Reflow**: :func:`generate_pairs` solves ``x = ODE(z)`` (adaptive Dopri5 by default) in jitted
+  batches sharded over every device of every host and writes ``.npz`` chunks to a directory
+  (:mod:`jaxgen.data.pairs`), resumably; :func:`run_reflow` (``--mode=reflow``) does it for the
+  trained flow of a workdir. The k-rectified flow is trained on the pairs by ``--mode=train`` with
+  ``config.data.pairs_dir`` set (the pairs replace the training split), or warm-started from the
+  previous flow by ``--mode=distill`` with ``method='flow'`` (as Liu et al. fine-tune).
+* **Distillation**: ``method='distill'`` trains an ``n``-step Euler generator
+  ``x_hat = Euler_n(v_theta; z)`` (``n = config.distill.num_steps``; ``n = 1`` is
+  ``x_hat = z - v_theta(z, 1)``) on ``|x - x_hat|^2`` over the pairs of a teacher
+  (:func:`make_distill_loss_fn`, :func:`make_distilled_sample_fn`, :func:`run_distill`).
+* **Measures**: :func:`trajectory_statistics` gives the straightness
+  ``S = E int_0^1 |(z - x) - v(x_t, t)|^2 dt`` along the ODE trajectory (Liu et al. 2022, Def. 3.2)
+  and the transport cost ``E |x - z|^2``; :func:`sliced_wasserstein_distance` compares samples.
+* **Likelihood**: :func:`log_likelihood` is :func:`jaxgen.likelihood.ode_log_likelihood` with the
+  path's prior; bits/dim of a flow come from ``--mode=eval`` like every other model.
+
+Minibatch OT (Tong et al. 2023, OT-CFM) needs an assignment inside the jitted step. An exact
+assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``) cannot be traced, and doing it on
+the host would see integer image levels before dequantization and scaling. We solve the entropic
+OT problem of the minibatch with a log-domain Sinkhorn (``ot_iters`` iterations, regularisation
+``ot_reg`` relative to the mean cost) on the device and draw each data point's partner from its
+row of the plan, so the pairing follows the plan's joint law (with a small ``ot_reg`` it is close
+to the exact assignment). It runs on the global batch, whatever the sharding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import likelihood, losses, parallel, predictions, solvers
+from jaxgen.closed_form import GaussianMixture
+from jaxgen.data import pairs as pairs_lib
+from jaxgen.data import toy
+from jaxgen.processes import LinearPath, Process
+
+Array = jax.Array
+VelocityFn = Callable[[Any, Array, Array], Array]
+DriftFn = Callable[[Array, Array], Array]
+
+COUPLINGS = ("independent", "minibatch_ot")
+SOURCES = tuple("toy_" + name for name in toy.TOY_DATASETS)
+PAIRS_SUBDIR = "reflow_pairs"
+
+
+# --------------------------------------------------------------------------------------------------
+# a linear path from a toy source
+# --------------------------------------------------------------------------------------------------
+def eight_gaussians_mixture() -> GaussianMixture:
+  """The ``8gaussians`` toy set of :mod:`jaxgen.data.toy` as an exact Gaussian mixture."""
+  angles = np.arange(8) * math.pi / 4.0
+  means = 4.0 / 1.414 * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+  covs = np.broadcast_to((0.5 / 1.414) ** 2 * np.eye(2), (8, 2, 2)).copy()
+  return GaussianMixture(np.full((8,), 1.0 / 8.0), means, covs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceLinearPath(LinearPath):
+  """The linear path ``x_t = (1 - t) x + t z`` with ``z`` drawn from a 2-D toy set, not N(0, I).
+
+  ``source`` is ``toy_<name>`` (:data:`SOURCES`). The source is the prior at ``t = 1``:
+  :meth:`prior_sample` draws it (training noise, sampling, reflow pairs) and :meth:`prior_logp` is
+  its exact log-density where one is known (``toy_8gaussians``), so likelihoods work too.
+  """
+  source: str = "toy_8gaussians"
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f"unknown source {self.source!r}; expected one of {SOURCES}")
+
+  def prior_sample(self, key: Array, shape) -> Array:
+    """``shape = (batch, 2)`` samples of the source."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 2 or shape[1] != 2:
+      raise ValueError(f"source {self.source!r} is 2-D: samples must have shape (batch, 2), "
+                       f"got {shape}")
+    return toy.sample_toy(self.source[len("toy_"):], key, shape[0])
+
+  def prior_logp(self, z: Array) -> Array:
+    """Exact log-density of the source, ``(batch, 2)`` -> ``(batch,)``."""
+    if self.source != "toy_8gaussians":
+      raise ValueError(f"source {self.source!r} has no closed-form density; likelihoods need "
+                       f"N(0, I) or 'toy_8gaussians'")
+    return eight_gaussians_mixture().logp(z)
+
+
+def source_path(config) -> Process:
+  """The process of a config whose ``data.source`` names the ``t = 1`` end.
+
+  ``''`` or ``'normal'``: :class:`~jaxgen.processes.LinearPath` (N(0, I)); ``'toy_<name>'``:
+  :class:`SourceLinearPath`. Needs ``process.name == 'linear'``.
+  """
+  source = str(config.data.get("source", "") or "")
+  if config.process.name != "linear":
+    raise ValueError(f"config.data.source={source!r} needs process.name 'linear', got "
+                     f"{config.process.name!r}")
+  if source in ("", "normal"):
+    return LinearPath()
+  return SourceLinearPath(source)
+
+
+# --------------------------------------------------------------------------------------------------
+# minibatch optimal-transport coupling
+# --------------------------------------------------------------------------------------------------
+def sinkhorn_log_plan(cost: Array, reg: float, num_iters: int) -> Array:
+  """Log of the entropic OT plan between uniform marginals, by log-domain Sinkhorn.
+
+  Args:
+    cost: ``(n, m)`` transport costs.
+    reg: entropic regularisation (same units as ``cost``), ``> 0``.
+    num_iters: Sinkhorn iterations (each one updates both potentials).
+  Returns:
+    ``(n, m)`` ``log pi``, ``pi`` with rows summing to ``1/n`` and columns to ``1/m`` at
+    convergence.
+  """
+  n, m = cost.shape
+  kernel = -cost / reg
+  log_a, log_b = -math.log(n), -math.log(m)
+
+  def body(_, potentials):
+    f, g = potentials
+    f = log_a - jax.nn.logsumexp(kernel + g[None, :], axis=1)
+    g = log_b - jax.nn.logsumexp(kernel + f[:, None], axis=0)
+    return f, g
+
+  f, g = jax.lax.fori_loop(0, num_iters, body,
+                           (jnp.zeros((n,), cost.dtype), jnp.zeros((m,), cost.dtype)))
+  return kernel + f[:, None] + g[None, :]
+
+
+def minibatch_ot_coupling(key: Array, x: Array, z: Array, *, reg: float = 0.05,
+                          num_iters: int = 200) -> Array:
+  """Re-pair noise with data along the entropic OT plan of the minibatch (OT-CFM).
+
+  The cost is ``|x_i - z_j|^2`` divided by its mean (so ``reg`` is relative); each ``x_i`` gets
+  ``z_j`` with ``j ~ pi(j | i)``.
+
+  Args:
+    key: PRNG key of the draw from the plan.
+    x: data ``(batch, ...)``; z: noise ``(batch, ...)``.
+    reg: entropic regularisation relative to the mean cost, ``> 0``.
+    num_iters: Sinkhorn iterations.
+  Returns:
+    the re-paired noise ``(batch, ...)`` (rows of ``z``).
+  """
+  if x.shape != z.shape:
+    raise ValueError(f"x and z must have the same shape (batch, ...), got {x.shape} and {z.shape}")
+  if not reg > 0:
+    raise ValueError(f"the OT regularisation must be positive, got {reg!r}")
+  n = x.shape[0]
+  xf = x.reshape(n, -1).astype(jnp.float32)
+  zf = z.reshape(n, -1).astype(jnp.float32)
+  cost = (jnp.sum(xf**2, -1)[:, None] + jnp.sum(zf**2, -1)[None, :] - 2.0 * xf @ zf.T)
+  cost = jnp.maximum(cost, 0.0)
+  cost = jax.lax.stop_gradient(cost / jnp.maximum(jnp.mean(cost), 1e-12))
+  log_plan = sinkhorn_log_plan(cost, reg, int(num_iters))
+  partner = jax.random.categorical(key, log_plan, axis=1)
+  return z[partner]
+
+
+def make_coupled_flow_loss_fn(config, setup) -> Callable:
+  """Flow-matching loss whose noise is re-paired with the data (``training.coupling``).
+
+  ``'independent'``: :func:`jaxgen.losses.flow_matching_loss` as is. ``'minibatch_ot'``: the noise
+  is drawn from the path's prior and coupled by :func:`minibatch_ot_coupling` (``training.ot_reg``,
+  ``training.ot_iters``) before the loss; batches that carry their own ``noise`` (reflow pairs)
+  are left as they are. Returns ``loss(params, key, batch, train=True) -> (loss, aux)``.
+  """
+  training = config.training
+  coupling = training.get("coupling", "independent")
+  if coupling not in COUPLINGS:
+    raise ValueError(f"unknown config.training.coupling {coupling!r}; expected one of {COUPLINGS}")
+  if config.method not in ("flow", "rectified_flow"):
+    raise ValueError(f"config.training.coupling={coupling!r} needs method 'flow', got "
+                     f"{config.method!r}")
+  base = losses.flow_matching_loss(setup.model_fn, setup.process, setup.prediction,
+                                   time_sampling=training.get("time_sampling", "uniform"),
+                                   eps=training.eps, reduce_mean=training.reduce_mean)
+  if coupling == "independent":
+    return base
+  reg, num_iters = float(training.get("ot_reg", 0.05)), int(training.get("ot_iters", 200))
+  if not reg > 0 or num_iters <= 0:
+    raise ValueError(f"config.training.ot_reg={reg} and ot_iters={num_iters} must be positive")
+  process = setup.process
+
+  def loss_fn(params, key, batch, train: bool = True):
+    if "noise" in batch:
+      return base(params, key, batch, train)
+    k_z, k_plan, k_loss = jax.random.split(key, 3)
+    x = batch["image"]
+    if isinstance(process, LinearPath):   # N(0, I) or the source of a SourceLinearPath
+      z = process.prior_sample(k_z, x.shape)
+    else:
+      z = jax.random.normal(k_z, x.shape, jnp.float32)
+    z = minibatch_ot_coupling(k_plan, x, z, reg=reg, num_iters=num_iters)
+    return base(params, k_loss, {**batch, "noise": z}, train)
+
+  return loss_fn
+
+
+# --------------------------------------------------------------------------------------------------
+# n-step Euler generators and distillation
+# --------------------------------------------------------------------------------------------------
+def euler_generate(drift_fn: DriftFn, z: Array, process: Process,
+                   num_steps: int = 1) -> Tuple[Array, Array]:
+  """``num_steps`` uniform Euler steps of ``dx/dt = drift_fn(x, t)`` from ``t = T`` to ``t_min``.
+
+  With one step on the linear path this is ``x = z - v(z, 1)``. Differentiable (used as the
+  distilled generator in training and sampling alike).
+
+  Args:
+    drift_fn: ``(batch, ...)``, ``(batch,)`` -> ``(batch, ...)``.
+    z: prior samples ``(batch, ...)``.
+    process: gives ``T`` and ``t_min``.
+    num_steps: number of Euler steps (= network evaluations).
+  Returns:
+    ``(x (batch, ...), nfe)``.
+  """
+  return solvers.solve_ode(drift_fn, z, float(process.T), float(process.t_min), solver="euler",
+                           num_steps=num_steps)
+
+
+def _distill_steps(config) -> int:
+  steps = config.get("distill", {}).get("num_steps", 1)
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
+    raise ValueError(f"config.distill.num_steps must be a positive int, got {steps!r}")
+  return int(steps)
+
+
+def make_distill_loss_fn(config, setup) -> Callable:
+  """Distillation loss of an ``n``-step Euler generator on reflow pairs ``(z, x)``.
+
+  ``|x - Euler_n(v_theta; z)|^2`` (mean over dimensions if ``training.reduce_mean``, else sum),
+  ``n = config.distill.num_steps``; for ``n = 1``, ``|x - (z - v_theta(z, 1))|^2``. Batches without
+  ``noise`` (held-out real data in the periodic evaluation) get the flow-matching loss of
+  ``v_theta`` instead, since they have no partner for the generator.
+
+  Returns ``loss(params, key, batch, train=True) -> (loss, {'loss_per_example': (batch,)})``.
+  """
+  num_steps = _distill_steps(config)
+  process, model_fn, prediction = setup.process, setup.model_fn, setup.prediction
+  reduce_mean = bool(config.training.reduce_mean)
+  fallback = losses.flow_matching_loss(model_fn, process, prediction,
+                                       time_sampling=config.training.get("time_sampling",
+                                                                         "uniform"),
+                                       eps=config.training.eps, reduce_mean=reduce_mean)
+
+  def loss_fn(params, key, batch, train: bool = True):
+    if "noise" not in batch:
+      return fallback(params, key, batch, train)
+    x, z = batch["image"], batch["noise"]
+    labels = batch.get("label")
+    network = lambda y, t: model_fn(params, y, t, train=train, key=key, labels=labels)
+    drift_fn = predictions.as_drift_fn(process, network, prediction)
+    x_hat, _ = euler_generate(drift_fn, z, process, num_steps)
+    flat = jnp.square(x_hat - x).reshape(x.shape[0], -1)
+    per_example = jnp.mean(flat, -1) if reduce_mean else jnp.sum(flat, -1)
+    return jnp.mean(per_example), {"loss_per_example": per_example}
+
+  return loss_fn
+
+
+def make_distilled_sample_fn(setup, sampling_config) -> Callable:
+  """``sample_fn(params, key, n) -> (samples (n, *shape), nfe)`` of a distilled generator:
+  ``config.distill.num_steps`` Euler steps from the prior (``sampling_config`` is not used: the
+  number of steps is part of the distilled model)."""
+  del sampling_config
+  num_steps = _distill_steps(setup.config)
+  process, model_fn, prediction = setup.process, setup.model_fn, setup.prediction
+
+  def sample_fn(params, key, n):
+    z = process.prior_sample(key, (n,) + tuple(setup.shape))
+    drift_fn = predictions.as_drift_fn(process, lambda x, t: model_fn(params, x, t), prediction)
+    return euler_generate(drift_fn, z, process, num_steps)
+
+  return sample_fn
+
+
+# --------------------------------------------------------------------------------------------------
+# straightness, transport cost, distances, likelihood
+# --------------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("drift_fn", "num_points", "steps_per_point",
+                                             "solver"))
+def _trajectory(drift_fn, z, t_start, t_end, *, num_points, steps_per_point, solver):
+  batch = z.shape[0]
+  times = jnp.linspace(t_start, t_end, num_points + 1)
+
+  def segment(x, t_pair):
+    t, s = t_pair
+    velocity = drift_fn(x, jnp.full((batch,), t, x.dtype))
+    x_next, nfe = solvers.solve_ode(drift_fn, x, t, s, solver=solver, num_steps=steps_per_point)
+    return x_next, (velocity, nfe)
+
+  x_end, (velocities, nfes) = jax.lax.scan(segment, z, (times[:-1], times[1:]))
+  last = drift_fn(x_end, jnp.full((batch,), t_end, x_end.dtype))
+  velocities = jnp.concatenate([velocities, last[None]], axis=0)    # (K + 1, batch, ...)
+  chord = (z - x_end) / (t_start - t_end)                             # the straight line's velocity
+  deviation = jnp.sum(jnp.square(chord[None] - velocities).reshape(num_points + 1, batch, -1), -1)
+  weights = jnp.ones((num_points + 1,)).at[0].set(0.5).at[-1].set(0.5) / num_points
+  straightness = jnp.sum(weights[:, None] * deviation, axis=0)       # trapezoid on [0, 1]
+  transport_cost = jnp.sum(jnp.square(x_end - z).reshape(batch, -1), -1)
+  return x_end, straightness, transport_cost, jnp.sum(nfes) + num_points + 1
+
+
+def trajectory_statistics(drift_fn: DriftFn, z: Array, process: Process = LinearPath(), *,
+                          t_end: Optional[float] = None, num_points: int = 64,
+                          steps_per_point: int = 1, solver: str = "rk4") -> Dict[str, Array]:
+  """Follow ``dx/dt = drift_fn(x, t)`` from ``z`` at ``t = T`` to ``t_end``; measure its shape.
+
+  The trajectory is solved with ``solver`` (``steps_per_point`` steps) between ``num_points + 1``
+  uniform times; the velocity is evaluated at each of them. With ``x`` the end point:
+
+  * ``straightness = int_0^1 |(z - x) - v(x_t, t)|^2 dt`` (time rescaled to [0, 1]; trapezoid rule
+    over the grid), Liu et al. (2022)'s ``S``; zero exactly when the trajectory is a straight line
+    run at constant speed;
+  * ``transport_cost = |x - z|^2``.
+
+  Args:
+    drift_fn: velocity ``(batch, ...)``, ``(batch,)`` -> ``(batch, ...)``; hashable (it is a static
+      argument of the jitted solve; build it once).
+    z: starting points ``(batch, ...)`` (prior samples).
+    process: gives ``T`` and the default ``t_end = t_min``.
+    num_points: number of grid segments.
+    steps_per_point: solver steps per segment.
+    solver: a fixed-step solver of :func:`jaxgen.solvers.solve_ode` (``euler``, ``heun``, ``rk4``).
+  Returns:
+    dict ``x (batch, ...)``, ``straightness (batch,)``, ``transport_cost (batch,)`` (both summed
+    over dimensions) and ``nfe`` (int32, per trajectory).
+  """
+  if solver not in solvers.FIXED_STEP_SOLVERS:
+    raise ValueError(f"solver {solver!r} must be a fixed-step solver {solvers.FIXED_STEP_SOLVERS}")
+  for name, value in (("num_points", num_points), ("steps_per_point", steps_per_point)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+  t_end = float(process.t_min) if t_end is None else float(t_end)
+  if not t_end < float(process.T):
+    raise ValueError(f"`t_end` must be below T = {process.T}, got {t_end}")
+  x, straightness, cost, nfe = _trajectory(drift_fn, z, jnp.float32(process.T),
+                                           jnp.float32(t_end), num_points=int(num_points),
+                                           steps_per_point=int(steps_per_point), solver=solver)
+  return {"x": x, "straightness": straightness, "transport_cost": cost, "nfe": nfe}
+
+
+def sliced_wasserstein_distance(key: Array, a: Array, b: Array,
+                                num_projections: int = 256) -> Array:
+  """Sliced 2-Wasserstein distance between two equal-size samples.
+
+  ``sqrt(E_theta W_2^2(theta . a, theta . b))`` with ``theta`` uniform on the sphere
+  (``num_projections`` directions drawn from ``key``); 1-D ``W_2`` between empirical measures of
+  equal size is the RMS difference of the sorted projections.
+
+  Args:
+    key: PRNG key of the directions.
+    a, b: ``(n, ...)`` samples (flattened per example).
+    num_projections: number of directions.
+  Returns:
+    scalar float32.
+  """
+  a = jnp.asarray(a, jnp.float32).reshape(a.shape[0], -1)
+  b = jnp.asarray(b, jnp.float32).reshape(b.shape[0], -1)
+  if a.shape != b.shape:
+    raise ValueError(f"samples must have equal shapes (n, d), got {a.shape} and {b.shape}")
+  theta = jax.random.normal(key, (a.shape[1], int(num_projections)))
+  theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
+  pa, pb = jnp.sort(a @ theta, axis=0), jnp.sort(b @ theta, axis=0)
+  return jnp.sqrt(jnp.mean(jnp.square(pa - pb)))
+
+
+def log_likelihood(drift_fn: DriftFn, x: Array, process: Process = LinearPath(), *,
+                   key: Optional[Array] = None, t0: Optional[float] = None,
+                   divergence: str = "exact", **kwargs):
+  """Log-likelihood of data ``x`` ``(batch, ...)`` under a flow, with the path's prior at ``T``.
+
+  :func:`jaxgen.likelihood.ode_log_likelihood` from ``t0`` (default ``process.t_min``, i.e. 0 on
+  the linear path) to ``process.T``; ``kwargs`` go through (``solver``, ``rtol``, ``atol``, ...).
+  Returns ``(logp (batch,) nats, z (batch, ...), nfe)``.
+  """
+  t0 = float(process.t_min) if t0 is None else float(t0)
+  return likelihood.ode_log_likelihood(drift_fn, x, key=key, prior_logp=process.prior_logp, t0=t0,
+                                       t1=float(process.T), divergence=divergence, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# reflow pairs
+# --------------------------------------------------------------------------------------------------
+# meta.json fields that must agree for a generation to be resumed in the same directory.
+_RESUME_FIELDS = ("format", "num_pairs", "chunk_size", "batch_size", "num_chunks", "shape", "seed",
+                  "solver", "rtol", "atol", "num_steps", "eps", "process", "metadata")
+
+
+def _positive_int(value, name):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+  return int(value)
+
+
+def _broadcast_from_host0(mask: np.ndarray) -> np.ndarray:
+  if jax.process_count() == 1:
+    return mask
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.broadcast_one_to_all(mask))
+
+
+def _progress(total, initial, desc, enabled):
+  if not enabled or jax.process_index() != 0:
+    return None
+  try:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    return tqdm(total=total, initial=initial, desc=desc, leave=True, mininterval=2.0)
+  except ImportError:  # pragma: no cover
+    return None
+
+
+def chunk_key(seed: int, chunk: int, batch: int = 0) -> Array:
+  """PRNG key of batch ``batch`` of chunk ``chunk``: ``fold_in(fold_in(PRNGKey(seed), chunk),
+  batch)``; a chunk's pairs depend on nothing else, so any subset of chunks can be (re)made."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), chunk), batch)
+
+
+def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape: Sequence[int],
+                   directory: str, *, num_pairs: int, chunk_size: int = 1000,
+                   batch_size: Optional[int] = None, seed: int = 0, solver: str = "dopri5",
+                   rtol: float = 1e-5, atol: float = 1e-5, num_steps: int = 100,
+                   eps: float = 1e-3, mesh=None, max_chunks: Optional[int] = None,
+                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
+  """Coupled pairs ``(z, x = ODE(z))`` of a flow, written resumably in chunks to ``directory``.
+
+  Chunk ``c`` holds pairs ``[c chunk_size, (c + 1) chunk_size)``, made in ``chunk_size //
+  batch_size`` jitted calls; call ``b`` draws ``z = process.prior_sample(chunk_key(seed, c, b),
+  (batch_size, *shape))`` and solves ``dx/dt = velocity_fn(params, x, t)`` from ``T`` to ``eps``
+  with ``solver``, the batch sharded over every device of the mesh (all hosts). Host 0 writes each
+  finished chunk atomically (:mod:`jaxgen.data.pairs`). A directory that already holds chunks of
+  the same generation (same ``meta.json`` fields) is completed: only missing chunks are made, so
+  an interrupted run resumed yields exactly the pairs of an uninterrupted one (on the same number
+  of devices: an adaptive solve's error norm is a reduction over the batch).
+
+  Args:
+    velocity_fn: ``velocity_fn(params, x, t) -> (batch, ...)`` (the probability-flow drift);
+      keep one function object per model, it keys the compilation cache.
+    params: its parameters (placed replicated on the mesh).
+    process: gives ``T``, the prior sampler and is recorded in ``meta.json``.
+    shape: shape of one example, e.g. ``(2,)`` or ``(32, 32, 3)``.
+    directory: where ``meta.json`` and ``chunk_XXXXXX.npz`` go.
+    num_pairs: pairs in total; the last chunk may be shorter.
+    chunk_size: pairs per chunk file; a multiple of ``batch_size``.
+    batch_size: global batch of one solve (default ``chunk_size``); a multiple of the device count.
+    seed: seed of the noise.
+    solver, rtol, atol, num_steps: as in :func:`jaxgen.solvers.solve_ode` (adaptive Dopri5 by
+      default; ``num_steps`` for the fixed-step solvers).
+    eps: final time of the solve.
+    mesh: device mesh (default :func:`jaxgen.parallel.make_mesh`).
+    max_chunks: make at most this many new chunks, then return (a time-limited job).
+    progress: show a progress bar (host 0).
+    metadata: JSON-serialisable facts that must match on resume (e.g. the model's step).
+  Returns:
+    dict ``directory``, ``num_chunks``, ``generated`` (chunks made now), ``skipped`` (present
+    before), ``complete``, ``mean_nfe`` (of the chunks made now), ``seconds``.
+  """
+  num_pairs = _positive_int(num_pairs, "num_pairs")
+  chunk_size = _positive_int(chunk_size, "chunk_size")
+  batch_size = chunk_size if batch_size is None else _positive_int(batch_size, "batch_size")
+  if chunk_size % batch_size:
+    raise ValueError(f"`chunk_size` ({chunk_size}) must be a multiple of `batch_size` "
+                     f"({batch_size})")
+  if solver not in solvers.SOLVERS:
+    raise ValueError(f"unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
+  if max_chunks is not None and (isinstance(max_chunks, bool) or max_chunks < 0):
+    raise ValueError(f"`max_chunks` must be None or a non-negative int, got {max_chunks!r}")
+  if not 0.0 <= float(eps) < float(process.T):
+    raise ValueError(f"`eps` must lie in [0, T = {process.T}), got {eps!r}")
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_global_batch(batch_size, mesh, "batch_size")
+  shape = tuple(int(s) for s in shape)
+  num_chunks = -(-num_pairs // chunk_size)
+  directory = os.fspath(directory)
+  meta = {"format": pairs_lib.FORMAT_VERSION, "num_pairs": num_pairs, "chunk_size": chunk_size,
+          "batch_size": batch_size, "num_chunks": num_chunks, "shape": list(shape),
+          "seed": int(seed), "solver": solver, "rtol": float(rtol), "atol": float(atol),
+          "num_steps": int(num_steps), "eps": float(eps), "process": repr(process),
+          "metadata": json.loads(json.dumps(metadata or {}))}
+
+  if os.path.exists(os.path.join(directory, pairs_lib.META_FILE)):
+    old = pairs_lib.read_meta(directory)
+    diffs = [k for k in _RESUME_FIELDS if old.get(k) != meta[k]]
+    if diffs:
+      detail = "; ".join(f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in diffs)
+      raise ValueError(f"pairs directory {directory!r} holds another generation ({detail}); "
+                       f"use another directory or the same settings")
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+    pairs_lib.remove_partial_files(directory)
+    if not os.path.exists(os.path.join(directory, pairs_lib.META_FILE)):
+      pairs_lib.write_meta(directory, {**meta, "created": time.time()})
+  missing = np.zeros((num_chunks,), np.bool_)
+  missing[pairs_lib.missing_chunks(directory, num_chunks)] = True
+  todo = np.flatnonzero(_broadcast_from_host0(missing)).tolist()
+
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  if jax.process_count() == 1:
+    params = jax.device_put(params, repl)
+  example_shape = (batch_size,) + shape
+
+  def generate(params, key):
+    z = jax.lax.with_sharding_constraint(process.prior_sample(key, example_shape), sharded)
+    drift_fn = lambda x, t: velocity_fn(params, x, t)
+    x, nfe = solvers.solve_ode(drift_fn, z, float(process.T), float(eps), solver=solver,
+                               num_steps=num_steps, rtol=rtol, atol=atol)
+    return z, x, nfe
+
+  run = jax.jit(generate, in_shardings=(repl, repl), out_shardings=(sharded, sharded, repl))
+  bar = _progress(num_chunks, num_chunks - len(todo), "reflow pairs", progress)
+  t_start, made, nfes = time.time(), 0, []
+  for chunk in todo:
+    if max_chunks is not None and made >= max_chunks:
+      break
+    zs, xs, chunk_nfe = [], [], []
+    for b in range(chunk_size // batch_size):
+      key = jax.device_put(chunk_key(seed, chunk, b), repl)
+      z, x, nfe = run(params, key)
+      zs.append(parallel.to_host(z))
+      xs.append(parallel.to_host(x))
+      chunk_nfe.append(int(nfe))
+    size = min(chunk_size, num_pairs - chunk * chunk_size)
+    if jax.process_index() == 0:
+      pairs_lib.write_chunk(directory, chunk, np.concatenate(zs)[:size],
+                            np.concatenate(xs)[:size], np.asarray(chunk_nfe, np.int32))
+    made += 1
+    nfes.extend(chunk_nfe)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(nfe=chunk_nfe[-1])
+  if bar is not None:
+    bar.close()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("jaxgen reflow pairs written")
+  left = len(todo) - made
+  return {"directory": directory, "num_chunks": num_chunks, "generated": made,
+          "skipped": num_chunks - len(todo), "complete": left == 0,
+          "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
+
+
+def velocity_fn_from_setup(setup) -> VelocityFn:
+  """``velocity_fn(params, x, t)``: the probability-flow drift of a trained model of a
+  :class:`jaxgen.train.Setup` (any prediction type; a velocity network as it is)."""
+  process, model_fn, prediction = setup.process, setup.model_fn, setup.prediction
+
+  def velocity_fn(params, x, t):
+    network = lambda y, s: model_fn(params, y, s)
+    return predictions.as_drift_fn(process, network, prediction)(x, t)
+
+  return velocity_fn
+
+
+def pairs_directory(config, workdir: str) -> str:
+  """Where ``--mode=reflow`` writes: ``config.reflow.pairs_dir`` or ``<workdir>/reflow_pairs``."""
+  reflow = config.get("reflow", {})
+  return str(reflow.get("pairs_dir", "") or "") or os.path.join(workdir, PAIRS_SUBDIR)
+
+
+def run_reflow(config, workdir: str) -> Dict[str, Any]:
+  """``--mode=reflow``: pairs ``(z, ODE(z))`` of the flow trained in ``workdir`` (EMA parameters).
+
+  Reads ``config.reflow``: ``num_pairs``, ``chunk_size``, ``batch_size``, ``seed``, ``solver``,
+  ``rtol``, ``atol``, ``num_steps``, ``eps``, ``pairs_dir`` (default ``<workdir>/reflow_pairs``),
+  ``max_chunks`` (0: all). Resumes an interrupted generation. Returns the summary of
+  :func:`generate_pairs` (also written to ``<pairs_dir>/summary.json``).
+  """
+  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  if config.method in ("distill", "cnf"):
+    raise ValueError(f"--mode=reflow needs a flow or score model (config.method 'flow' or "
+                     f"'score'), got {config.method!r}")
+  if "reflow" not in config:
+    raise ValueError("--mode=reflow needs a config.reflow section (see configs/rectified_flow)")
+  reflow = config.reflow
+  mesh = parallel.make_mesh()
+  setup, state = train.load_state(config, workdir, mesh)
+  directory = pairs_directory(config, workdir)
+  max_chunks = int(reflow.get("max_chunks", 0)) or None
+  train.log(f"reflow: {reflow.num_pairs} pairs of the model at step {int(state.step)} in "
+            f"{workdir} -> {directory} ({reflow.solver}, {parallel.describe(mesh)})")
+  summary = generate_pairs(
+      velocity_fn_from_setup(setup), state.ema_params, setup.process, setup.shape, directory,
+      num_pairs=int(reflow.num_pairs), chunk_size=int(reflow.chunk_size),
+      batch_size=int(reflow.get("batch_size", 0)) or None, seed=int(reflow.get("seed", 0)),
+      solver=str(reflow.solver), rtol=float(reflow.rtol), atol=float(reflow.atol),
+      num_steps=int(reflow.num_steps), eps=float(reflow.eps), mesh=mesh, max_chunks=max_chunks,
+      metadata={"model_step": int(state.step), "method": config.method,
+                "model": str(config.model.name)})
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  train.log(f"reflow: {summary['generated']} chunks made, {summary['skipped']} already there, "
+            f"complete={summary['complete']}, mean NFE {summary['mean_nfe']:.1f}")
+  return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# warm start and --mode=distill
+# --------------------------------------------------------------------------------------------------
+def load_workdir_config(workdir: str):
+  """The config a workdir was trained with (its ``config.json``) as a ``ConfigDict``."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{path} does not exist: {workdir!r} is not the workdir of a trained run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f)["config"])
+
+
+def warm_start(config, workdir: str, init_workdir: str) -> bool:
+  """Write a step-0 checkpoint into ``workdir`` whose parameters (and EMA) are the EMA parameters
+  of the run in ``init_workdir``; a fresh optimizer state. The train loop then starts from it.
+
+  Does nothing (returns False) if ``workdir`` already holds a checkpoint, so a resumed run
+  continues. Raises ValueError if the two parameter trees differ.
+  """
+  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  manager = train.make_checkpoint_manager(workdir, config)
+  try:
+    if manager.latest_step() is not None:
+      return False
+    mesh = parallel.make_mesh()
+    repl = parallel.replicated(mesh)
+    _, teacher = train.load_state(load_workdir_config(init_workdir), init_workdir, mesh)
+    setup = train.Setup(config)
+    state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+    mine = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state.params)
+    theirs = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), teacher.ema_params)
+    if jax.tree_util.tree_structure(mine) != jax.tree_util.tree_structure(theirs) or (
+        jax.tree_util.tree_leaves(mine) != jax.tree_util.tree_leaves(theirs)):
+      raise ValueError(f"the model of {init_workdir!r} does not match config.model "
+                       f"({config.model.name!r}); a warm start needs the same network")
+    params = teacher.ema_params
+    state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                          opt_state=jax.jit(setup.optimizer.init, out_shardings=repl)(params))
+    train.check_workdir_compatible(workdir, config)
+    train.write_config(workdir, config)
+    train.save_checkpoint(manager, state, 0, force=True)
+    manager.wait_until_finished()
+    train.log(f"warm start: {workdir} starts from the EMA parameters of {init_workdir} "
+              f"(step {int(teacher.step)})")
+    return True
+  finally:
+    manager.close()
+
+
+def run_distill(config, workdir: str) -> Dict[str, Any]:
+  """``--mode=distill``: train on a teacher's reflow pairs, warm-started from the teacher.
+
+  ``config.reflow.init_workdir`` is the teacher's workdir; the pairs are ``config.data.pairs_dir``
+  or, if empty, ``<init_workdir>/reflow_pairs`` (make them with ``--mode=reflow`` there). With
+  ``method='distill'`` this trains the ``config.distill.num_steps``-step generator; with
+  ``method='flow'`` the k-rectified flow fine-tuned from the (k-1)-rectified one, as Liu et al.
+  Returns the training summary (also in ``<workdir>/train_summary.json``).
+  """
+  from jaxgen import evaluate, train  # pylint: disable=import-outside-toplevel
+  init = str(config.get("reflow", {}).get("init_workdir", "") or "")
+  if not init:
+    raise ValueError("--mode=distill needs config.reflow.init_workdir: the workdir of the teacher "
+                     "flow to start from")
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if not config.data.get("pairs_dir", ""):
+      config.data.pairs_dir = os.path.join(init, PAIRS_SUBDIR)
+  pairs_lib.read_meta(config.data.pairs_dir)  # fails early, naming the directory, if absent
+  warm_start(config, workdir, init)
+  summary = train.train_and_evaluate(config, workdir,
+                                     evaluate_fn=evaluate.make_periodic_evaluation(config))
+  summary.pop("state")
+  evaluate.write_json(os.path.join(workdir, "train_summary.json"), summary)
+  return summary

@@ -1,0 +1,312 @@
+"""Rectified flow: reflow straightens a 2-D flow, distillation, resumable pairs, likelihoods."""
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from configs.rectified_flow import common
+from jaxgen import closed_form
+from jaxgen import data as data_lib
+from jaxgen import evaluate, parallel, rectified_flow, train
+from jaxgen.data import pairs as pairs_lib
+from jaxgen.processes import LinearPath
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def toy_config(stage, pairs_dir="", batch_size=256, hidden=(64, 64, 64)):
+  config = common.toy_config("checkerboard", "", stage)
+  config.model.hidden = hidden
+  config.model.ema_rate = 0.99
+  config.training.batch_size = batch_size
+  config.optim.lr = 1e-3
+  config.data.pairs_dir = pairs_dir
+  return config
+
+
+def fit(config, steps, init_params=None):
+  """``steps`` jitted train steps of the library's loop body on one device; EMA parameters."""
+  setup = train.Setup(config)
+  state = jax.jit(setup.init_state)(jax.random.PRNGKey(config.seed))
+  if init_params is not None:   # warm start from the previous flow, as Liu et al.
+    state = state.replace(params=init_params, ema_params=init_params,
+                          opt_state=setup.optimizer.init(init_params))
+  train_step = jax.jit(setup.make_train_step())
+  ds = data_lib.get_dataset(config.data, config.data.train_split, seed=config.seed,
+                            process_index=0, process_count=1)
+  for step in range(steps):
+    state, _ = train_step(state, ds.get_batch(step, config.training.batch_size))
+  return setup, state.ema_params
+
+
+def drift(setup, params):
+  velocity_fn = rectified_flow.velocity_fn_from_setup(setup)
+  return lambda x, t: velocity_fn(params, x, t)
+
+
+def test_reflow_straightens_one_step_samples_and_distillation_keeps_them(tmp_path):
+  """N(0, I) -> checkerboard: 1-RF, its Dopri5 pairs, 2-RF on them, its pairs, a distilled 1-step
+  generator. The pairs' x are each flow's multi-step (Dopri5) samples from the pairs' z."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  n = 3000
+  reference = np.asarray(data_lib.sample_toy("checkerboard", jax.random.PRNGKey(7), n))
+  swd = lambda x: float(rectified_flow.sliced_wasserstein_distance(jax.random.PRNGKey(3), x,
+                                                                   reference, 512))
+
+  def reflow(setup, params, name, seed):
+    """Pairs of the flow; returns (pairs dir, straightness, one-step SWD, Dopri5 SWD)."""
+    directory = str(tmp_path / name)
+    summary = rectified_flow.generate_pairs(
+        rectified_flow.velocity_fn_from_setup(setup), params, setup.process, (2,), directory,
+        num_pairs=n, chunk_size=1000, seed=seed, rtol=1e-4, atol=1e-4, mesh=mesh,
+        progress=False)
+    assert summary["complete"] and summary["generated"] == 3
+    z, x = pairs_lib.load_pairs(directory)
+    fn = drift(setup, params)
+    stats = rectified_flow.trajectory_statistics(fn, z[:1000], setup.process, num_points=32)
+    one_step, nfe = rectified_flow.euler_generate(fn, z, setup.process, 1)
+    assert int(nfe) == 1
+    return directory, float(jnp.mean(stats["straightness"])), swd(one_step), swd(x)
+
+  setup1, params1 = fit(toy_config("1rf"), 1200)
+  pairs1, straight1, one1, multi1 = reflow(setup1, params1, "pairs1", 0)
+  setup2, params2 = fit(toy_config("2rf", pairs1), 500, params1)
+  pairs2, straight2, one2, multi2 = reflow(setup2, params2, "pairs2", 1)
+  distill_config = toy_config("distill", pairs2)
+  setup_d, params_d = fit(distill_config, 300, params2)
+  sample_fn = rectified_flow.make_distilled_sample_fn(setup_d, distill_config.sampling)
+  distilled, nfe = jax.jit(sample_fn, static_argnums=2)(params_d, jax.random.PRNGKey(11), n)
+  one_d = swd(distilled)
+  print(f"straightness 1-RF {straight1:.4f} 2-RF {straight2:.5f}; one-step SWD 1-RF {one1:.3f} "
+        f"2-RF {one2:.3f} distilled {one_d:.3f}; dopri5 SWD 1-RF {multi1:.3f} 2-RF {multi2:.3f}")
+  assert int(nfe) == 1
+  assert straight2 * 5 <= straight1, (straight1, straight2)
+  assert one2 < one1, (one1, one2)
+  assert one_d <= 1.2 * multi2, (one_d, multi2)
+  assert multi1 < 0.3 and multi2 < 0.3   # both flows do transport to the checkerboard
+
+
+def closed_form_velocity(params, x, t):
+  """``velocity_fn(params, x, t)`` of a three-Gaussian 2-D mixture (``params`` unused)."""
+  del params
+  return closed_form.three_gaussians_2d().velocity_fn(LinearPath())(x, t)
+
+
+def _all_pairs(directory):
+  meta = pairs_lib.read_meta(directory)
+  return [pairs_lib.read_chunk(directory, i) for i in range(meta["num_chunks"])]
+
+
+def test_interrupted_pair_generation_resumes_to_the_same_pairs(tmp_path):
+  mesh = parallel.make_mesh()   # all (fake) devices: the solves are sharded
+  kwargs = dict(num_pairs=1000, chunk_size=256, batch_size=128, seed=5, rtol=1e-4, atol=1e-4,
+                mesh=mesh, progress=False, metadata={"model_step": 7})
+  args = (closed_form_velocity, None, LinearPath(), (2,))
+  full = rectified_flow.generate_pairs(*args, str(tmp_path / "full"), **kwargs)
+  assert full["complete"] and full["generated"] == 4 and full["mean_nfe"] > 10
+
+  part = str(tmp_path / "part")
+  first = rectified_flow.generate_pairs(*args, part, max_chunks=2, **kwargs)
+  assert not first["complete"] and first["generated"] == 2
+  assert pairs_lib.missing_chunks(part, 4) == [2, 3]
+  with pytest.raises(ValueError, match="incomplete"):
+    pairs_lib.PairsDataset(part)
+  # A writer killed mid-chunk leaves only a temporary file; a lost chunk leaves a hole.
+  with open(pairs_lib.chunk_path(part, 2) + ".tmp-12345", "wb") as f:
+    f.write(b"half a chunk")
+  os.remove(pairs_lib.chunk_path(part, 0))
+  resumed = rectified_flow.generate_pairs(*args, part, **kwargs)
+  assert resumed["complete"] and resumed["generated"] == 3 and resumed["skipped"] == 1
+  assert not glob.glob(os.path.join(part, "*.tmp-*"))
+  for a, b in zip(_all_pairs(str(tmp_path / "full")), _all_pairs(part)):
+    for key in ("z", "x", "nfe"):
+      np.testing.assert_array_equal(a[key], b[key])
+  z, x = pairs_lib.load_pairs(part)
+  assert z.shape == x.shape == (1000, 2)
+  # The pairs are the flow's: x solves the ODE from z (exactly the mixture's samples in law).
+  assert abs(float(np.mean(x[:, 0])) - float(closed_form.three_gaussians_2d().mean()[0])) < 0.15
+
+  with pytest.raises(ValueError, match="seed"):
+    rectified_flow.generate_pairs(*args, part, **{**kwargs, "seed": 6})
+  with pytest.raises(ValueError, match="chunk_size"):
+    rectified_flow.generate_pairs(*args, str(tmp_path / "bad"), **{**kwargs, "batch_size": 96})
+
+
+def test_pairs_dataset_serves_every_pair_with_the_pipeline_interface(tmp_path):
+  directory = str(tmp_path / "pairs")
+  rectified_flow.generate_pairs(closed_form_velocity, None, LinearPath(), (2,), directory,
+                                num_pairs=300, chunk_size=64, solver="euler", num_steps=4,
+                                mesh=parallel.make_mesh(jax.devices()[:1]), progress=False)
+  config = toy_config("2rf", directory)
+  ds = data_lib.get_dataset(config.data, "train", seed=3, process_index=0, process_count=1)
+  assert isinstance(ds, pairs_lib.PairsDataset)
+  assert ds.num_examples == 300 and ds.image_shape == (2,)
+  batch = ds.get_batch(5, 32)
+  assert set(batch) == {"image", "noise", "label"} and batch["image"].shape == (32, 2)
+  np.testing.assert_array_equal(batch["image"], ds.get_batch(5, 32)["image"])   # pure in step
+  z, x = pairs_lib.load_pairs(directory)
+  rows = [np.flatnonzero((x == row).all(1))[0] for row in batch["image"]]
+  np.testing.assert_array_equal(batch["noise"], z[rows])                        # still coupled
+  seen = np.concatenate([b["image"][b["mask"]] for b in ds.iterate(128)])
+  np.testing.assert_array_equal(seen, x)
+  halves = [pairs_lib.PairsDataset(directory, process_index=i, process_count=2) for i in (0, 1)]
+  assert [h.num_examples for h in halves] == [150, 150]
+  # The evaluation split stays the real data.
+  assert not isinstance(data_lib.get_dataset(config.data, "test", seed=3), pairs_lib.PairsDataset)
+
+
+def test_linear_flow_likelihood_of_exact_gaussian_velocity_matches_closed_form():
+  dim = 6
+  gaussian = closed_form.random_gaussian(dim, seed=1)
+  process = LinearPath()
+  x = gaussian.sample(jax.random.PRNGKey(0), 32)
+  logp, z, nfe = rectified_flow.log_likelihood(gaussian.velocity_fn(process), x, process,
+                                               rtol=1e-6, atol=1e-6)
+  error_per_dim = np.abs(np.asarray(logp) - np.asarray(gaussian.logp(x))) / dim
+  assert error_per_dim.max() < 1e-4, error_per_dim.max()
+  assert z.shape == x.shape and int(nfe) > 0
+
+
+def test_eight_gaussians_source_is_the_toy_set_with_its_exact_density():
+  config = toy_config("1rf")
+  config.data.source = "toy_8gaussians"
+  process = train.get_process(config)
+  assert isinstance(process, rectified_flow.SourceLinearPath)
+  samples = np.asarray(process.prior_sample(jax.random.PRNGKey(0), (20000, 2)))
+  mixture = rectified_flow.eight_gaussians_mixture()
+  np.testing.assert_allclose(samples.mean(0), mixture.mean(), atol=0.05)
+  np.testing.assert_allclose(np.cov(samples.T), mixture.covariance(), atol=0.1)
+  np.testing.assert_allclose(process.prior_logp(jnp.asarray(samples[:100])),
+                             mixture.logp(jnp.asarray(samples[:100])), rtol=1e-6)
+  with pytest.raises(ValueError, match="toy_moonz"):
+    config.data.source = "toy_moonz"
+    train.get_process(config)
+  with pytest.raises(ValueError, match="'vp'"):
+    config.data.source = "toy_8gaussians"
+    config.process.name = "vp"
+    train.get_process(config)
+
+
+def test_minibatch_ot_coupling_approaches_the_exact_assignment():
+  kx, kz, kc = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = data_lib.sample_toy("8gaussians", kx, 256)
+  z = jax.random.normal(kz, (256, 2))
+  coupled = jax.jit(rectified_flow.minibatch_ot_coupling)(kc, x, z)
+  cost = lambda a, b: float(jnp.mean(jnp.sum((a - b) ** 2, -1)))
+  sq = np.sum((np.asarray(x)[:, None] - np.asarray(z)[None]) ** 2, -1)
+  rows, cols = linear_sum_assignment(sq)
+  exact = float(sq[rows, cols].mean())
+  print(f"transport cost: independent {cost(x, z):.3f}, sinkhorn {cost(x, coupled):.3f}, "
+        f"exact {exact:.3f}")
+  assert cost(x, coupled) < 1.15 * exact < 0.5 * cost(x, z)
+  z_rows = {tuple(r) for r in np.asarray(z)}
+  assert all(tuple(r) in z_rows for r in np.asarray(coupled))   # noise re-paired, not changed
+  assert len({tuple(r) for r in np.asarray(coupled)}) > 0.5 * 256   # drawn from the plan
+
+  config = toy_config("1rf")
+  config.training.coupling = "minibatch_ot"
+  setup = train.Setup(config)
+  params = jax.jit(setup.init_state)(jax.random.PRNGKey(0)).params
+  loss, _ = jax.jit(setup.loss_fn)(params, jax.random.PRNGKey(1), {"image": x})
+  assert np.isfinite(float(loss))
+  config.training.coupling = "sinkhorn_typo"
+  with pytest.raises(ValueError, match="sinkhorn_typo"):
+    train.Setup(config)
+
+
+def test_distill_loss_is_the_n_step_euler_error():
+  num_steps = 3   # (one step is checked by the tests above)
+  config = toy_config("distill", hidden=(16,))
+  config.distill.num_steps = num_steps
+  setup = train.Setup(config)
+  params = jax.jit(setup.init_state)(jax.random.PRNGKey(0)).params
+  key = jax.random.PRNGKey(1)
+  x = jax.random.normal(key, (8, 2))
+  z = jax.random.normal(jax.random.PRNGKey(2), (8, 2))
+  batch = {"image": x, "noise": z}
+  (_, aux), grads = jax.jit(jax.value_and_grad(setup.loss_fn, has_aux=True))(params, key, batch)
+  y, h = z, 1.0 / num_steps
+  for i in range(num_steps):
+    t = jnp.full((8,), 1.0 - i * h)
+    y = y - h * setup.model_fn(params, y, t)
+  np.testing.assert_allclose(aux["loss_per_example"], jnp.mean((y - x) ** 2, -1), rtol=1e-5)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+  sample_fn = evaluate.make_sample_fn(setup, config.sampling)
+  samples, nfe = jax.jit(sample_fn, static_argnums=2)(params, key, 5)
+  assert samples.shape == (5, 2) and int(nfe) == num_steps
+  config.distill.num_steps = 0
+  with pytest.raises(ValueError, match="num_steps"):
+    train.Setup(config)
+
+
+def test_trajectory_statistics_of_a_constant_field_are_straight():
+  shift = jnp.asarray([1.0, -2.0])
+  z = jax.random.normal(jax.random.PRNGKey(0), (16, 2))
+  stats = rectified_flow.trajectory_statistics(lambda x, t: jnp.broadcast_to(shift, x.shape), z)
+  np.testing.assert_allclose(stats["x"], z - shift, atol=1e-5)
+  np.testing.assert_allclose(stats["straightness"], 0.0, atol=1e-8)
+  np.testing.assert_allclose(stats["transport_cost"], 5.0, rtol=1e-5)
+  # A rotation field is not straight: its trajectories are circular arcs.
+  rotate = lambda x, t: jnp.stack([-x[:, 1], x[:, 0]], -1)
+  assert float(jnp.min(rectified_flow.trajectory_statistics(rotate, z)["straightness"])) > 1e-3
+
+
+def test_every_rectified_flow_config_builds():
+  names = sorted(os.path.basename(p)[:-3] for p in glob.glob(
+      os.path.join(REPO, "configs", "rectified_flow", "*_*.py"))
+                 if not p.endswith(("common.py", "__init__.py")))
+  assert len(names) == 12
+  for name in names:
+    module = __import__(f"configs.rectified_flow.{name}", fromlist=["get_config"])
+    config = module.get_config()
+    train.validate_config(config, num_devices=1)
+    setup = train.Setup(config)
+    assert setup.prediction == "velocity" and config.process.name == "linear"
+    assert config.method == ("distill" if name.endswith("distill") else "flow")
+
+
+def test_reflow_and_distill_modes_chain_through_workdirs(tmp_path):
+  """--mode=train -> --mode=reflow -> --mode=distill (2-RF, warm start) -> --mode=reflow ->
+  --mode=distill (one-step generator), in process, tiny."""
+  def tiny(stage, n_iters):
+    config = toy_config(stage, batch_size=64, hidden=(16,))
+    config.training.n_iters = n_iters
+    config.training.eval_every = n_iters if stage == "distill" else 0
+    config.training.log_every = n_iters
+    config.eval.batch_size = 64
+    config.sampling.num_samples = 16
+    config.sampling.batch_size = 16
+    reflow = config.reflow
+    reflow.num_pairs, reflow.chunk_size, reflow.solver, reflow.num_steps = 200, 128, "euler", 4
+    return config
+
+  first, second, student = (str(tmp_path / name) for name in ("1rf", "2rf", "distilled"))
+  train.train_and_evaluate(tiny("1rf", 6), first)
+  summary = rectified_flow.run_reflow(tiny("1rf", 6), first)
+  assert summary["complete"] and summary["num_chunks"] == 2
+  assert pairs_lib.read_meta(os.path.join(first, "reflow_pairs"))["metadata"]["model_step"] == 6
+
+  config = tiny("2rf", 4)
+  config.reflow.init_workdir = first
+  assert rectified_flow.warm_start(config, second, first)
+  _, teacher = train.load_state(tiny("1rf", 6), first)
+  _, start = train.load_state(config, second)
+  assert int(start.step) == 0
+  for a, b in zip(jax.tree_util.tree_leaves(teacher.ema_params),
+                  jax.tree_util.tree_leaves(start.params)):
+    np.testing.assert_array_equal(a, b)
+  summary = rectified_flow.run_distill(config, second)   # resumes from the warm start
+  assert summary["start_step"] == 0 and summary["final_step"] == 4
+  rectified_flow.run_reflow(config, second)
+
+  config = tiny("distill", 4)
+  config.reflow.init_workdir = second
+  summary = rectified_flow.run_distill(config, student)
+  assert summary["final_step"] == 4 and summary["sample_nfe"] == 1
+  assert os.path.exists(summary["sample_grid"])
+  with pytest.raises(ValueError, match="init_workdir"):
+    rectified_flow.run_distill(tiny("distill", 4), str(tmp_path / "nowhere"))
