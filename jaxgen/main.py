@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory holding all state of the run")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "reflow", "distill"],
                           "what to do (reflow: generate coupled pairs of a trained flow; distill: "
-                          "train a one-step generator on them)")
+                          "train an n-step generator, or a warm-started k-rectified flow, on them)")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "jax.distributed coordinator host:port (multi-host runs)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
