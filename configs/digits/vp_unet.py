@@ -13,9 +13,9 @@ def get_config():
 
   training = config.training
   training.batch_size = 128
-  training.n_iters = 4000
+  training.n_iters = 3000
   training.log_every = 250
-  training.eval_every = 4000
+  training.eval_every = 3000
   training.snapshot_every = 0
   training.preemption_every = 1000
   training.keep_checkpoints = 2
