@@ -2,15 +2,29 @@
 
 One call on a GPU host prints a table and writes JSON:
   * train images/s (batch 128, random CIFAR-10-shaped data, after warm-up) in float32 at XLA's
-    default matmul precision and in bfloat16 compute (float32 master parameters),
-  * compile time of the train step, peak GPU memory,
+    default matmul precision and in bfloat16 compute (float32 master parameters), with the train
+    step jitted exactly as ``jaxgen.train.train_and_evaluate`` jits it (replicated state, batch
+    sharded on a one-device mesh, state donated) so that ``scaling.py`` hits the same
+    persistent-cache entry,
+  * compile time of the train step, peak GPU memory, XLA's temp-buffer size,
+  * the first-step loss and gradient norm of each precision from the same state and batch
+    (parameters with their zero-initialised kernels redrawn at unit scale, so the network's
+    output is not ~0 and the comparison means something),
   * forward ms (batch 128), PF-ODE ms per NFE (drift + Rademacher divergence in one jvp),
-  * one whole likelihood call at rtol = atol = 1e-5 (time, NFE, bits/dim) in each precision and
-    in float32 at the highest matmul precision (the reference),
+    relative difference of the bf16 forward to the float32 one,
+  * one whole likelihood call at rtol = atol = 1e-5 (time, NFE, bits/dim) per ``--lik_modes``;
+    ``highest`` (float32 at the highest matmul precision, the reference) runs on the first
+    ``--highest_batch`` images and is compared per image with the others,
   * model FLOPs utilization against 790 TFLOP/s, with 21.7 GFLOP per image forward and 3x that
     per train step.
 
-    python experiments/bench/bench.py --out experiments/bench/h100_run1.json
+XLA flags: ``--xla_flags`` (default none) is appended to ``XLA_FLAGS`` before JAX starts. Do not
+turn command buffers off (``--xla_gpu_enable_command_buffer=``): on the H100 of this workplace
+that made every number worse (NOTES.md, run 3). A full run (two train compiles of ~110-140 s,
+forward/NFE/likelihood compiles, the highest-precision reference) takes longer than one 10-minute
+call: split it with ``--train_modes/--fwd_modes/--lik_modes``.
+
+    python experiments/bench/bench.py --out experiments/bench/h100_runN.json
 """
 import argparse
 import json
@@ -18,16 +32,34 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+
+def _early_flags():
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--xla_flags", default="")
+  known, _ = parser.parse_known_args()
+  if known.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + known.xla_flags).strip()
+
+
+_early_flags()
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
-from jaxgen import likelihood, models, predictions, train  # pylint: disable=wrong-import-position
+from jaxgen import likelihood, models, parallel, predictions, train  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7
 PEAK_TFLOPS = 790.0
+T0 = time.perf_counter()
+MODES = {"float32": ("float32", "default"), "bfloat16": ("bfloat16", "default"),
+         "highest": ("float32", "highest")}
+
+
+def log(msg):
+  print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
 
 def peak_gib():
@@ -39,115 +71,215 @@ def timeit(fn, *args, n=20, warmup=2):
   for _ in range(warmup):
     out = fn(*args)
   jax.block_until_ready(out)
-  t = time.perf_counter()
+  times = []
   for _ in range(n):
+    t = time.perf_counter()
     out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t) / n, out
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)), out
 
 
-def bench_precision(dtype, batch, steps, matmul_precision, do_train=True, do_lik=True):
+def activate(params, seed=0):
+  """Zero-initialised kernels (``init_scale=0``: ~1e-10) redrawn at unit scale."""
+  rng = np.random.default_rng(seed)
+
+  def fix(p):
+    p = np.asarray(p)
+    if p.ndim >= 2 and np.max(np.abs(p)) < 1e-6:
+      return (rng.normal(size=p.shape) * 0.5 / np.sqrt(np.prod(p.shape[:-1]))).astype(np.float32)
+    return p
+
+  return jax.tree_util.tree_map(fix, params)
+
+
+def make_setup(dtype, batch, **model):
   config = vp_ddpmpp_continuous.get_config()
   config.model.dtype = dtype
   config.training.batch_size = batch
-  res = {"dtype": dtype, "matmul_precision": matmul_precision}
-  with jax.default_matmul_precision(matmul_precision):
-    setup = train.Setup(config)
-    state = jax.jit(setup.init_state)(jax.random.PRNGKey(0))
-    res["params"] = models.count_params(state.params)
+  for key, value in model.items():
+    config.model[key] = value
+  return train.Setup(config)
+
+
+class Bench:
+  def __init__(self, batch):
+    self.batch = batch
+    self.mesh = parallel.make_mesh(jax.devices()[:1])
+    self.repl = parallel.replicated(self.mesh)
+    base = make_setup("float32", batch)
+    state = jax.jit(base.init_state, out_shardings=self.repl)(jax.random.PRNGKey(0))
+    self.init_params = state.params
+    active = jax.device_put(activate(state.params), self.repl)
+    self.state0 = state.replace(params=active, ema_params=active)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
-    batch_dev = {"image": jax.device_put(images)}
-    if do_train:
-      step = jax.jit(setup.make_train_step(), donate_argnums=(0,))
-      t = time.perf_counter()
-      compiled = step.lower(state, batch_dev).compile()
-      res["compile_s"] = time.perf_counter() - t
-      state, m = compiled(state, batch_dev)
-      state, m = compiled(state, batch_dev)
-      jax.block_until_ready(m)
+    self.images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
+    self.batch_dev = parallel.host_local_to_global({"image": self.images}, self.mesh)
+    self.forward_out = {}
+
+  def train(self, name, dtype, steps, **model):
+    setup = make_setup(dtype, self.batch, **model)
+    res = {"mode": name, "dtype": dtype, "matmul_precision": "default", **model}
+    step = jax.jit(setup.make_train_step(),
+                   in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
+                   out_shardings=(self.repl, self.repl), donate_argnums=(0,))
+    state = jax.tree_util.tree_map(jnp.copy, self.state0)
+    t = time.perf_counter()
+    compiled = step.lower(state, self.batch_dev).compile()
+    res["compile_s"] = time.perf_counter() - t
+    try:
+      res["temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+    except Exception:  # pylint: disable=broad-except
+      pass
+    state, m = compiled(state, self.batch_dev)
+    res["loss_step0"], res["grad_norm_step0"] = float(m["loss"]), float(m["grad_norm"])
+    for _ in range(3):
+      state, m = compiled(state, self.batch_dev)
+    jax.block_until_ready(m)
+    windows = []
+    for _ in range(2):
       t = time.perf_counter()
       for _ in range(steps):
-        state, m = compiled(state, batch_dev)
+        state, m = compiled(state, self.batch_dev)
       jax.block_until_ready(m)
-      dt = (time.perf_counter() - t) / steps
-      res["train_img_s"] = batch / dt
-      res["train_step_ms"] = dt * 1e3
-      res["loss"] = float(m["loss"])
-      res["mfu_train"] = batch / dt * 3 * FWD_GFLOP_PER_IMAGE * 1e9 / (PEAK_TFLOPS * 1e12)
-      try:
-        res["xla_flops_per_step"] = float(compiled.cost_analysis().get("flops", 0.0)) if isinstance(
-            compiled.cost_analysis(), dict) else float(compiled.cost_analysis()[0].get("flops", 0.0))
-      except Exception:  # pylint: disable=broad-except
-        pass
-    params = state.params
-    x = jax.random.normal(jax.random.PRNGKey(1), (batch, 32, 32, 3))
-    t_vec = jnp.full((batch,), 0.5)
-    fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
-    res["forward_ms"] = timeit(fwd, params, x, t_vec)[0] * 1e3
-    model = lambda p: (lambda y, s: setup.model_fn(p, y, s))
-    probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, "rademacher")
+      windows.append((time.perf_counter() - t) / steps)
+    dt = min(windows)
+    res.update(train_img_s=self.batch / dt, train_step_ms=dt * 1e3,
+               train_step_ms_windows=[w * 1e3 for w in windows], loss=float(m["loss"]),
+               mfu_train=self.batch / dt * 3 * FWD_GFLOP_PER_IMAGE * 1e9 / (PEAK_TFLOPS * 1e12),
+               peak_gib_so_far=peak_gib())
+    log(f"train {name}: compile {res['compile_s']:.1f} s, {dt * 1e3:.2f} ms/step, "
+        f"{res['train_img_s']:.0f} img/s, loss0 {res['loss_step0']:.6f}, peak {peak_gib():.2f} GiB")
+    del state, compiled
+    return res
 
-    def one_nfe(p, x, t):
-      drift = predictions.as_drift_fn(setup.process, model(p), "eps")
-      return likelihood.hutchinson_divergence(drift, x, t, probes)
+  def evaluate(self, name, res, do_fwd=True, do_lik=True, lik_batch=None):
+    dtype, precision = MODES[name]
+    with jax.default_matmul_precision(precision):
+      setup = make_setup(dtype, self.batch)
+      model = lambda p: (lambda y, s: setup.model_fn(p, y, s))
+      if do_fwd:
+        x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
+        t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
+        fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
+        res["forward_ms"], out = timeit(fwd, self.state0.params, x, t_vec)
+        res["forward_ms"] *= 1e3
+        self.forward_out[name] = out
+        probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, "rademacher")
 
-    res["ms_per_nfe"] = timeit(jax.jit(one_nfe), params, x, t_vec)[0] * 1e3
-    if do_lik:
-      x_data = (jnp.asarray(images, jnp.float32) + jax.random.uniform(
-          jax.random.PRNGKey(3), images.shape)) / 256.0 * 2 - 1
+        def one_nfe(p, x, t):
+          drift = predictions.as_drift_fn(setup.process, model(p), "eps")
+          return likelihood.hutchinson_divergence(drift, x, t, probes)
 
-      def lik(p, x, key):
-        drift = predictions.as_drift_fn(setup.process, model(p), "eps")
-        logp, _, nfe = likelihood.ode_log_likelihood(
-            drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
-            divergence="rademacher", rtol=1e-5, atol=1e-5)
-        return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
+        res["ms_per_nfe"] = timeit(jax.jit(one_nfe), self.init_params, x, t_vec)[0] * 1e3
+        log(f"{name}: forward {res['forward_ms']:.2f} ms, {res['ms_per_nfe']:.2f} ms/NFE")
+      if do_lik:
+        n = lik_batch or self.batch
+        images = self.images[:n]
+        x_data = (jnp.asarray(images, jnp.float32) + jax.random.uniform(
+            jax.random.PRNGKey(3), (self.batch,) + images.shape[1:])[:n]) / 256.0 * 2 - 1
 
-      lik = jax.jit(lik)
-      t = time.perf_counter()
-      jax.block_until_ready(lik(params, x_data, jax.random.PRNGKey(4)))
-      res["likelihood_compile_s"] = time.perf_counter() - t
-      t = time.perf_counter()
-      bpd, nfe = jax.block_until_ready(lik(params, x_data, jax.random.PRNGKey(4)))
-      res["likelihood_call_s"] = time.perf_counter() - t
-      res["likelihood_nfe"] = int(nfe)
-      res["likelihood_bpd"] = float(jnp.mean(bpd))
-      res["likelihood_overhead"] = res["likelihood_call_s"] / (int(nfe) * res["ms_per_nfe"] / 1e3) - 1
-      res["_params_for_ref"] = None
-  res["peak_gib"] = peak_gib()
-  return res
+        def lik(p, x, key):
+          drift = predictions.as_drift_fn(setup.process, model(p), "eps")
+          logp, _, nfe = likelihood.ode_log_likelihood(
+              drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
+              divergence="rademacher", rtol=1e-5, atol=1e-5)
+          return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
+
+        lik = jax.jit(lik)
+        t = time.perf_counter()
+        jax.block_until_ready(lik(self.init_params, x_data, jax.random.PRNGKey(4)))
+        res["likelihood_compile_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        bpd, nfe = jax.block_until_ready(lik(self.init_params, x_data, jax.random.PRNGKey(4)))
+        res["likelihood_call_s"] = time.perf_counter() - t
+        res["likelihood_batch"] = n
+        res["likelihood_nfe"] = int(nfe)
+        res["likelihood_bpd"] = float(jnp.mean(bpd))
+        res["likelihood_bpd_per_image"] = [float(b) for b in np.asarray(bpd)]
+        if "ms_per_nfe" in res and n == self.batch:
+          res["likelihood_overhead"] = res["likelihood_call_s"] / (
+              int(nfe) * res["ms_per_nfe"] / 1e3) - 1
+        log(f"{name}: likelihood {res['likelihood_call_s']:.2f} s, NFE {int(nfe)}, "
+            f"bpd {res['likelihood_bpd']:.5f} (batch {n})")
+    return res
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--modes", default="float32,bfloat16,highest")
+  parser.add_argument("--train_modes", default="bfloat16,float32")
+  parser.add_argument("--fwd_modes", default="float32,bfloat16")
+  parser.add_argument("--lik_modes", default="bfloat16,highest")
+  parser.add_argument("--highest_batch", type=int, default=32)
+  parser.add_argument("--variants", default="",
+                      help="extra bf16 train-only variants: comma list of model options joined "
+                           "by '+', e.g. fused_norm+fast_dropout")
+  parser.add_argument("--budget", type=float, default=1e9, help="seconds; optional parts skipped")
+  parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
-  rows = []
-  for mode in args.modes.split(","):
-    dtype, precision = {"float32": ("float32", "default"), "bfloat16": ("bfloat16", "default"),
-                        "highest": ("float32", "highest")}[mode]
-    r = bench_precision(dtype, args.batch, args.steps, precision, do_train=mode != "highest")
-    r.pop("_params_for_ref", None)
-    r["mode"] = mode
-    rows.append(r)
-    print(json.dumps(r), flush=True)
+  split = lambda s: [x for x in s.split(",") if x]
+  log(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  bench = Bench(args.batch)
+  rows = {}
+
+  def dump():
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+                   "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
+                   "rows": list(rows.values())}, f, indent=1)
+
+  order = []
+  for name in split(args.train_modes) + [m for m in split(args.fwd_modes) + split(args.lik_modes)
+                                         if m not in split(args.train_modes)]:
+    if name not in order:
+      order.append(name)
+  for name in order:
+    dtype, precision = MODES[name]
+    res = rows.setdefault(name, {"mode": name, "dtype": dtype, "matmul_precision": precision})
+    if name in split(args.train_modes):
+      res.update(bench.train(name, dtype, args.steps))
+    bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
+                   do_lik=name in split(args.lik_modes),
+                   lik_batch=args.highest_batch if name == "highest" else None)
+    if name == "bfloat16":
+      res["peak_gib"] = peak_gib()
+    dump()
+  if "float32" in bench.forward_out:
+    ref32 = bench.forward_out["float32"]
+    for name, out in bench.forward_out.items():
+      if name != "float32":
+        rows[name]["forward_rel_vs_float32"] = float(jnp.linalg.norm(out - ref32)
+                                                     / jnp.linalg.norm(ref32))
+  ref = rows.get("highest", {}).get("likelihood_bpd_per_image")
+  for r in rows.values():
+    if ref and "likelihood_bpd_per_image" in r and r["mode"] != "highest":
+      mine = np.asarray(r["likelihood_bpd_per_image"][:len(ref)])
+      r["bpd_vs_highest_max_abs"] = float(np.max(np.abs(mine - np.asarray(ref))))
+      r["bpd_vs_highest_mean"] = float(np.mean(mine) - np.mean(ref))
+  for spec in split(args.variants):
+    if time.perf_counter() - T0 > args.budget:
+      log(f"skipping variant {spec}: over budget")
+      continue
+    opts = {k: True for k in spec.split("+")}
+    rows["bfloat16+" + spec] = bench.train("bfloat16+" + spec, "bfloat16", args.steps, **opts)
+    dump()
+  dump()
   print()
-  print(f"{'mode':>9} {'img/s':>8} {'MFU':>6} {'compile s':>9} {'fwd ms':>7} {'ms/NFE':>7} "
-        f"{'lik s':>7} {'NFE':>5} {'overhead':>8} {'bpd':>8} {'peak GiB':>8}")
-  for r in rows:
-    print(f"{r['mode']:>9} {r.get('train_img_s', float('nan')):>8.0f} "
-          f"{r.get('mfu_train', float('nan')):>6.1%} {r.get('compile_s', float('nan')):>9.1f} "
-          f"{r['forward_ms']:>7.2f} {r['ms_per_nfe']:>7.2f} {r.get('likelihood_call_s', 0):>7.2f} "
-          f"{r.get('likelihood_nfe', 0):>5d} {r.get('likelihood_overhead', 0):>8.1%} "
-          f"{r.get('likelihood_bpd', float('nan')):>8.4f} {r['peak_gib']:>8.2f}")
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-                 "batch": args.batch, "rows": rows}, f, indent=1)
+  print(f"{'mode':>26} {'img/s':>7} {'MFU':>6} {'compile s':>9} {'fwd ms':>7} {'ms/NFE':>7} "
+        f"{'lik s':>6} {'NFE':>4} {'overhead':>8} {'bpd':>8} {'d_bpd':>8} {'loss0':>9} {'peak':>5}")
+  nan = float("nan")
+  for r in rows.values():
+    print(f"{r['mode']:>26} {r.get('train_img_s', nan):>7.0f} {r.get('mfu_train', nan):>6.1%} "
+          f"{r.get('compile_s', nan):>9.1f} {r.get('forward_ms', nan):>7.2f} "
+          f"{r.get('ms_per_nfe', nan):>7.2f} {r.get('likelihood_call_s', nan):>6.2f} "
+          f"{r.get('likelihood_nfe', 0):>4d} {r.get('likelihood_overhead', nan):>8.1%} "
+          f"{r.get('likelihood_bpd', nan):>8.4f} {r.get('bpd_vs_highest_max_abs', nan):>8.1e} "
+          f"{r.get('loss_step0', nan):>9.6f} {r.get('peak_gib', r.get('peak_gib_so_far', nan)):>5.2f}")
+  log("done")
 
 
 if __name__ == "__main__":

@@ -78,14 +78,115 @@ def num_groups(channels: int) -> int:
   return groups
 
 
+GN_EPS = 1e-6
+
+
 def group_norm(x: Array, dtype: Any = jnp.float32) -> Array:
   """GroupNorm over the last axis with :func:`num_groups` groups, computed in float32.
 
   Must be called inside a compact module. ``x``: ``(..., C)``; returns ``x.shape`` in ``dtype``.
   """
-  norm = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=1e-6, dtype=jnp.float32,
+  norm = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=GN_EPS, dtype=jnp.float32,
                       param_dtype=PARAM_DTYPE)
   return norm(x.astype(jnp.float32)).astype(jnp.dtype(dtype))
+
+
+def _gn_forward(x, scale, bias, groups, swish):
+  """float32 ``act(GroupNorm(x))`` as flax computes it; also returns ``(mean, rstd)``."""
+  b, c = x.shape[0], x.shape[-1]
+  xg = x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
+  mean = jnp.mean(xg, axis=(1, 3))
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axis=(1, 3)) - jnp.square(mean))
+  rstd = jax.lax.rsqrt(var + GN_EPS)
+  mul = rstd[:, None, :, None] * scale.reshape(groups, c // groups)
+  z = ((xg - mean[:, None, :, None]) * mul).reshape(x.shape) + bias
+  return (z * jax.nn.sigmoid(z) if swish else z), mean, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _fused_gn_act(x, scale, bias, groups, swish, out_dtype):
+  return _gn_forward(x, scale, bias, groups, swish)[0].astype(out_dtype)
+
+
+def _fused_gn_act_fwd(x, scale, bias, groups, swish, out_dtype):
+  y, mean, rstd = _gn_forward(x, scale, bias, groups, swish)
+  # Saved: the input (already live for the caller's backward) and (batch, groups) statistics;
+  # the float32 normalized values are recomputed in the backward pass, never stored.
+  return y.astype(out_dtype), (x, scale, bias, mean, rstd)
+
+
+def _fused_gn_act_bwd(groups, swish, out_dtype, res, dy):
+  del out_dtype
+  x, scale, bias, mean, rstd = res
+  b, c = x.shape[0], x.shape[-1]
+  xg = x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
+  xhat = (xg - mean[:, None, :, None]) * rstd[:, None, :, None]
+  dz = dy.astype(jnp.float32)
+  if swish:
+    z = xhat.reshape(x.shape) * scale + bias
+    s = jax.nn.sigmoid(z)
+    dz = dz * (s * (1.0 + z * (1.0 - s)))
+  red = tuple(range(x.ndim - 1))
+  dscale = jnp.sum(dz * xhat.reshape(x.shape), axis=red)
+  dbias = jnp.sum(dz, axis=red)
+  g = (dz * scale).reshape(xg.shape)
+  m1 = jnp.mean(g, axis=(1, 3), keepdims=True)
+  m2 = jnp.mean(g * xhat, axis=(1, 3), keepdims=True)
+  dx = rstd[:, None, :, None] * (g - m1 - xhat * m2)
+  return dx.reshape(x.shape).astype(x.dtype), dscale, dbias
+
+
+_fused_gn_act.defvjp(_fused_gn_act_fwd, _fused_gn_act_bwd)
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm (+ optional swish) with a hand-written backward pass (``fused_norm=True``).
+
+  Same parameters (``scale``, ``bias``; the auto-name ``GroupNorm_<i>`` of ``nn.GroupNorm``) and
+  the same function as :func:`group_norm` followed by the activation; statistics, scale, shift
+  and swish run in float32 inside one fusion and only ``x`` and the per-group statistics are kept
+  for the backward pass. Returns ``dtype``.
+  """
+  swish: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
+    bias = self.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
+    return _fused_gn_act(x, scale, bias, num_groups(c), self.swish, jnp.dtype(self.dtype).name)
+
+
+def norm_act(x: Array, dtype: Any, act: Optional[str], fused: bool = False) -> Array:
+  """``act(group_norm(x))`` (``act`` a name or None); with ``fused`` one custom-gradient op.
+
+  The fused form is used for swish (and no activation); other activations take the plain path.
+  """
+  key = None if act is None else str(act).lower()
+  if fused and key in (None, "swish", "silu"):
+    return GroupNorm(swish=key is not None, dtype=dtype)(x)
+  h = group_norm(x, dtype)
+  return h if key is None else get_activation(key)(h)
+
+
+def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
+            fast: bool = False) -> Array:
+  """Inverted dropout as ``nn.Dropout`` (call inside a compact module).
+
+  ``fast``: the keep mask comes from ``lax.rng_bit_generator`` (Philox on GPU) keyed by the
+  module's ``dropout`` rng, instead of threefry; the same distribution, another random stream.
+  """
+  if deterministic or rate == 0.0:
+    return x
+  if not fast:
+    return nn.Dropout(rate)(x, deterministic=False)
+  rng = module.make_rng("dropout")
+  data = jax.random.key_data(rng).reshape(-1).astype(jnp.uint32)
+  data = jnp.concatenate([data, data[::-1] ^ jnp.uint32(0x9E3779B9)])[:4]
+  key = jax.random.wrap_key_data(data, impl="rbg")
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
 class NIN(nn.Module):
@@ -283,12 +384,13 @@ class AttnBlock(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   dtype: Any = jnp.float32
+  fused_norm: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dtype = jnp.dtype(self.dtype)
     b, height, width, c = x.shape
-    h = group_norm(x, dtype).reshape(b, height * width, c)
+    h = norm_act(x, dtype, None, self.fused_norm).reshape(b, height * width, c)
     q = NIN(c, dtype=dtype)(h)
     k = NIN(c, dtype=dtype)(h)
     v = NIN(c, dtype=dtype)(h)
@@ -313,6 +415,8 @@ class ResnetBlockDDPM(nn.Module):
   init_scale: float = 0.0
   conv_size: int = 3
   dtype: Any = jnp.float32
+  fused_norm: bool = False
+  fast_dropout: bool = False
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
@@ -321,12 +425,12 @@ class ResnetBlockDDPM(nn.Module):
     x = x.astype(dtype)
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = act(group_norm(x, dtype))
+    h = norm_act(x, dtype, self.act, self.fused_norm)
     h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
-    h = act(group_norm(h, dtype))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = norm_act(h, dtype, self.act, self.fused_norm)
+    h = dropout(self, h, self.dropout, not train, self.fast_dropout)
     h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
     if channels != out_ch:
       if self.conv_shortcut:
@@ -353,6 +457,8 @@ class ResnetBlockBigGAN(nn.Module):
   init_scale: float = 0.0
   conv_size: int = 3
   dtype: Any = jnp.float32
+  fused_norm: bool = False
+  fast_dropout: bool = False
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
@@ -361,7 +467,7 @@ class ResnetBlockBigGAN(nn.Module):
     x = x.astype(dtype)
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = act(group_norm(x, dtype))
+    h = norm_act(x, dtype, self.act, self.fused_norm)
     if self.up:
       resample = (functools.partial(upsample_2d, fir_kernel=self.fir_kernel) if self.fir
                   else naive_upsample_2d)
@@ -375,8 +481,8 @@ class ResnetBlockBigGAN(nn.Module):
     h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
-    h = act(group_norm(h, dtype))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = norm_act(h, dtype, self.act, self.fused_norm)
+    h = dropout(self, h, self.dropout, not train, self.fast_dropout)
     h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
     if channels != out_ch or resample is not None:
       x = conv2d(out_ch, 1, dtype=dtype)(x)

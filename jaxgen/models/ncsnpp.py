@@ -56,12 +56,14 @@ class NCSNpp(nn.Module):
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1 (score_sde)
   dtype: Any = "float32"    # compute dtype; parameters are float32
   remat: bool = False
+  # Performance-only options (same parameters, same function):
+  fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
+  fast_dropout: bool = False  # dropout masks from rng_bit_generator (Philox) instead of threefry
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
                train: bool = False) -> Array:
     dtype = jnp.dtype(self.dtype)
-    act = layers.get_activation(self.nonlinearity)
     progressive = self.progressive.lower()
     progressive_input = self.progressive_input.lower()
     combine_method = self.progressive_combine.lower()
@@ -84,18 +86,22 @@ class NCSNpp(nn.Module):
     cs, fir_kernel = self.conv_size, tuple(self.fir_kernel)
     conv = functools.partial(layers.conv2d, kernel_size=cs, dtype=dtype)
     attn = functools.partial(layers.AttnBlock, init_scale=self.init_scale,
-                             skip_rescale=self.skip_rescale, dtype=dtype)
+                             skip_rescale=self.skip_rescale, dtype=dtype,
+                             fused_norm=self.fused_norm)
+    perf = dict(fused_norm=self.fused_norm, fast_dropout=self.fast_dropout)
     if resblock_type == "ddpm":
       block_cls = functools.partial(
           layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
           dropout=self.dropout, init_scale=self.init_scale, skip_rescale=self.skip_rescale,
-          conv_size=cs, dtype=dtype)
+          conv_size=cs, dtype=dtype, **perf)
     else:
       block_cls = functools.partial(
           layers.maybe_remat(layers.ResnetBlockBigGAN, self.remat), act=self.nonlinearity,
           dropout=self.dropout, fir=self.fir, fir_kernel=fir_kernel,
-          init_scale=self.init_scale, skip_rescale=self.skip_rescale, conv_size=cs, dtype=dtype)
+          init_scale=self.init_scale, skip_rescale=self.skip_rescale, conv_size=cs, dtype=dtype,
+          **perf)
     resample = dict(fir=self.fir, fir_kernel=fir_kernel, conv_size=cs, dtype=dtype)
+    norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, self.fused_norm)
 
     def block(h, out_ch=None, **kwargs):
       return block_cls(out_ch=out_ch, **kwargs)(h, temb, train)
@@ -152,15 +158,14 @@ class NCSNpp(nn.Module):
         h = attn()(h)
 
       if progressive == "output_skip":
-        to_image = conv(out_channels, init_scale=self.init_scale)(
-            act(layers.group_norm(h, dtype)))
+        to_image = conv(out_channels, init_scale=self.init_scale)(norm_act(h))
         if level == num_resolutions - 1:
           pyramid = to_image
         else:
           pyramid = layers.Upsample(with_conv=False, **resample)(pyramid) + to_image
       elif progressive == "residual":
         if level == num_resolutions - 1:
-          pyramid = conv(h.shape[-1])(act(layers.group_norm(h, dtype)))
+          pyramid = conv(h.shape[-1])(norm_act(h))
         else:
           pyramid = layers.Upsample(out_ch=h.shape[-1], with_conv=True, **resample)(pyramid)
           pyramid = skip_sum(pyramid, h)
@@ -176,7 +181,7 @@ class NCSNpp(nn.Module):
     if progressive == "output_skip":
       h = pyramid
     else:
-      h = act(layers.group_norm(h, dtype))
+      h = norm_act(h)
       h = conv(out_channels, init_scale=self.init_scale)(h)
 
     h = h.astype(jnp.float32)
