@@ -206,7 +206,8 @@ def save_image_grid(images: np.ndarray, path: str, data_config, ncols: Optional[
 
 def save_scatter(points: np.ndarray, path: str, reference: Optional[np.ndarray] = None,
                  title: str = "") -> str:
-  """Write a PNG scatter plot of 2-D samples (next to reference data if given)."""
+  """Write a PNG scatter plot of 2-D samples (next to reference data if given); points of more
+  dimensions are shown by their first two coordinates."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -312,6 +313,11 @@ def make_periodic_evaluation(config) -> Callable:
       paths = write_samples(setup, samples, workdir, f"step_{step:07d}")
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
+    toy_2d = is_toy(config) and data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) == 2
+    if config.method == "cnf" and toy_2d:
+      from jaxgen import cnf  # pylint: disable=import-outside-toplevel
+      results["density_plot"] = cnf.write_density(
+          setup, state.ema_params, os.path.join(workdir, "samples", f"density_{step:07d}.png"))
     msg = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in results.items())
     if jax.process_index() == 0:

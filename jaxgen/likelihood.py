@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
+ExtraFn = Callable[[Array, Array, Array, Array, Array], Array]
 
 DIVERGENCES = ("exact", "rademacher", "gaussian")
 ADAPTIVE_SOLVERS = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
@@ -182,7 +183,9 @@ def ode_log_likelihood(drift_fn: DriftFn,
                        adjoint: Optional[diffrax.AbstractAdjoint] = None,
                        probes: Optional[Array] = None,
                        error_norm: str = "per_example",
-                       return_stats: bool = False):
+                       return_stats: bool = False,
+                       drift_args=None,
+                       extra_fn: Optional[ExtraFn] = None):
   """Log-likelihood of ``x`` under the ODE ``dx/dt = drift_fn(x, t)`` with prior at ``t1``.
 
   Solves ``d/dt [x, delta] = [drift, div drift]`` from ``t0`` (data) to ``t1`` (prior) and returns
@@ -202,14 +205,29 @@ def ode_log_likelihood(drift_fn: DriftFn,
     rtol, atol: tolerances of the adaptive step-size controller.
     num_steps: steps of a fixed-step solver.
     max_steps: step budget of the adaptive solver.
-    adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint``).
+    adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint``). A ``BacksolveAdjoint``
+      needs its own ``stepsize_controller`` for adaptive solvers (the forward error norm reads the
+      ``(x, delta)`` state, not the adjoint's augmented one); see ``jaxgen.cnf``.
     probes: explicit probes ``(num_probes, batch, ...)`` (overrides ``key``).
     error_norm: ``per_example`` (each example meets rtol/atol on its own, the default) or ``rms``
-      (one RMS over the whole batch, as scipy's solver in score_sde; fewer steps, looser).
+      (one RMS over the whole batch, as scipy's solver in score_sde; fewer steps, looser);
+      ``mixed_rms``: ``max(RMS(x), RMS(delta))``, torchdiffeq's (FFJORD's) convention.
     return_stats: also return a dict of solver statistics.
+    drift_args: optional pytree of arrays (e.g. network parameters); when given, the drift is
+      called as ``drift_fn(x, t, drift_args)`` and ``drift_args`` travels through diffrax's
+      ``args``, so every adjoint (``BacksolveAdjoint`` included, which cannot differentiate
+      arrays a closure captures) differentiates with respect to it.
+    extra_fn: optional ``extra_fn(x, t, drift, tangents, jvps) -> (batch, k)``, integrated from
+      ``t0`` to ``t1`` along the same trajectory (e.g. RNODE's kinetic energy ``|drift|^2`` and
+      Jacobian norm ``|J v|^2``). ``tangents`` and ``jvps`` are ``(m, batch, ...)``: the vectors
+      ``v`` the divergence estimator pushed through the Jacobian ``J`` and the products ``J v``,
+      i.e. the ``m = D`` unit vectors for ``exact`` (``sum_m |J v_m|^2 = |J|_F^2``) or the probes
+      for Hutchinson (``mean_m |J v_m|^2`` estimates ``|J|_F^2`` without bias). The extra states
+      do not enter the step-size control.
   Returns:
     ``(logp (batch,), z (batch, ...), nfe)`` where ``nfe`` is the number of drift evaluations
-    (int32 scalar) — plus ``stats`` if ``return_stats``.
+    (int32 scalar) — then the integrals ``(batch, k)`` if ``extra_fn`` is given — plus ``stats``
+    if ``return_stats``. ``logp`` is float32, or float64 for float64 ``x``.
   """
   _validate(x, t0, t1, divergence, solver, rtol, atol, num_probes, num_steps)
   if divergence != "exact" and probes is None:
@@ -220,30 +238,76 @@ def ode_log_likelihood(drift_fn: DriftFn,
     raise ValueError(f"unknown error_norm {error_norm!r}; expected one of {sorted(ERROR_NORMS)}")
   if probes is not None and probes.shape[-x.ndim:] != x.shape:
     raise ValueError(f"`probes` must have shape (num_probes,) + {x.shape}, got {probes.shape}")
-  logp, z, nfe, stats = _solve(drift_fn, x, probes, prior_logp, float(t0), float(t1), divergence,
-                               solver, float(rtol), float(atol), num_steps, int(max_steps),
-                               adjoint, error_norm)
-  if return_stats:
-    return logp, z, nfe, stats
-  return logp, z, nfe
+  if adjoint is not None:
+    adjoint = _Static(adjoint)
+  logp, z, nfe, stats, extras = _solve(drift_fn, x, probes, prior_logp, float(t0), float(t1),
+                                       divergence, solver, float(rtol), float(atol), num_steps,
+                                       int(max_steps), adjoint, error_norm, drift_args, extra_fn)
+  out = (logp, z, nfe) + ((extras,) if extra_fn is not None else ())
+  return out + (stats,) if return_stats else out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
+class _Static:
+  """Hashable holder for a static argument that is not hashable itself (``BacksolveAdjoint``
+  keeps its options in a dict); equal when the held objects are equal."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def __hash__(self):
+    return hash(type(self.value))
+
+  def __eq__(self, other):
+    return (isinstance(other, _Static) and type(other.value) is type(self.value)
+            and bool(other.value == self.value))
+
+
+def _jacobian_products(drift_fn, x, t, tangents):
+  """Drift and ``J v`` for each of ``tangents`` ``(m, batch, ...)`` (one vmapped ``jvp`` each)."""
+  fn = lambda y: drift_fn(y, t)
+  outs, jvps = jax.vmap(lambda v: jax.jvp(fn, (x,), (v,)))(tangents)
+  return outs[0], jvps
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15))
 def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rtol, atol,
-           num_steps, max_steps, adjoint, error_norm):
+           num_steps, max_steps, adjoint, error_norm, drift_args, extra_fn):
   batch = x.shape[0]
+  delta_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
   def vector_field(t, state, args):
-    y, _ = state
+    y = state[0]
+    probes, drift_args = args
+    fn = drift_fn if drift_args is None else (lambda y_, t_: drift_fn(y_, t_, drift_args))
     tt = jnp.full((batch,), t, dtype=y.dtype)
+    if extra_fn is not None:
+      d = _flat_dim(y)
+      if divergence_name == "exact":
+        tangents = jnp.broadcast_to(jnp.eye(d, dtype=y.dtype)[:, None, :], (d, batch, d))
+        tangents = tangents.reshape((d,) + y.shape)
+      else:
+        tangents = probes if probes.ndim > y.ndim else probes[None]
+      dy, jvps = _jacobian_products(fn, y, tt, tangents)
+      if divergence_name == "exact":
+        div = jnp.sum(jnp.diagonal(jvps.reshape(d, batch, d), axis1=0, axis2=2), axis=-1)
+      else:
+        div = jnp.mean(jnp.sum((tangents * jvps).reshape(tangents.shape[0], batch, -1), -1), 0)
+      extra = extra_fn(y, tt, dy, tangents, jvps)
+      return dy, div.astype(delta_dtype), extra.astype(delta_dtype)
     if divergence_name == "exact":
-      dy, div = exact_divergence(drift_fn, y, tt)
+      dy, div = exact_divergence(fn, y, tt)
     else:
-      dy, div = hutchinson_divergence(drift_fn, y, tt, args)
-    return dy, div.astype(jnp.float32)
+      dy, div = hutchinson_divergence(fn, y, tt, probes)
+    return dy, div.astype(delta_dtype)
 
   term = diffrax.ODETerm(vector_field)
-  state0 = (x, jnp.zeros((batch,), jnp.float32))
+  state0 = (x, jnp.zeros((batch,), delta_dtype))
+  if extra_fn is not None:
+    probe_shape = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    tangent_shape = jax.ShapeDtypeStruct((1,) + x.shape, x.dtype)
+    num_extra = jax.eval_shape(extra_fn, probe_shape, jax.ShapeDtypeStruct((batch,), x.dtype),
+                               probe_shape, tangent_shape, tangent_shape).shape[-1]
+    state0 = state0 + (jnp.zeros((batch, num_extra), delta_dtype),)
   if solver in ADAPTIVE_SOLVERS:
     stepper = ADAPTIVE_SOLVERS[solver]()
     controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=ERROR_NORMS[error_norm])
@@ -253,14 +317,16 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
     controller = diffrax.ConstantStepSize()
     dt0 = (t1 - t0) / num_steps
     max_steps = num_steps
-  kwargs = {} if adjoint is None else {"adjoint": adjoint}
-  sol = diffrax.diffeqsolve(term, stepper, t0=t0, t1=t1, dt0=dt0, y0=state0, args=probes,
+  kwargs = {} if adjoint is None else {"adjoint": adjoint.value}
+  sol = diffrax.diffeqsolve(term, stepper, t0=t0, t1=t1, dt0=dt0, y0=state0,
+                            args=(probes, drift_args),
                             stepsize_controller=controller, max_steps=max_steps,
                             saveat=diffrax.SaveAt(t1=True), **kwargs)
   z, delta = sol.ys[0][0], sol.ys[1][0]
+  extras = sol.ys[2][0] if extra_fn is not None else None
   logp = prior_logp(z) + delta
   nfe = _nfe_from_stats(sol.stats, solver, adaptive_init=dt0 is None)
-  return logp, z, nfe, sol.stats
+  return logp, z, nfe, sol.stats, extras
 
 
 def _per_example_norm(state) -> Array:
@@ -271,19 +337,28 @@ def _per_example_norm(state) -> Array:
   batch. A plain RMS over the whole state (scipy's and diffrax's default, so score_sde's) lets the
   batch and the ``D`` entries of ``x`` drown the error of one example's log-density.
   """
-  y, delta = state
+  y, delta = state[0], state[1]  # extra integrals (if any) do not steer the step size
   per_x = jnp.sqrt(jnp.mean(jnp.square(y.reshape(y.shape[0], -1).astype(jnp.float32)), axis=1))
   return jnp.max(jnp.maximum(per_x, jnp.abs(delta.astype(jnp.float32))))
 
 
 def _global_rms_norm(state) -> Array:
   """RMS over every entry of the augmented state (scipy / score_sde's convention)."""
-  y, delta = state
+  y, delta = state[0], state[1]
   total = jnp.sum(jnp.square(y.astype(jnp.float32))) + jnp.sum(jnp.square(delta))
   return jnp.sqrt(total / (y.size + delta.size))
 
 
-ERROR_NORMS = {"per_example": _per_example_norm, "rms": _global_rms_norm}
+def _mixed_rms_norm(state) -> Array:
+  """Largest RMS of the state's parts, ``max(RMS(x), RMS(delta))``: torchdiffeq's norm for tuple
+  states, so FFJORD's; the data and the log-density each meet the tolerance on batch average."""
+  y, delta = state[0], state[1]
+  rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a.astype(jnp.float32))))
+  return jnp.maximum(rms(y), rms(delta))
+
+
+ERROR_NORMS = {"per_example": _per_example_norm, "rms": _global_rms_norm,
+               "mixed_rms": _mixed_rms_norm}
 
 
 def _nfe_from_stats(stats, solver, adaptive_init):

@@ -288,6 +288,17 @@ def test_heun_35_steps(process_name, dim, schedule):
   check_moments(x, o, o.deterministic_moments(*gain), label=f"heun {schedule}")
 
 
+def test_heun_sample_and_time_grid_work_inside_jit():
+  """The EDM time grid is host-side arithmetic: building it inside `jax.jit` (as the evaluation
+  code does around every sampler) gives the eager grid and the eager samples."""
+  o = oracle("vp", 2)
+  eager = solvers.heun_sample(KEY, o.process, o.drift_fn, (16, 2), 10)
+  jitted = jax.jit(lambda k: solvers.heun_sample(k, o.process, o.drift_fn, (16, 2), 10))(KEY)
+  np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-5, atol=1e-5)
+  grid = jax.jit(lambda: solvers.time_grid(o.process, 10, "edm"))()
+  np.testing.assert_array_equal(grid, solvers.time_grid(o.process, 10, "edm"))
+
+
 def test_heun_sample_on_edm_path_is_edm_heun_sample():
   o = oracle("edm", 2)
   a, nfe_a = solvers.edm_heun_sample(KEY, o.denoiser_fn, (64, 2), num_steps=18)

@@ -5,7 +5,7 @@ TFDS `cifar10` prepared in array_record format in `data.data_dir`; horizontal fl
   --config=configs/cnf/cifar10_multiscale.py          (FFJORD)
   --config=configs/cnf/cifar10_multiscale.py:rnode    (RNODE penalties 0.01 / 0.01)
 """
-from configs.cnf import images
+from configs.cnf import common as images
 
 
 def get_config(variant: str = "ffjord"):

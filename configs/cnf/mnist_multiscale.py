@@ -8,7 +8,7 @@ With the training images present set data.train_split='train' and data.eval_spli
   --config=configs/cnf/mnist_multiscale.py          (FFJORD)
   --config=configs/cnf/mnist_multiscale.py:rnode    (RNODE penalties 0.01 / 0.01)
 """
-from configs.cnf import images
+from configs.cnf import common as images
 
 
 def get_config(variant: str = "ffjord"):

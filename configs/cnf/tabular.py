@@ -7,8 +7,8 @@ Adam lr 1e-3 with weight decay 1e-6; per size the stack of the FFJORD paper's ta
 
   --config=configs/cnf/tabular.py:6     or     --config=configs/cnf/tabular.py:63
 
-Data: `data.dataset = 'synthetic_<D>'` needs a synthetic D-dimensional source in jaxgen.data
-(not there yet; the CNF code path itself is exercised by tests/test_cnf.py with D = 6 and 63).
+Data: `toy_gmm<D>`, a fixed synthetic 8-component Gaussian mixture with full covariances in D
+dimensions (`jaxgen.data.toy.gmm`, exact log-density in `gmm_log_prob` for comparison).
 """
 from configs import base
 from jaxgen import cnf
@@ -34,7 +34,7 @@ def get_config(dim: str = "6"):
   training.preemption_every = 2_000
 
   data = config.data
-  data.dataset = f"synthetic_{dim}"
+  data.dataset = f"toy_gmm{dim}"
   data.dim = dim
   data.image_size = 0
   data.num_channels = 0

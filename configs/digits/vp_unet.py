@@ -13,9 +13,9 @@ def get_config():
 
   training = config.training
   training.batch_size = 128
-  training.n_iters = 3000
+  training.n_iters = 4000
   training.log_every = 250
-  training.eval_every = 3000
+  training.eval_every = 4000
   training.snapshot_every = 0
   training.preemption_every = 1000
   training.keep_checkpoints = 2
@@ -55,7 +55,8 @@ def get_config():
   optim.grad_clip = 1.0
 
   sampling = config.sampling
-  sampling.method = "ode"
+  sampling.method = "heun"              # EDM-schedule Heun on the PF-ODE: 35 steps, NFE 69
+  sampling.num_steps = 35
   sampling.num_samples = 64
   sampling.batch_size = 64
 

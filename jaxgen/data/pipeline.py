@@ -1,7 +1,8 @@
 """Host-side input pipeline: random-access TFDS data sources, sharded over hosts, stateless.
 
 Which source serves a data set is decided by `config.data.dataset`:
-- `toy_<name>`: the 2-D samplers of `jaxgen.data.toy` (infinite data);
+- `toy_<name>`: the 2-D samplers of `jaxgen.data.toy`, and `toy_gmm<D>`, a fixed synthetic
+  D-dimensional Gaussian mixture (tabular-sized CNF runs) (infinite data);
 - `digits`, `mnist_local`: our builders, prepared into `data_dir` on first use, then read like
   any other TFDS data set;
 - anything else (cifar10, mnist, celeb_a, downsampled_imagenet/32x32, ...): a TFDS data set that
@@ -282,13 +283,13 @@ def _pad_batch(batch, num_valid, batch_size, example_shape, dtype):
 
 
 class ToyDataset:
-  """A 2-D toy distribution: `get_batch` draws fresh samples, `iterate` walks a fixed set.
+  """A toy distribution (2-D, or `gmm<D>`): `get_batch` draws fresh samples, `iterate` walks a fixed set.
 
   Attributes:
     name, split: the data set (`toy_<name>`) and split.
     num_examples: this host's share of the fixed evaluation set of `TOY_EVAL_EXAMPLES` points that
       `iterate` yields (`get_batch` never repeats).
-    image_shape: (2,).
+    image_shape: (2,), or (D,) for `gmm<D>`.
   """
 
   def __init__(self, toy_name, *, name, split, seed, process_index, process_count):
@@ -297,7 +298,7 @@ class ToyDataset:
     self.seed = int(seed)
     self.process_index = process_index
     self.process_count = process_count
-    self.image_shape = (2,)
+    self.image_shape = (toy.toy_dim(toy_name),)
     self._toy_name = toy_name
     self.num_examples_total = TOY_EVAL_EXAMPLES
     start, end = _shard_bounds(TOY_EVAL_EXAMPLES, process_index, process_count)
@@ -408,9 +409,13 @@ def get_dataset(data_config, split, *, seed, process_index=None, process_count=N
 
   if name.startswith("toy_"):
     toy_name = name[len("toy_"):]
-    if toy_name not in toy.TOY_DATASETS:
+    if not toy.is_toy_name(toy_name):
       raise ValueError(f"unknown dataset {name!r}; toy data sets are "
-                       f"{', '.join('toy_' + n for n in toy.TOY_DATASETS)}")
+                       f"{', '.join('toy_' + n for n in toy.TOY_DATASETS)} and toy_gmm<D>")
+    dim = int(_config_value(data_config, "dim", toy.toy_dim(toy_name)) or toy.toy_dim(toy_name))
+    if dim != toy.toy_dim(toy_name):
+      raise ValueError(f"data.dim = {dim} does not match dataset {name!r}, whose examples have "
+                       f"{toy.toy_dim(toy_name)} dimensions")
     if split not in _TOY_SPLITS:
       raise ValueError(f"split {split!r} is not a toy split; use one of {list(_TOY_SPLITS)}")
     return ToyDataset(toy_name, **common)

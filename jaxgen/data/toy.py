@@ -9,6 +9,7 @@ Every sampler is a pure function of `(key, n)`; `sample_toy` jits it with `name`
 """
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -123,8 +124,76 @@ _SAMPLERS = {
 }
 
 
+GMM_COMPONENTS = 8
+
+
+def gmm_parameters(dim):
+  """Fixed parameters of the ``gmm<dim>`` mixture (seeded by ``dim``): weights ``(K,)``, means
+  ``(K, dim)`` and Cholesky factors ``(K, dim, dim)`` of full, non-diagonal covariances.
+
+  Means ``~ N(0, 4 I / sqrt(dim))`` scaled so components stay apart in every dimension; each
+  covariance is a random rotation of diagonal scales in ``[0.05, 0.5]^2``.
+  """
+  if not isinstance(dim, (int, np.integer)) or dim <= 0:
+    raise ValueError(f"gmm dimension must be a positive int, got {dim!r}")
+  rng = np.random.RandomState(1000 + int(dim))
+  weights = rng.dirichlet(np.full(GMM_COMPONENTS, 5.0))
+  means = rng.normal(size=(GMM_COMPONENTS, dim)) * 2.0
+  chols = []
+  for _ in range(GMM_COMPONENTS):
+    rotation, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    scales = rng.uniform(0.05, 0.5, size=dim)
+    cov = (rotation * scales ** 2) @ rotation.T
+    chols.append(np.linalg.cholesky(cov + 1e-9 * np.eye(dim)))
+  return weights, means, np.stack(chols)
+
+
+def gmm(key, n, dim):
+  """Synthetic tabular-sized data: the fixed 8-component Gaussian mixture of `gmm_parameters`;
+  (n, dim)."""
+  weights, means, chols = gmm_parameters(dim)
+  key_c, key_e = jax.random.split(key)
+  comp = jax.random.choice(key_c, GMM_COMPONENTS, (n,), p=jnp.asarray(weights))
+  eps = jax.random.normal(key_e, (n, dim))
+  return jnp.asarray(means)[comp] + jnp.einsum("nij,nj->ni", jnp.asarray(chols)[comp], eps)
+
+
+def gmm_log_prob(x, dim):
+  """Exact log-density of the ``gmm<dim>`` mixture at ``x`` (n, dim); (n,) in nats."""
+  weights, means, chols = gmm_parameters(dim)
+  x = np.asarray(x, np.float64)
+  out = []
+  for w, m, c in zip(weights, means, chols):
+    z = np.linalg.solve(c, (x - m).T).T
+    logdet = np.sum(np.log(np.diag(c)))
+    out.append(np.log(w) - 0.5 * np.sum(z ** 2, 1) - logdet - 0.5 * dim * np.log(2 * np.pi))
+  out = np.stack(out)
+  top = out.max(0)
+  return top + np.log(np.exp(out - top).sum(0))
+
+
+def parse_gmm(name):
+  """``'gmm<D>'`` -> D, else None."""
+  match = re.fullmatch(r"gmm([1-9][0-9]*)", str(name))
+  return int(match.group(1)) if match else None
+
+
+def is_toy_name(name):
+  """True for the 2-D sets of `TOY_DATASETS` and the synthetic ``gmm<D>`` vectors."""
+  return name in _SAMPLERS or parse_gmm(name) is not None
+
+
+def toy_dim(name):
+  """Dimension of one example of toy set ``name`` (2, or D for ``gmm<D>``)."""
+  dim = parse_gmm(name)
+  return 2 if dim is None else dim
+
+
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _sample(name, key, n):
+  dim = parse_gmm(name)
+  if dim is not None:
+    return gmm(key, n, dim).astype(jnp.float32)
   return _SAMPLERS[name](key, n).astype(jnp.float32)
 
 
@@ -132,15 +201,16 @@ def sample_toy(name, key_or_seed, n):
   """Draws `n` i.i.d. points of the toy distribution `name`.
 
   Args:
-    name: one of `TOY_DATASETS`.
+    name: one of `TOY_DATASETS`, or ``gmm<D>`` (synthetic D-dimensional Gaussian mixture).
     key_or_seed: a `jax.random` key, or an int seed.
     n: number of samples (a Python int).
 
   Returns:
-    float32 array of shape (n, 2).
+    float32 array of shape (n, 2), or (n, D) for ``gmm<D>``.
   """
-  if name not in _SAMPLERS:
-    raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
+  if not is_toy_name(name):
+    raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)} "
+                     "or gmm<D>")
   if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
     raise ValueError(f"number of toy samples must be a positive int, got {n!r}")
   if isinstance(key_or_seed, (int, np.integer)):

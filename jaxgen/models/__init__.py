@@ -22,6 +22,8 @@ from jaxgen.models.mlp import MLP
 from jaxgen.models.ncsnpp import (NCSNpp, PROGRESSIVE, PROGRESSIVE_COMBINE, PROGRESSIVE_INPUT,
                                   RESBLOCK_TYPES)
 from jaxgen.models.unet import UNet
+from jaxgen.models import ffjord
+from jaxgen.models.ffjord import FFJORDMLP, FFJORDMultiscale
 
 __all__ = ["DDPM", "MLP", "NCSNpp", "UNet", "MODELS", "get_model", "validate_model_config",
            "count_params", "init_params", "abstract_params"]
@@ -32,6 +34,8 @@ MODELS = {
     "ddpm": DDPM,
     "unet": UNet,
     "mlp": MLP,
+    "ffjord_mlp": FFJORDMLP,
+    "ffjord_multiscale": FFJORDMultiscale,
 }
 CONV_MODELS = ("ncsnpp", "ddpmpp", "ddpm", "unet")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -111,6 +115,9 @@ def validate_model_config(model_config, data_config=None) -> None:
              f"model.num_classes={num_classes} needs model.conditional=True (labels join the "
              "time embedding)")
 
+  if name in ffjord.FFJORD_MODELS:
+    ffjord.validate_model_config(model_config, data_config)
+    return
   if name == "mlp":
     hidden = _static(get("hidden", (256, 256, 256)))
     _require(all(isinstance(w, int) and w > 0 for w in hidden),

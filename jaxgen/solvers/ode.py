@@ -416,8 +416,14 @@ def time_grid(process: Process, num_steps: int, schedule: str = "uniform", eps=N
     ``eps`` and ``T``, mapped back to times. Needs a finite ratio at ``T``: not the linear path
     (``alpha(1) = 0``), use ``'uniform'`` there.
 
-  ``eps``: in ``[process.t_min, T)``; ``None`` -> ``max(1e-3, process.t_min)``.
+  ``eps``: in ``[process.t_min, T)``; ``None`` -> ``max(1e-3, process.t_min)``. The grid is
+  computed on the host from concrete numbers, so it may be built inside ``jax.jit``.
   """
+  with jax.ensure_compile_time_eval():
+    return _time_grid(process, num_steps, schedule, eps, rho)
+
+
+def _time_grid(process, num_steps, schedule, eps, rho):
   _check_choice(schedule, SCHEDULES, "schedule")
   num_steps = _check_positive_int(num_steps, "num_steps")
   eps = _concrete(_resolve_eps(process, eps))

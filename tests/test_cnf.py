@@ -1,0 +1,317 @@
+"""CNFs (FFJORD / RNODE): models, the flow layout, likelihood, adjoints, regularization.
+
+The slow part is one module-scoped fixture that trains the FFJORD toy CNF twice (plain and RNODE)
+with one compiled step; the density, Hutchinson and RNODE tests share it.
+"""
+import math
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from configs.cnf import toy as toy_config
+from jaxgen import cnf
+from jaxgen.data import sample_toy
+from jaxgen.models import ffjord
+
+try:  # jax >= 0.8 exposes the context manager at the top level
+  _enable_x64 = jax.enable_x64
+except AttributeError:  # pragma: no cover - older jax
+  from jax.experimental import enable_x64 as _enable_x64
+
+
+def _toy_setup(dataset="8gaussians", hidden_dims=(64, 64, 64)):
+  config = toy_config.get_config(dataset)
+  config.model.hidden_dims = hidden_dims
+  return cnf.StandaloneSetup(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# models and layout (no solves)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer_type", ffjord.LAYER_TYPES)
+def test_odenet_layers_and_shapes(layer_type):
+  net = ffjord.ODENet((8, 8), layer_type, "softplus")
+  x, t = jnp.ones((3, 5)), jnp.full((3,), 0.3)
+  params = net.init(jax.random.PRNGKey(0), x, t)["params"]
+  assert net.apply({"params": params}, x, t).shape == (3, 5)
+  first = params["layer_0"]
+  in_features = {"ignore": 5, "concat": 6, "concatsquash": 5}[layer_type]
+  assert first["layer"]["kernel"].shape == (in_features, 8)
+  assert ("hyper_gate" in first) == (layer_type == "concatsquash")
+  # PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  assert float(jnp.max(jnp.abs(params["layer_1"]["layer"]["kernel"]))) <= 1 / math.sqrt(8)
+  conv = ffjord.ODENet((4,), layer_type, "tanh", conv=True)
+  xi = jnp.ones((2, 6, 6, 3))
+  pc = conv.init(jax.random.PRNGKey(0), xi, jnp.zeros((2,)))["params"]
+  assert conv.apply({"params": pc}, xi, jnp.zeros((2,))).shape == xi.shape
+  with pytest.raises(ValueError, match="'bogus'"):
+    ffjord.ODENet((8,), "bogus").init(jax.random.PRNGKey(0), x, t)
+
+
+def test_multiscale_layouts_match_ffjord():
+  mnist = ffjord.FFJORDMultiscale(image_size=28, num_blocks=2)
+  cifar = ffjord.FFJORDMultiscale(image_size=32, num_blocks=2)
+  assert ffjord.multiscale_num_scales(28) == 3 and ffjord.multiscale_num_scales(32) == 4
+  assert mnist.num_nets() == 10 and cifar.num_nets() == 14
+  for model, shape in ((mnist, (28, 28, 1)), (cifar, (32, 32, 3))):
+    steps = model.layout(shape)
+    assert steps[0] == ("logit", 1e-6)
+    assert sum(s[0] == "cnf" for s in steps) == model.num_nets()
+    flow = cnf.Flow(steps, None, None, None)
+    pieces = cnf._piece_shapes(flow, shape)  # pylint: disable=protected-access
+    assert sum(math.prod(p) for p in pieces) == math.prod(shape)
+  assert cnf._piece_shapes(cnf.Flow(mnist.layout((28, 28, 1)), None, None, None),  # pylint: disable=protected-access
+                           (28, 28, 1)) == ((14, 14, 2), (7, 7, 4), (7, 7, 4))
+
+
+def test_squeeze_and_logit_invert():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 4, 6, 3))
+  assert cnf.squeeze(x).shape == (2, 2, 3, 12)
+  np.testing.assert_array_equal(cnf.unsqueeze(cnf.squeeze(x)), x)
+  y, log_det = cnf._logit(x, 1e-6)  # pylint: disable=protected-access
+  np.testing.assert_allclose(cnf._sigmoid(y, 1e-6), x, atol=1e-5)  # pylint: disable=protected-access
+  grad = jax.vmap(jax.grad(lambda v: cnf._logit(v.reshape(1, 1), 1e-6)[0].sum()))(  # pylint: disable=protected-access
+      x.reshape(-1))
+  np.testing.assert_allclose(log_det, jnp.log(grad).reshape(2, -1).sum(-1), rtol=1e-5)
+
+
+def test_config_validation_names_the_bad_value():
+  config = toy_config.get_config()
+  config.model.layer_type = "hyper"
+  with pytest.raises(ValueError, match="'hyper'"):
+    cnf.StandaloneSetup(config)
+  with pytest.raises(ValueError, match="'sideways'"):
+    cnf.SolveOptions(adjoint="sideways")
+  with pytest.raises(ValueError, match="nope"):
+    toy_config.get_config("nope")
+  mnist = ml_collections.ConfigDict({"name": "ffjord_multiscale", "alpha": 1e-6})
+  data = ml_collections.ConfigDict({"image_size": 28, "centered": True})
+  with pytest.raises(ValueError, match="centered"):
+    ffjord.validate_model_config(mnist, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# likelihood against closed forms (generic vector fields, tabular sizes)
+# --------------------------------------------------------------------------------------------------
+def _linear_field(params, x, t):
+  return x @ params["a"].T + t[:, None] * params["b"]
+
+
+@pytest.mark.parametrize("dim", [6, 63])
+def test_linear_field_log_likelihood_closed_form(dim):
+  """``dx/dt = A x + t b`` over ``[0, T]``: ``z = e^{TA} x + c``, ``log det = T tr A``."""
+  rng = np.random.default_rng(dim)
+  a = jnp.asarray(0.3 * rng.standard_normal((dim, dim)) / math.sqrt(dim), jnp.float32)
+  b = jnp.asarray(rng.standard_normal(dim), jnp.float32)
+  params, end_time = {"a": a, "b": b}, 0.7
+  flow = cnf.vector_field_flow(_linear_field, (dim,), end_time=end_time, num_blocks=2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, dim))
+  div = "exact" if dim < 10 else "rademacher"
+  opts = cnf.SolveOptions(divergence=div, rtol=1e-6, atol=1e-6)
+  out = jax.jit(lambda p, x, k: cnf.flow_log_likelihood(flow, p, x, key=k, options=opts))(
+      params, x, jax.random.PRNGKey(1))
+  expm = jax.scipy.linalg.expm(end_time * a)
+  # Inhomogeneous part by a fine quadrature of int_0^T e^{(T-s)A} s b ds, twice (two blocks).
+  s = np.linspace(0.0, end_time, 2001)
+  integrand = np.stack([np.asarray(jax.scipy.linalg.expm((end_time - si) * a) @ (si * b))
+                        for si in s[::40]])
+  c = np.trapezoid(integrand, s[::40], axis=0) if hasattr(np, "trapezoid") else np.trapz(
+      integrand, s[::40], axis=0)
+  z = (x @ expm.T + c) @ expm.T + c
+  logp = cnf.standard_normal_logp(z) + 2 * end_time * jnp.trace(a)
+  np.testing.assert_allclose(out["z"], z, atol=2e-3)
+  if div == "exact":
+    np.testing.assert_allclose(out["logp"], logp, atol=1e-3)
+  else:  # a linear field: every probe's estimate has mean tr A; check the batch mean
+    err = np.asarray(out["logp"] - logp)
+    assert abs(err.mean()) < 4 * err.std() / math.sqrt(len(err)) + 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# gradients: adjoint method against backpropagation through the solver
+# --------------------------------------------------------------------------------------------------
+def test_backsolve_adjoint_matches_backprop():
+  with _enable_x64(True):
+    model = ffjord.FFJORDMLP(hidden_dims=(16, 16), dtype="float64", time_length=0.5)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.ones((1,)))["params"]
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    flow = cnf.make_flow(model, (2,))
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 2), jnp.float64)
+    grads = {}
+    for adjoint in cnf.ADJOINTS:
+      opts = cnf.SolveOptions(adjoint=adjoint, rtol=1e-10, atol=1e-10, error_norm="rms")
+
+      def loss(p, opts=opts):
+        out = cnf.flow_log_likelihood(flow, p, x, options=opts, regularize=True)
+        return -jnp.mean(out["logp"]) + 0.1 * jnp.mean(out["kinetic"] + out["jacobian"])
+
+      grads[adjoint] = jax.jit(jax.grad(loss))(params)
+    flat = lambda g: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g)])
+    ref, adj = flat(grads["backprop"]), flat(grads["backsolve"])
+    assert ref.dtype == np.float64
+    rel = np.linalg.norm(adj - ref) / np.linalg.norm(ref)
+    print(f"backsolve vs backprop relative gradient error {rel:.2e}")
+    assert rel < 1e-4
+    # The learnable end time receives a gradient through both.
+    assert abs(float(grads["backsolve"]["sqrt_end_time_0"])) > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# training: FFJORD vs RNODE on 8gaussians (shared by the tests below)
+# --------------------------------------------------------------------------------------------------
+# A reduced version of experiments/cnf_toy (see its README): FFJORD's toy CNF with a 32-32 field,
+# lr 5e-3, batch 200, 800 iterations on pinwheel; RNODE with lambda_K = lambda_J = 0.1.
+RNODE_DATA = "pinwheel"
+RNODE_ITERS = 800
+RNODE_LAMBDA = (0.1, 0.1)
+TEST_SIZE = 4000
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """Trains the toy CNF twice from one initialisation and data stream, plain and with RNODE,
+  with one compiled step (the weights are arguments; the regularizer integrals are carried in
+  both runs but do not steer the step size, so the plain run is FFJORD)."""
+  setup = _toy_setup(RNODE_DATA, hidden_dims=(32, 32))
+  flow = cnf.flow_from_setup(setup)
+  options = cnf.SolveOptions.from_config(setup.config.cnf)
+  optimizer = optax.adam(5e-3)
+
+  def loss_fn(params, x, lam):
+    out = cnf.flow_log_likelihood(flow, params, x, options=options, regularize=True)
+    nll = -jnp.mean(out["logp"])
+    return nll + lam[0] * jnp.mean(out["kinetic"]) + lam[1] * jnp.mean(out["jacobian"]), (
+        out["nfe"])
+
+  @jax.jit
+  def step(params, opt_state, x, lam):
+    (_, nfe), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, lam)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, nfe
+
+  init = setup.init_params(jax.random.PRNGKey(0))
+  runs = {}
+  for name, lam in (("ffjord", (0.0, 0.0)), ("rnode", RNODE_LAMBDA)):
+    params, opt_state, nfes = init, optimizer.init(init), []
+    for it in range(RNODE_ITERS):
+      x = sample_toy(RNODE_DATA, jax.random.fold_in(jax.random.PRNGKey(0), it), 200)
+      params, opt_state, nfe = step(params, opt_state, x, jnp.asarray(lam, jnp.float32))
+      nfes.append(int(nfe))
+    runs[name] = {"params": params, "nfe_end": float(np.mean(nfes[-30:]))}
+  nll = jax.jit(cnf.make_nll_fn(setup, setup.config.eval))
+  test = sample_toy(RNODE_DATA, jax.random.PRNGKey(123), TEST_SIZE)
+  for run in runs.values():
+    values = np.concatenate([np.asarray(nll(run["params"], jax.random.PRNGKey(0),
+                                            {"image": test[i:i + 1000]})[0])
+                             for i in range(0, TEST_SIZE, 1000)])
+    run["test_nll"] = float(values.mean())
+  runs["initial_test_nll"] = float(np.mean(np.asarray(
+      nll(init, jax.random.PRNGKey(0), {"image": test[:1000]})[0])))
+  return setup, runs
+
+
+def test_trained_density_integrates_to_one(trained):
+  setup, runs = trained
+  lim, n = 6.0, 241
+  logp = cnf.log_density_on_grid(setup, runs["ffjord"]["params"], lim=lim, n=n)
+  cell = (2 * lim / (n - 1)) ** 2
+  mass = float(np.sum(np.exp(logp)) * cell)
+  print(f"integral of the trained density over [-{lim}, {lim}]^2: {mass:.5f}")
+  assert abs(mass - 1.0) < 0.01
+  # It is a trained density: the data are far more likely than under the initial flow.
+  assert runs["ffjord"]["test_nll"] < runs["initial_test_nll"] - 0.5
+
+
+def test_exact_and_hutchinson_agree_in_expectation(trained):
+  setup, runs = trained
+  flow = cnf.flow_from_setup(setup)
+  params = runs["ffjord"]["params"]
+  points = sample_toy(RNODE_DATA, jax.random.PRNGKey(7), 4)
+  reps = 500
+  x = jnp.repeat(points, reps, axis=0)
+  opts = {d: cnf.SolveOptions(divergence=d, rtol=1e-6, atol=1e-6)
+          for d in ("exact", "rademacher", "gaussian")}
+  exact = cnf.flow_log_likelihood(flow, params, points, options=opts["exact"])["logp"]
+  for kind in ("rademacher", "gaussian"):
+    est = cnf.flow_log_likelihood(flow, params, x, key=jax.random.PRNGKey(3),
+                                  options=opts[kind])["logp"]
+    est = np.asarray(est).reshape(4, reps)
+    mean, stderr = est.mean(axis=1), est.std(axis=1, ddof=1) / math.sqrt(reps)
+    assert np.all(stderr > 0)
+    z = np.abs(mean - np.asarray(exact)) / stderr
+    print(f"{kind}: exact {np.asarray(exact)}, estimate {mean} +- {stderr}")
+    assert np.all(z < 4.0), z
+
+
+def test_rnode_cuts_nfe_at_same_nll(trained):
+  _, runs = trained
+  ratio = runs["ffjord"]["nfe_end"] / runs["rnode"]["nfe_end"]
+  diff = runs["rnode"]["test_nll"] - runs["ffjord"]["test_nll"]
+  print(f"NFE at end: FFJORD {runs['ffjord']['nfe_end']:.1f}, RNODE {runs['rnode']['nfe_end']:.1f}"
+        f" ({ratio:.2f}x); test NLL FFJORD {runs['ffjord']['test_nll']:.4f}, RNODE "
+        f"{runs['rnode']['test_nll']:.4f} ({diff:+.4f} nats)")
+  assert ratio >= 2.0
+  assert diff <= 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# the experiment hooks (train loop / evaluate) on a small model
+# --------------------------------------------------------------------------------------------------
+def test_loss_sample_and_nll_hooks(tmp_path):
+  config = toy_config.get_config("moons")
+  config.model.hidden_dims = (16,)
+  config.model.num_blocks = 2
+  config.cnf.kinetic_energy = 0.01
+  config.cnf.jacobian_norm2 = 0.01
+  config.cnf.divergence = "rademacher"
+  setup = cnf.StandaloneSetup(config)
+  params = setup.init_params(jax.random.PRNGKey(0))
+  batch = {"image": sample_toy("moons", 0, 32)}
+  loss_fn = cnf.make_loss_fn(config, setup)
+  (loss, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      params, jax.random.PRNGKey(1), batch)
+  assert np.isfinite(float(loss)) and int(aux["nfe"]) > 0
+  assert float(loss) > float(aux["nll"])  # the penalties are positive
+  assert set(grads) == set(params)
+  samples, nfe = jax.jit(cnf.make_sample_fn(setup, config.sampling), static_argnums=2)(
+      params, jax.random.PRNGKey(2), 16)
+  assert samples.shape == (16, 2) and int(nfe) > 0 and np.all(np.isfinite(samples))
+  path = cnf.write_density(setup, params, str(tmp_path / "density.png"), n=20)
+  assert (tmp_path / "density.png").stat().st_size > 0 and path.endswith(".png")
+
+
+def test_multiscale_sample_then_likelihood_round_trip():
+  """Tiny FFJORD multiscale model on 8x8x1 images: pushing prior pieces back to an image and
+  forward again recovers them (logit, squeeze and factor-out in the right order), and bits/dim
+  come out through the nll hook."""
+  config = ml_collections.ConfigDict({
+      "model": {"name": "ffjord_multiscale", "hidden_dims": (4,), "num_blocks": 1,
+                "image_size": 8, "alpha": 0.05},
+      "data": {"dataset": "tiny_images", "image_size": 8, "num_channels": 1, "centered": False,
+               "num_levels": 256, "uniform_dequantization": True, "random_flip": False},
+      "eval": {"divergence": "rademacher", "num_probes": 1, "solver": "dopri5", "rtol": 1e-5,
+               "atol": 1e-5},
+  })
+  setup = cnf.StandaloneSetup(config)
+  assert setup.shape == (8, 8, 1) and setup.model.num_nets() == 3
+  params = setup.init_params(jax.random.PRNGKey(0))
+  flow = cnf.flow_from_setup(setup)
+  opts = cnf.SolveOptions(divergence="rademacher", rtol=1e-6, atol=1e-6)
+  key = jax.random.PRNGKey(4)
+  x, _ = cnf.flow_sample(flow, params, key, 2, setup.shape, options=opts)
+  assert x.shape == (2, 8, 8, 1)
+  out = cnf.flow_log_likelihood(flow, params, x, key=key, options=opts)
+  shapes = cnf._piece_shapes(flow, setup.shape)  # pylint: disable=protected-access
+  keys = jax.random.split(key, len(shapes))
+  z = jnp.concatenate([jax.random.normal(k, (2,) + s).reshape(2, -1)
+                       for k, s in zip(keys, shapes)], axis=-1)
+  np.testing.assert_allclose(out["z"], z, atol=1e-3)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)), jnp.uint8)
+  bpd, nfe = cnf.make_nll_fn(setup, config.eval)(params, jax.random.PRNGKey(0),
+                                                 {"image": images})
+  assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and int(nfe) > 0
