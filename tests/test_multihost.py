@@ -198,8 +198,6 @@ def test_two_processes_train_checkpoint_resume_equal_one_process(tmp_path, data_
   assert seen == expected  # same multiset: every example once, nothing twice
 
 
-@pytest.mark.skipif(os.environ.get("JAXGEN_TEST_LAUNCH") != "1",
-                    reason="slow (~1 min): set JAXGEN_TEST_LAUNCH=1 to run launch/local_multiprocess.sh")
 def test_local_multiprocess_script(tmp_path):
   """launch/local_multiprocess.sh 2 trains a tiny config through jaxgen.main and checkpoints."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,8 @@ NUM_DEVICES = 8
 
 def _require_devices(n=NUM_DEVICES):
   if jax.device_count() < n:
-    pytest.skip(f"needs {n} devices (XLA_FLAGS=--xla_force_host_platform_device_count={n})")
+    pytest.fail(f"needs {n} devices: run with XLA_FLAGS=--xla_force_host_platform_device_count={n} "
+                "(tests/conftest.py sets it unless XLA_FLAGS is already set)")
 
 
 @pytest.fixture(scope="module")
