@@ -123,5 +123,6 @@ def get_base_config():
   optim.weight_decay = 0.0
   optim.warmup = 5000
   optim.grad_clip = 1.0
+  optim.flat_update = False            # optimizer/EMA on one flat vector (fewer GPU kernels)
 
   return config

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 import orbax.checkpoint as ocp
 
 from jaxgen import data as data_lib
@@ -149,6 +150,10 @@ class Setup:
     else:
       self.loss_fn = losses.get_loss_fn(config, self.model_fn, self.process)
     self.optimizer = make_optimizer(config.optim)
+    # optim.flat_update: Adam, clipping, EMA and the non-finite guard run on one flat vector of
+    # all parameters (a handful of kernels) instead of once per leaf (hundreds of tiny kernels on
+    # a GPU); the optimizer state is then flat too (checkpoints differ from the per-leaf layout).
+    self.flat_update = bool(config.optim.get("flat_update", False))
     self.shape = data_shape(config)
 
   def init_state(self, key: Array) -> TrainState:
@@ -162,9 +167,10 @@ class Setup:
     params = self.model.init({"params": k_init, "dropout": k_init}, x, cond, train=False,
                              **kwargs)["params"]
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
+    opt_params = ravel_pytree(params)[0] if self.flat_update else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                      opt_state=self.optimizer.init(params), key=k_run,
+                      opt_state=self.optimizer.init(opt_params), key=k_run,
                       bad_step=jnp.full((), -1, jnp.int32))
 
   def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
@@ -190,6 +196,8 @@ class Setup:
       batch = self.preprocess(k_data, batch, train=True)
       (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, k_loss,
                                                                           batch)
+      if self.flat_update:
+        return _flat_update(state, loss, grads)
       grad_norm = _global_norm(grads)
       updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
@@ -204,6 +212,26 @@ class Setup:
       bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
       new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                                 opt_state=opt_state, bad_step=bad_step)
+      return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    def _flat_update(state, loss, grads):
+      flat_params, unravel = ravel_pytree(state.params)
+      flat_grads = ravel_pytree(grads)[0]
+      flat_ema = ravel_pytree(state.ema_params)[0]
+      grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
+      updates, opt_state = self.optimizer.update(flat_grads, state.opt_state, flat_params)
+      new_params = flat_params + updates
+      new_ema = ema_rate * flat_ema + (1.0 - ema_rate) * new_params
+      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                & jnp.isfinite(jnp.sum(jnp.square(updates))))
+      new_params = jnp.where(finite, new_params, flat_params)
+      new_ema = jnp.where(finite, new_ema, flat_ema)
+      opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state,
+                                         state.opt_state)
+      bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+      new_state = state.replace(step=state.step + 1, params=unravel(new_params),
+                                ema_params=unravel(new_ema), opt_state=opt_state,
+                                bad_step=bad_step)
       return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     return train_step

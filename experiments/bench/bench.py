@@ -98,7 +98,10 @@ def make_setup(dtype, batch, **model):
   config.model.dtype = dtype
   config.training.batch_size = batch
   for key, value in model.items():
-    config.model[key] = value
+    if key in config.optim:            # e.g. flat_update
+      config.optim[key] = value
+    else:
+      config.model[key] = value
   return train.Setup(config)
 
 
@@ -214,8 +217,9 @@ def main():
   parser.add_argument("--lik_modes", default="bfloat16,highest")
   parser.add_argument("--highest_batch", type=int, default=32)
   parser.add_argument("--variants", default="",
-                      help="extra bf16 train-only variants: comma list of model options joined "
-                           "by '+', e.g. fused_norm+fast_dropout")
+                      help="extra train-only variants: comma list of [dtype:]options joined by "
+                           "'+' (model or optim options, dtype default bfloat16), e.g. "
+                           "fused_norm+fast_dropout,float32:flat_update")
   parser.add_argument("--budget", type=float, default=1e9, help="seconds; optional parts skipped")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
   parser.add_argument("--out", default="")
@@ -264,8 +268,10 @@ def main():
     if time.perf_counter() - T0 > args.budget:
       log(f"skipping variant {spec}: over budget")
       continue
-    opts = {k: True for k in spec.split("+")}
-    rows["bfloat16+" + spec] = bench.train("bfloat16+" + spec, "bfloat16", args.steps, **opts)
+    dtype, _, opts_spec = spec.rpartition(":")
+    dtype = dtype or "bfloat16"
+    opts = {k: True for k in opts_spec.split("+")}
+    rows[f"{dtype}+{opts_spec}"] = bench.train(f"{dtype}+{opts_spec}", dtype, args.steps, **opts)
     dump()
   dump()
   print()
