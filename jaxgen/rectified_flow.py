@@ -656,7 +656,7 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
                        f"({config.model.name!r}); a warm start needs the same network")
     params = teacher.ema_params
     state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                          opt_state=jax.jit(setup.optimizer.init, out_shardings=repl)(params))
+                          opt_state=jax.jit(setup.init_opt_state, out_shardings=repl)(params))
     train.check_workdir_compatible(workdir, config)
     train.write_config(workdir, config)
     train.save_checkpoint(manager, state, 0, force=True)

@@ -167,11 +167,14 @@ class Setup:
     params = self.model.init({"params": k_init, "dropout": k_init}, x, cond, train=False,
                              **kwargs)["params"]
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
-    opt_params = ravel_pytree(params)[0] if self.flat_update else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                      opt_state=self.optimizer.init(opt_params), key=k_run,
+                      opt_state=self.init_opt_state(params), key=k_run,
                       bad_step=jnp.full((), -1, jnp.int32))
+
+  def init_opt_state(self, params):
+    """Fresh optimizer state for ``params`` (over their flat vector if ``optim.flat_update``)."""
+    return self.optimizer.init(ravel_pytree(params)[0] if self.flat_update else params)
 
   def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
     out = dict(batch)

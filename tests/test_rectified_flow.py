@@ -34,7 +34,7 @@ def fit(config, steps, init_params=None):
   state = jax.jit(setup.init_state)(jax.random.PRNGKey(config.seed))
   if init_params is not None:   # warm start from the previous flow, as Liu et al.
     state = state.replace(params=init_params, ema_params=init_params,
-                          opt_state=setup.optimizer.init(init_params))
+                          opt_state=setup.init_opt_state(init_params))
   train_step = jax.jit(setup.make_train_step())
   ds = data_lib.get_dataset(config.data, config.data.train_split, seed=config.seed,
                             process_index=0, process_count=1)

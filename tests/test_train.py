@@ -163,6 +163,7 @@ def test_flat_update_matches_per_leaf_update():
   the per-leaf step's parameters, EMA and metrics to float32 rounding, and drops a non-finite step
   just the same."""
   config = tiny_config()
+  config.optim.flat_update = False
   config.optim.grad_clip = 0.05  # make the clipping bite
   flat_config = tiny_config()
   flat_config.optim.grad_clip = 0.05

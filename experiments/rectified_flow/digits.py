@@ -52,7 +52,7 @@ def fit(config, steps, batches, init_params=None):
   if init_params is not None:
     state = state.replace(params=init_params,
                           ema_params=jax.tree_util.tree_map(jnp.copy, init_params),
-                          opt_state=jax.jit(setup.optimizer.init)(init_params))
+                          opt_state=jax.jit(setup.init_opt_state)(init_params))
   train_step = jax.jit(setup.make_train_step(), donate_argnums=(0,))
   start, losses = time.time(), []
   for step in range(steps):
