@@ -331,10 +331,15 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types for corrupt / mismatched trees
+    hint = ""
+    if "opt_state" in str(e):
+      hint = (" The optimizer-state layout follows config.optim.flat_update (flat vector when "
+              "True, one entry per parameter when False): a checkpoint written with the other "
+              "setting resumes with --config.optim.flat_update=<that setting>.")
     raise CheckpointError(
         f"checkpoint {step} in {manager.directory} is corrupt or incompatible with this config "
         f"({type(e).__name__}: {str(e)[:500]}); it is left untouched — move it away or use "
-        f"another --workdir") from e
+        f"another --workdir.{hint}") from e
   return restored["state"], restored["meta"]
 
 

@@ -104,6 +104,10 @@ def test_incompatible_and_corrupt_checkpoints_are_refused_and_kept(tmp_path):
   other.model.hidden = (64, 64)
   with pytest.raises(train.CheckpointError, match="model"):
     train.train_and_evaluate(other, str(tmp_path))
+  other_layout = tiny_config(6)  # optimizer state written flat, read per leaf: named
+  other_layout.optim.flat_update = not tiny_config().optim.flat_update
+  with pytest.raises(train.CheckpointError, match="config.optim.flat_update"):
+    train.train_and_evaluate(other_layout, str(tmp_path))
   # corrupt the checkpoint's array data
   ckpt = tmp_path / "checkpoints" / "3"
   before = sorted(os.listdir(tmp_path / "checkpoints"))
