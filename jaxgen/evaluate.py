@@ -41,6 +41,10 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
     raise ValueError(f"unknown config.sampling.method {method!r}; expected one of "
                      f"{SAMPLING_METHODS}")
   process, prediction, model_fn = setup.process, setup.prediction, setup.model_fn
+  if method == "edm_heun" and not isinstance(process, EDMPath):
+    raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
+                     f"config's process is {type(process).__name__}: use 'heun' (Heun with EDM's "
+                     "time schedule for any process)")
   eps = float(sampling_config.eps)
   if isinstance(process, EDMPath):
     eps = max(eps, process.sigma_min)
@@ -115,7 +119,8 @@ def make_nll_fn(setup, eval_config) -> Callable:
     logp, _, nfe = likelihood.ode_log_likelihood(
         drift_fn, x, key=k_probe, prior_logp=process.prior_logp, t0=t0, t1=process.T,
         divergence=eval_config.divergence, num_probes=int(eval_config.num_probes),
-        solver=eval_config.solver, rtol=float(eval_config.rtol), atol=float(eval_config.atol))
+        solver=eval_config.solver, rtol=float(eval_config.rtol), atol=float(eval_config.atol),
+        throw=False)  # a failed solve gives NaN for its batch; counted and reported below
     if is_toy(config):
       return -logp, nfe
     return likelihood.bits_per_dim(logp, x.shape[1:], num_levels=int(data_config.num_levels),
@@ -158,15 +163,22 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
     nfes.append(int(nfe))
     if bar is not None:
       bar.update(1)
-      bar.set_postfix(value=f"{np.mean(np.concatenate(values)):.4f}", nfe=nfes[-1])
+      bar.set_postfix(value=f"{np.nanmean(np.concatenate(values)):.4f}", nfe=nfes[-1])
   if bar is not None:
     bar.close()
   values = np.concatenate(values) if values else np.zeros((0,))
   name = "nll_nats" if is_toy(config) else "bpd"
-  return {name: float(np.mean(values)), f"{name}_stderr": float(np.std(values) /
-                                                                 max(math.sqrt(len(values)), 1)),
-          "num_examples": int(len(values)), "mean_nfe": float(np.mean(nfes)) if nfes else 0.0,
-          "seconds": time.time() - t_start}
+  failed = ~np.isfinite(values)
+  if failed.any() and jax.process_index() == 0:
+    print(f"warning: the likelihood ODE failed (step budget or non-finite drift) for "
+          f"{int(failed.sum())} of {len(values)} examples; {name} is over the other "
+          f"{int((~failed).sum())}", flush=True)
+  good = values[~failed]
+  mean = float(np.mean(good)) if len(good) else float("nan")
+  return {name: mean, f"{name}_stderr": float(np.std(good) / max(math.sqrt(len(good)), 1))
+          if len(good) else float("nan"),
+          "num_examples": int(len(good)), "num_failed": int(failed.sum()),
+          "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
 
 
 def _progress(total, desc, enabled):

@@ -185,7 +185,8 @@ def ode_log_likelihood(drift_fn: DriftFn,
                        error_norm: str = "per_example",
                        return_stats: bool = False,
                        drift_args=None,
-                       extra_fn: Optional[ExtraFn] = None):
+                       extra_fn: Optional[ExtraFn] = None,
+                       throw: bool = True):
   """Log-likelihood of ``x`` under the ODE ``dx/dt = drift_fn(x, t)`` with prior at ``t1``.
 
   Solves ``d/dt [x, delta] = [drift, div drift]`` from ``t0`` (data) to ``t1`` (prior) and returns
@@ -224,6 +225,9 @@ def ode_log_likelihood(drift_fn: DriftFn,
       i.e. the ``m = D`` unit vectors for ``exact`` (``sum_m |J v_m|^2 = |J|_F^2``) or the probes
       for Hutchinson (``mean_m |J v_m|^2`` estimates ``|J|_F^2`` without bias). The extra states
       do not enter the step-size control.
+    throw: raise when the adaptive solver fails (``max_steps`` exhausted, non-finite state), as
+      diffrax does; ``False`` returns NaN log-likelihoods for a failed solve instead (long
+      evaluations report the failure rather than dying on it).
   Returns:
     ``(logp (batch,), z (batch, ...), nfe)`` where ``nfe`` is the number of drift evaluations
     (int32 scalar) — then the integrals ``(batch, k)`` if ``extra_fn`` is given — plus ``stats``
@@ -242,7 +246,8 @@ def ode_log_likelihood(drift_fn: DriftFn,
     adjoint = _Static(adjoint)
   logp, z, nfe, stats, extras = _solve(drift_fn, x, probes, prior_logp, float(t0), float(t1),
                                        divergence, solver, float(rtol), float(atol), num_steps,
-                                       int(max_steps), adjoint, error_norm, drift_args, extra_fn)
+                                       int(max_steps), adjoint, error_norm, drift_args, extra_fn,
+                                       bool(throw))
   out = (logp, z, nfe) + ((extras,) if extra_fn is not None else ())
   return out + (stats,) if return_stats else out
 
@@ -269,9 +274,9 @@ def _jacobian_products(drift_fn, x, t, tangents):
   return outs[0], jvps
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16))
 def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rtol, atol,
-           num_steps, max_steps, adjoint, error_norm, drift_args, extra_fn):
+           num_steps, max_steps, adjoint, error_norm, drift_args, extra_fn, throw):
   batch = x.shape[0]
   delta_dtype = jnp.promote_types(x.dtype, jnp.float32)
 
@@ -321,10 +326,12 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
   sol = diffrax.diffeqsolve(term, stepper, t0=t0, t1=t1, dt0=dt0, y0=state0,
                             args=(probes, drift_args),
                             stepsize_controller=controller, max_steps=max_steps,
-                            saveat=diffrax.SaveAt(t1=True), **kwargs)
+                            saveat=diffrax.SaveAt(t1=True), throw=throw, **kwargs)
   z, delta = sol.ys[0][0], sol.ys[1][0]
   extras = sol.ys[2][0] if extra_fn is not None else None
   logp = prior_logp(z) + delta
+  if not throw:
+    logp = jnp.where(sol.result == diffrax.RESULTS.successful, logp, jnp.nan)
   nfe = _nfe_from_stats(sol.stats, solver, adaptive_init=dt0 is None)
   return logp, z, nfe, sol.stats, extras
 

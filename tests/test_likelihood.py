@@ -193,3 +193,21 @@ def test_bits_per_dim_on_a_known_discrete_distribution():
   bpd = float(jnp.mean(likelihood.bits_per_dim(logp, (3,), num_levels=k)))
   entropy_bits = float(-(probs * np.log2(probs)).sum())
   assert abs(bpd - entropy_bits) < 0.02
+
+
+def test_failed_adaptive_solve_raises_or_gives_nan():
+  """A solve that runs out of steps raises by default; with ``throw=False`` it returns NaN
+  log-likelihoods (what the evaluation loop counts and reports) and a normal solve is unchanged."""
+  vp = processes.VPSDE()
+  drift = processes.probability_flow_drift(vp, lambda x, t: -x)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+  kwargs = dict(prior_logp=vp.prior_logp, t0=1e-5, t1=1.0, divergence="exact", rtol=1e-5,
+                atol=1e-5)
+  with pytest.raises(Exception, match="(?i)max_steps|maximum number of solver steps"):
+    jax.block_until_ready(likelihood.ode_log_likelihood(drift, x, max_steps=2, **kwargs))
+  logp, _, _ = likelihood.ode_log_likelihood(drift, x, max_steps=2, throw=False, **kwargs)
+  assert np.all(np.isnan(np.asarray(logp)))
+  good, _, _ = likelihood.ode_log_likelihood(drift, x, throw=False, **kwargs)
+  ref, _, _ = likelihood.ode_log_likelihood(drift, x, **kwargs)
+  np.testing.assert_array_equal(good, ref)
+  assert np.all(np.isfinite(np.asarray(good)))

@@ -589,7 +589,8 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
     raise ValueError(f"`eta` must be a non-negative number, got {eta!r}")
   times = time_grid(process, num_steps, schedule, eps, rho)
   if prediction_type in ("eps", "score"):
-    alpha_T = float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
+    with jax.ensure_compile_time_eval():  # host arithmetic, also when traced inside jit
+      alpha_T = float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
     if alpha_T == 0.0:
       raise ValueError(f"`prediction_type` {prediction_type!r} cannot recover x0 where "
                        f"alpha(T) = 0 ({type(process).__name__}); use 'x0' or 'velocity'")
