@@ -123,7 +123,8 @@ def _max_diff(a, b, prefix=""):
 def test_two_processes_train_checkpoint_resume_equal_one_process(tmp_path, data_dir,
                                                                   monkeypatch):
   if jax.device_count() < NUM_PROCESSES * LOCAL_DEVICES:
-    pytest.skip("the one-process reference needs 8 devices")
+    pytest.fail("the one-process reference needs 8 devices: run with "
+                "XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py sets it)")
   workdir = str(tmp_path / "workdir")
   common = ["--workdir", workdir, "--data_dir", data_dir]
   run_workers(tmp_path, "steps_0_to_5", common + ["--out", str(tmp_path / "out5"),
