@@ -16,7 +16,6 @@ local_batch_size)``, ``num_eval_batches``, ``iterate``), returning ``{'image': x
 be preprocessed again. ``jaxgen.data.pipeline.get_dataset`` returns it for the training split when
 ``config.data.pairs_dir`` names a directory.
 """
-import collections
 import glob
 import json
 import os
@@ -24,10 +23,13 @@ import re
 
 import numpy as np
 
+from jaxgen.data import pipeline
+
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.npz$")
 _SEED_SALT = 0x70616972  # "pair": keeps this permutation stream apart from other uses of a seed
+_check_local_batch_size = pipeline._check_local_batch_size  # pylint: disable=protected-access
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,19 +149,7 @@ def load_pairs(directory, start=0, stop=None):
 # --------------------------------------------------------------------------------------------------
 # the dataset
 # --------------------------------------------------------------------------------------------------
-def _check_local_batch_size(local_batch_size):
-  if not isinstance(local_batch_size, (int, np.integer)) or local_batch_size <= 0:
-    raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
-  return int(local_batch_size)
-
-
-def _check_step(step):
-  if not isinstance(step, (int, np.integer)) or step < 0:
-    raise ValueError(f"step must be a non-negative int, got {step!r}")
-  return int(step)
-
-
-class PairsDataset:
+class PairsDataset(pipeline.EpochOrder):
   """One host's shard of a directory of reflow pairs, held in memory.
 
   Host ``i`` of ``n`` takes pairs ``[N i / n, N (i + 1) / n)``. Training batches are a pure function
@@ -174,6 +164,7 @@ class PairsDataset:
     image_shape: shape of one ``x`` (and ``z``).
     meta: the generation's ``meta.json``.
   """
+  seed_salt = _SEED_SALT
 
   def __init__(self, directory, *, name="pairs", split="train", seed=0, process_index=0,
                process_count=1):
@@ -190,27 +181,6 @@ class PairsDataset:
                        f"too few to give one to each of {process_count} processes")
     self.image_shape = tuple(self.meta["shape"])
     self._z, self._x = load_pairs(self.directory, start, end)
-    self._permutations = collections.OrderedDict()
-
-  def _permutation(self, epoch):
-    if epoch not in self._permutations:
-      rng = np.random.default_rng([_SEED_SALT, self.seed % 2**63, epoch])
-      self._permutations[epoch] = rng.permutation(self.num_examples)
-      while len(self._permutations) > 2:
-        self._permutations.popitem(last=False)
-    return self._permutations[epoch]
-
-  def batch_indices(self, step, local_batch_size):
-    """Shard-local indices of training batch ``step``: ``(local_batch_size,)`` int64."""
-    step = _check_step(step)
-    local_batch_size = _check_local_batch_size(local_batch_size)
-    positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, self.num_examples)
-    indices = np.empty(local_batch_size, np.int64)
-    for epoch in np.unique(epochs):
-      where = epochs == epoch
-      indices[where] = self._permutation(int(epoch))[offsets[where]]
-    return indices
 
   def _rows(self, indices):
     return {"image": self._x[indices], "noise": self._z[indices],

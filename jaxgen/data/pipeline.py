@@ -160,7 +160,39 @@ def prepare_image(image, image_size, crop_size=0):
   return image
 
 
-class TfdsDataset:
+class EpochOrder:
+  """The training order of a finite shard, shared by every finite data set here.
+
+  The shard is read as endless epochs; epoch ``e`` follows a permutation drawn from
+  ``(seed_salt, seed, e)``, and batch ``step`` holds positions ``[step b, (step + 1) b)`` of that
+  sequence, so a batch is a pure function of ``(seed, step, b, shard)`` and resuming is exact.
+  Subclasses set ``seed``, ``num_examples`` and may override ``seed_salt``.
+  """
+  seed_salt = _SEED_SALT
+
+  def _permutation(self, epoch):
+    cache = self.__dict__.setdefault("_permutations", collections.OrderedDict())
+    if epoch not in cache:
+      rng = np.random.default_rng([self.seed_salt, self.seed % 2**63, epoch])
+      cache[epoch] = rng.permutation(self.num_examples)
+      while len(cache) > 2:  # the current epoch and the one a batch may straddle
+        cache.popitem(last=False)
+    return cache[epoch]
+
+  def batch_indices(self, step, local_batch_size):
+    """Shard-local indices of training batch `step`: (local_batch_size,) int64."""
+    step = _check_step(step)
+    local_batch_size = _check_local_batch_size(local_batch_size)
+    positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
+    epochs, offsets = np.divmod(positions, self.num_examples)
+    indices = np.empty(local_batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      indices[where] = self._permutation(int(epoch))[offsets[where]]
+    return indices
+
+
+class TfdsDataset(EpochOrder):
   """One host's shard of a split of a TFDS data set (see the module docstring).
 
   Attributes:
@@ -194,7 +226,6 @@ class TfdsDataset:
     self._cache = None
     bytes_per_example = first["image"].nbytes + 4
     self._use_cache = self.num_examples * bytes_per_example <= CACHE_LIMIT_BYTES
-    self._permutations = collections.OrderedDict()
 
   def _read_source(self, indices):
     records = self._source.__getitems__([int(i) for i in indices])
@@ -219,26 +250,6 @@ class TfdsDataset:
         self._load_cache()
       return {key: value[local_indices] for key, value in self._cache.items()}
     return self._read_source(local_indices + self._start)
-
-  def _permutation(self, epoch):
-    if epoch not in self._permutations:
-      rng = np.random.default_rng([_SEED_SALT, self.seed % 2**63, epoch])
-      self._permutations[epoch] = rng.permutation(self.num_examples)
-      while len(self._permutations) > 2:
-        self._permutations.popitem(last=False)
-    return self._permutations[epoch]
-
-  def batch_indices(self, step, local_batch_size):
-    """Shard-local indices of training batch `step`: (local_batch_size,) int64."""
-    step = _check_step(step)
-    local_batch_size = _check_local_batch_size(local_batch_size)
-    positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
-    epochs, offsets = np.divmod(positions, self.num_examples)
-    indices = np.empty(local_batch_size, np.int64)
-    for epoch in np.unique(epochs):
-      where = epochs == epoch
-      indices[where] = self._permutation(int(epoch))[offsets[where]]
-    return indices
 
   def get_batch(self, step, local_batch_size):
     """Training batch `step` of this host: a pure function of (seed, step, batch size, shard).
