@@ -112,6 +112,9 @@ def get_base_config():
   model.nonlinearity = "swish"
   model.num_classes = 0
   model.remat = False
+  # Performance options (same parameters and function; see experiments/bench/NOTES.md):
+  model.fused_norm = False             # GroupNorm+swish with a hand-written backward pass
+  model.fast_dropout = False           # dropout masks from rng_bit_generator, not threefry
 
   # --- optimizer --------------------------------------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()

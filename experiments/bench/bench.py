@@ -80,14 +80,15 @@ def timeit(fn, *args, n=20, warmup=2):
   return float(np.median(times)), out
 
 
-def activate(params, seed=0):
-  """Zero-initialised kernels (``init_scale=0``: ~1e-10) redrawn at unit scale."""
+def activate(params, seed=0, scale=1.0):
+  """Zero-initialised kernels (``init_scale=0``: ~1e-10) redrawn at ``scale`` x unit scale."""
   rng = np.random.default_rng(seed)
 
   def fix(p):
     p = np.asarray(p)
     if p.ndim >= 2 and np.max(np.abs(p)) < 1e-6:
-      return (rng.normal(size=p.shape) * 0.5 / np.sqrt(np.prod(p.shape[:-1]))).astype(np.float32)
+      std = scale * 0.5 / np.sqrt(np.prod(p.shape[:-1]))
+      return (rng.normal(size=p.shape) * std).astype(np.float32)
     return p
 
   return jax.tree_util.tree_map(fix, params)
@@ -106,19 +107,35 @@ def make_setup(dtype, batch, **model):
 
 
 class Bench:
-  def __init__(self, batch):
+  """Holds the initial parameters on the host, so that the device's peak memory counts only
+  what a training (or evaluation) process itself keeps there."""
+
+  def __init__(self, batch, lik_param_scale=0.05):
     self.batch = batch
     self.mesh = parallel.make_mesh(jax.devices()[:1])
     self.repl = parallel.replicated(self.mesh)
     base = make_setup("float32", batch)
-    state = jax.jit(base.init_state, out_shardings=self.repl)(jax.random.PRNGKey(0))
-    self.init_params = state.params
-    active = jax.device_put(activate(state.params), self.repl)
-    self.state0 = state.replace(params=active, ema_params=active)
+    with jax.default_device(jax.devices("cpu")[0]):
+      state = jax.jit(base.init_state)(jax.random.PRNGKey(0))
+    self.init_params = jax.device_get(state.params)
+    self.active_params = activate(self.init_params)
+    # The PF-ODE runs on parameters whose zero-initialised output layers are redrawn small: the
+    # network then contributes to the drift (so precision matters), as after a little training,
+    # without the stiffness of a unit-scale random output.
+    self.lik_params = activate(self.init_params, seed=1, scale=lik_param_scale)
+    self.host_state = state.replace(params=None, ema_params=None, opt_state=None)
     rng = np.random.default_rng(0)
     self.images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
     self.batch_dev = parallel.host_local_to_global({"image": self.images}, self.mesh)
     self.forward_out = {}
+
+  def fresh_state(self, setup):
+    """The train state a run starts from: active parameters, EMA = parameters, fresh Adam."""
+    ema = jax.tree_util.tree_map(np.copy, self.active_params)
+    state = jax.device_put(self.host_state.replace(params=self.active_params, ema_params=ema),
+                           self.repl)
+    opt_state = jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params)
+    return state.replace(opt_state=opt_state)
 
   def train(self, name, dtype, steps, **model):
     setup = make_setup(dtype, self.batch, **model)
@@ -126,15 +143,17 @@ class Bench:
     step = jax.jit(setup.make_train_step(),
                    in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
                    out_shardings=(self.repl, self.repl), donate_argnums=(0,))
-    state = jax.tree_util.tree_map(jnp.copy, self.state0)
-    # The optimizer state of a flat-update run is over the flat vector, else per leaf.
-    state = state.replace(
-        opt_state=jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params))
+    state = self.fresh_state(setup)
     t = time.perf_counter()
     compiled = step.lower(state, self.batch_dev).compile()
     res["compile_s"] = time.perf_counter() - t
     try:
-      res["temp_gib"] = compiled.memory_analysis().temp_size_in_bytes / 2**30
+      mem = compiled.memory_analysis()
+      res["temp_gib"] = mem.temp_size_in_bytes / 2**30
+      res["arg_gib"] = mem.argument_size_in_bytes / 2**30
+      # What the step needs on the device: arguments + temporaries + outputs not aliased.
+      res["xla_footprint_gib"] = (mem.argument_size_in_bytes + mem.temp_size_in_bytes
+                                  + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**30
     except Exception:  # pylint: disable=broad-except
       pass
     state, m = compiled(state, self.batch_dev)
@@ -143,7 +162,7 @@ class Bench:
       state, m = compiled(state, self.batch_dev)
     jax.block_until_ready(m)
     windows = []
-    for _ in range(2):
+    for _ in range(3):
       t = time.perf_counter()
       for _ in range(steps):
         state, m = compiled(state, self.batch_dev)
@@ -152,6 +171,7 @@ class Bench:
     dt = min(windows)
     res.update(train_img_s=self.batch / dt, train_step_ms=dt * 1e3,
                train_step_ms_windows=[w * 1e3 for w in windows], loss=float(m["loss"]),
+               train_step_ms_median=float(np.median(windows)) * 1e3,
                mfu_train=self.batch / dt * 3 * FWD_GFLOP_PER_IMAGE * 1e9 / (PEAK_TFLOPS * 1e12),
                peak_gib_so_far=peak_gib())
     log(f"train {name}: compile {res['compile_s']:.1f} s, {dt * 1e3:.2f} ms/step, "
@@ -161,6 +181,7 @@ class Bench:
 
   def evaluate(self, name, res, do_fwd=True, do_lik=True, lik_batch=None):
     dtype, precision = MODES[name]
+    lik_params = jax.device_put(self.lik_params)
     with jax.default_matmul_precision(precision):
       setup = make_setup(dtype, self.batch)
       model = lambda p: (lambda y, s: setup.model_fn(p, y, s))
@@ -168,7 +189,7 @@ class Bench:
         x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
         t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
         fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
-        res["forward_ms"], out = timeit(fwd, self.state0.params, x, t_vec)
+        res["forward_ms"], out = timeit(fwd, jax.device_put(self.active_params), x, t_vec)
         res["forward_ms"] *= 1e3
         self.forward_out[name] = out
         probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, "rademacher")
@@ -177,7 +198,7 @@ class Bench:
           drift = predictions.as_drift_fn(setup.process, model(p), "eps")
           return likelihood.hutchinson_divergence(drift, x, t, probes)
 
-        res["ms_per_nfe"] = timeit(jax.jit(one_nfe), self.init_params, x, t_vec)[0] * 1e3
+        res["ms_per_nfe"] = timeit(jax.jit(one_nfe), lik_params, x, t_vec)[0] * 1e3
         log(f"{name}: forward {res['forward_ms']:.2f} ms, {res['ms_per_nfe']:.2f} ms/NFE")
       if do_lik:
         n = lik_batch or self.batch
@@ -194,10 +215,10 @@ class Bench:
 
         lik = jax.jit(lik)
         t = time.perf_counter()
-        jax.block_until_ready(lik(self.init_params, x_data, jax.random.PRNGKey(4)))
+        jax.block_until_ready(lik(lik_params, x_data, jax.random.PRNGKey(4)))
         res["likelihood_compile_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        bpd, nfe = jax.block_until_ready(lik(self.init_params, x_data, jax.random.PRNGKey(4)))
+        bpd, nfe = jax.block_until_ready(lik(lik_params, x_data, jax.random.PRNGKey(4)))
         res["likelihood_call_s"] = time.perf_counter() - t
         res["likelihood_batch"] = n
         res["likelihood_nfe"] = int(nfe)
@@ -219,17 +240,27 @@ def main():
   parser.add_argument("--fwd_modes", default="float32,bfloat16")
   parser.add_argument("--lik_modes", default="bfloat16,highest")
   parser.add_argument("--highest_batch", type=int, default=32)
+  parser.add_argument("--lik_param_scale", type=float, default=0.05,
+                      help="scale of the redrawn output layers for ms/NFE and the likelihood")
   parser.add_argument("--variants", default="",
                       help="extra train-only variants: comma list of [dtype:]options joined by "
                            "'+' (model or optim options, dtype default bfloat16), e.g. "
                            "fused_norm+fast_dropout,float32:flat_update")
   parser.add_argument("--budget", type=float, default=1e9, help="seconds; optional parts skipped")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
+  parser.add_argument("--cache_dir", default="",
+                      help="persistent compilation cache (as jaxgen.main turns on by default); "
+                           "a second run with the same directory measures a warm start")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
+  if args.cache_dir:
+    os.makedirs(args.cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   split = lambda s: [x for x in s.split(",") if x]
   log(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  bench = Bench(args.batch)
+  bench = Bench(args.batch, args.lik_param_scale)
   rows = {}
 
   def dump():
@@ -237,6 +268,7 @@ def main():
       with open(args.out, "w") as f:
         json.dump({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
+                   "cache_dir": args.cache_dir, "lik_param_scale": args.lik_param_scale,
                    "rows": list(rows.values())}, f, indent=1)
 
   order = []

@@ -55,6 +55,10 @@ OPTIONS = {
     "notriton": {"xla_gpu_enable_triton_gemm": False},
     "notriton_at1": {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 1},
     "nocmdbuf": {"xla_gpu_enable_command_buffer": ""},  # run 3 (via XLA_FLAGS): much slower
+    "convfusion": {"xla_gpu_experimental_enable_conv_fusion": True},
+    "graph2": {"xla_gpu_graph_min_graph_size": 2},
+    "convfusion_graph2": {"xla_gpu_experimental_enable_conv_fusion": True,
+                          "xla_gpu_graph_min_graph_size": 2},
 }
 
 T0 = time.perf_counter()
@@ -70,6 +74,30 @@ def make_setup(name, batch):
   for key, value in VARIANTS[name].items():
     config.model[key] = value
   return train.Setup(config)
+
+
+def categorize(label):
+  """Kernel class from 'kernel name || HLO op' (convolution passes, GEMMs, fusion kinds)."""
+  low = label.lower()
+  if "fprop" in low or "cudnn-conv-bias-activation" in low or "cudnn-conv." in low:
+    return "conv_fwd"
+  if "dgrad" in low or "cudnn-conv-bw-input" in low:
+    return "conv_dgrad"
+  if "wgrad" in low or "cudnn-conv-bw-filter" in low:
+    return "conv_wgrad"
+  if "conv" in low and "cudnn" in low:
+    return "conv_other"
+  if "gemm" in low or "cublas" in low or "triton" in low or "dot" in low:
+    return "gemm"
+  if "transpose" in low:
+    return "transpose_fusion"
+  if "reduce" in low or "reduction" in low:
+    return "reduce_fusion"
+  if "memcpy" in low or "memset" in low or "copy" in low:
+    return "copy"
+  if "loop_" in low or "fusion" in low:
+    return "loop_fusion"
+  return "other"
 
 
 def summarize_trace(path, steps, top=60):
@@ -103,6 +131,15 @@ def summarize_trace(path, steps, top=60):
     if "GPU" in pname or "device" in pname.lower():
       spans[key].append((float(e.get("ts", 0.0)), dur))
   out = {"threads": {}, "steps": steps}
+  cats = collections.defaultdict(lambda: [0.0, 0])
+  for key in by_name:
+    if "GPU" not in key:
+      continue
+    for label, (t, n) in by_name[key].items():
+      cats[categorize(label)][0] += t
+      cats[categorize(label)][1] += n
+  out["gpu_categories"] = {c: {"ms_per_step": round(t / 1e3 / steps, 3), "kernels": n // steps}
+                           for c, (t, n) in sorted(cats.items(), key=lambda kv: -kv[1][0])}
   for key, (tot, n) in sorted(per_thread.items(), key=lambda kv: -kv[1][0]):
     entry = {"total_ms": tot / 1e3, "count": n, "per_step_ms": tot / 1e3 / steps}
     if key in spans and spans[key]:
@@ -232,6 +269,8 @@ class Runner:
         for key, v in res["profile"]["threads"].items():
           log(f"  {key}: {v['per_step_ms']:.2f} ms/step in {v['count'] // nprof} events"
               + (f", busy {v['busy_ms'] / nprof:.2f} ms/step" if "busy_ms" in v else ""))
+        for cat, v in res["profile"]["gpu_categories"].items():
+          log(f"  {cat:>16}: {v['ms_per_step']:.3f} ms/step in {v['kernels']} kernels")
     if hlo:
       self.artifacts[f"hlo_{spec}.txt.gz"] = gzip.compress(compiled.as_text().encode())
     del state
@@ -256,6 +295,45 @@ class Runner:
     return out
 
 
+def gn_micro():
+  """Forward and forward+backward ms of ``norm_act(swish)`` per implementation and shape."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from jaxgen.models import layers  # pylint: disable=import-outside-toplevel
+
+  class NA(nn.Module):
+    fused: bool
+    dtype: str
+
+    @nn.compact
+    def __call__(self, x):
+      return layers.norm_act(x, self.dtype, "swish", self.fused)
+
+  out = {}
+  for shape in [(128, 32, 32, 128), (128, 16, 16, 256), (128, 32, 32, 256)]:
+    for dtype in ["bfloat16", "float32"]:
+      x = jax.random.normal(jax.random.PRNGKey(0), shape, dtype) * 1.5 + 0.3
+      w = jax.random.normal(jax.random.PRNGKey(1), shape, dtype)
+      for fused in [False, True]:
+        m = NA(fused, dtype)
+        p = m.init(jax.random.PRNGKey(2), x)
+        fwd = jax.jit(m.apply)
+        bwd = jax.jit(jax.grad(lambda p, x: jnp.sum((m.apply(p, x) * w).astype(jnp.float32)),
+                               argnums=(0, 1)))
+        row = {}
+        for name, fn in [("fwd", fwd), ("fwd_bwd", bwd)]:
+          jax.block_until_ready(fn(p, x))
+          ts = []
+          for _ in range(20):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(p, x))
+            ts.append(time.perf_counter() - t)
+          row[name + "_ms"] = statistics.median(ts) * 1e3
+        key = f"{'x'.join(map(str, shape))}_{dtype}_{'fused' if fused else 'flax'}"
+        out[key] = row
+        log(f"gn {key}: fwd {row['fwd_ms']:.3f} ms, fwd+bwd {row['fwd_bwd_ms']:.3f} ms")
+  return out
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--out", required=True)
@@ -267,6 +345,7 @@ def main():
   p.add_argument("--hlo", default="")
   p.add_argument("--fwd", default="")
   p.add_argument("--budget", type=float, default=480.0)
+  p.add_argument("--gn", action="store_true", help="GroupNorm+swish microbenchmark first")
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
   split = lambda s: [x for x in s.split(",") if x]
@@ -274,6 +353,8 @@ def main():
   runner = Runner(args)
   log("initial state ready")
   profile, hlo = set(split(args.profile)), set(split(args.hlo))
+  if args.gn:
+    runner.results["gn_micro"] = gn_micro()
   order = []
 
   def dump():
@@ -286,7 +367,12 @@ def main():
     if time.perf_counter() - T0 > args.budget * 0.6:
       log(f"skipping {spec}: over budget")
       continue
-    runner.compile(spec, trace=trace)
+    try:
+      runner.compile(spec, trace=trace)
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"compile {spec} failed: {e!r}"[:400])
+      runner.results.setdefault(spec, {"spec": spec})["error"] = repr(e)[:400]
+      continue
     runner.time_one(spec, args.steps, spec in profile, spec in hlo)
     order.append(spec)
     dump()

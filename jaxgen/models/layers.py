@@ -91,16 +91,30 @@ def group_norm(x: Array, dtype: Any = jnp.float32) -> Array:
   return norm(x.astype(jnp.float32)).astype(jnp.dtype(dtype))
 
 
-def _gn_forward(x, scale, bias, groups, swish):
-  """float32 ``act(GroupNorm(x))`` as flax computes it; also returns ``(mean, rstd)``."""
-  b, c = x.shape[0], x.shape[-1]
-  xg = x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
-  mean = jnp.mean(xg, axis=(1, 3))
-  var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axis=(1, 3)) - jnp.square(mean))
+def _gn_channel_stats(xf, groups):
+  """Per-group ``(mean, rstd)`` of ``xf`` ``(B, N, C)`` float32, broadcast back to ``(B, C)``.
+
+  The reductions run over the positions first (a column reduction that keeps channels minor,
+  so no transpose), then over the channels of a group on the small ``(B, C)`` sums.
+  """
+  b, n, c = xf.shape
+  per = c // groups
+  s1 = jnp.sum(xf, axis=1).reshape(b, groups, per).sum(-1)
+  s2 = jnp.sum(jnp.square(xf), axis=1).reshape(b, groups, per).sum(-1)
+  mean = s1 / (n * per)
+  var = jnp.maximum(0.0, s2 / (n * per) - jnp.square(mean))
   rstd = jax.lax.rsqrt(var + GN_EPS)
-  mul = rstd[:, None, :, None] * scale.reshape(groups, c // groups)
-  z = ((xg - mean[:, None, :, None]) * mul).reshape(x.shape) + bias
-  return (z * jax.nn.sigmoid(z) if swish else z), mean, rstd
+  return jnp.repeat(mean, per, axis=1), jnp.repeat(rstd, per, axis=1)
+
+
+def _gn_forward(x, scale, bias, groups, swish):
+  """float32 ``act(GroupNorm(x))`` as flax computes it; also returns per-channel (mean, rstd)."""
+  b, c = x.shape[0], x.shape[-1]
+  xf = x.astype(jnp.float32).reshape(b, -1, c)
+  mean, rstd = _gn_channel_stats(xf, groups)
+  z = (xf - mean[:, None, :]) * (rstd * scale)[:, None, :] + bias
+  z = z * jax.nn.sigmoid(z) if swish else z
+  return z.reshape(x.shape), mean, rstd
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -110,7 +124,7 @@ def _fused_gn_act(x, scale, bias, groups, swish, out_dtype):
 
 def _fused_gn_act_fwd(x, scale, bias, groups, swish, out_dtype):
   y, mean, rstd = _gn_forward(x, scale, bias, groups, swish)
-  # Saved: the input (already live for the caller's backward) and (batch, groups) statistics;
+  # Saved: the input (already live for the caller's backward) and (batch, channels) statistics;
   # the float32 normalized values are recomputed in the backward pass, never stored.
   return y.astype(out_dtype), (x, scale, bias, mean, rstd)
 
@@ -119,20 +133,33 @@ def _fused_gn_act_bwd(groups, swish, out_dtype, res, dy):
   del out_dtype
   x, scale, bias, mean, rstd = res
   b, c = x.shape[0], x.shape[-1]
-  xg = x.astype(jnp.float32).reshape(b, -1, groups, c // groups)
-  xhat = (xg - mean[:, None, :, None]) * rstd[:, None, :, None]
-  dz = dy.astype(jnp.float32)
-  if swish:
-    z = xhat.reshape(x.shape) * scale + bias
-    s = jax.nn.sigmoid(z)
-    dz = dz * (s * (1.0 + z * (1.0 - s)))
-  red = tuple(range(x.ndim - 1))
-  dscale = jnp.sum(dz * xhat.reshape(x.shape), axis=red)
-  dbias = jnp.sum(dz, axis=red)
-  g = (dz * scale).reshape(xg.shape)
-  m1 = jnp.mean(g, axis=(1, 3), keepdims=True)
-  m2 = jnp.mean(g * xhat, axis=(1, 3), keepdims=True)
-  dx = rstd[:, None, :, None] * (g - m1 - xhat * m2)
+  per = c // groups
+  xf = x.astype(jnp.float32).reshape(b, -1, c)
+  count = xf.shape[1] * per
+  xhat = (xf - mean[:, None, :]) * rstd[:, None, :]
+  dyf = dy.astype(jnp.float32).reshape(xf.shape)
+
+  def dz_fn(sigmoid):
+    if not swish:
+      return dyf
+    z = xhat * scale + bias
+    s = sigmoid(z)
+    return dyf * (s * (1.0 + z * (1.0 - s)))
+
+  # Pass 1: both (B, C) column sums in one variadic reduction. Pass 2 recomputes the swish
+  # derivative with a differently written sigmoid, so that XLA cannot merge the two into one
+  # float32 (B, H*W, C) temporary that both passes read: recomputing is cheaper than the
+  # round trip through memory.
+  dz = dz_fn(jax.nn.sigmoid)
+  s_dz, s_dzxhat = jax.lax.reduce((dz, dz * xhat), (np.float32(0), np.float32(0)),
+                                  lambda a, b: (a[0] + b[0], a[1] + b[1]), (1,))
+  dscale = jnp.sum(s_dzxhat, axis=0)
+  dbias = jnp.sum(s_dz, axis=0)
+  group_mean = lambda v: jnp.repeat(v.reshape(b, groups, per).sum(-1) / count, per, axis=1)
+  m1 = group_mean(s_dz * scale)
+  m2 = group_mean(s_dzxhat * scale)
+  dz2 = dz_fn(lambda z: 0.5 * jnp.tanh(0.5 * z) + 0.5)
+  dx = rstd[:, None, :] * (dz2 * scale - m1[:, None, :] - xhat * m2[:, None, :])
   return dx.reshape(x.shape).astype(x.dtype), dscale, dbias
 
 

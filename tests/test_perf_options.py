@@ -1,0 +1,139 @@
+"""Performance options of the convolutional networks change speed, never the function.
+
+``model.fused_norm`` (GroupNorm+swish with a hand-written backward pass) must give the values and
+gradients of flax's GroupNorm followed by swish, with the same parameter tree; ``fast_dropout``
+must drop with the configured rate, rescale the kept values, and be a function of the key.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from jaxgen import models
+from jaxgen.models import layers
+
+
+class _NormAct(nn.Module):
+  act: object
+  fused: bool
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    return layers.norm_act(x, self.dtype, self.act, self.fused)
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+@pytest.mark.parametrize("act", ["swish", None])
+@pytest.mark.parametrize("shape", [(3, 8, 8, 64), (2, 4, 4, 12), (2, 16, 5)])
+def test_fused_norm_matches_flax_group_norm(act, shape):
+  key = jax.random.PRNGKey(0)
+  # A large mean and unequal channel scales, so that a wrong grouping or statistic shows.
+  x = (jax.random.normal(key, shape) * jnp.linspace(0.5, 3.0, shape[-1]) + 2.0)
+  plain, fused = _NormAct(act, False), _NormAct(act, True)
+  params = plain.init(key, x)
+  assert (jax.tree_util.tree_structure(params)
+          == jax.tree_util.tree_structure(fused.init(key, x)))
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+  y_plain, y_fused = plain.apply(params, x), fused.apply(params, x)
+  assert _rel(y_plain, y_fused) < 1e-5
+  w = jax.random.normal(jax.random.PRNGKey(2), y_plain.shape)
+  loss = lambda m: (lambda p, x: jnp.sum(m.apply(p, x) * w))
+  g_plain = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+  g_fused = jax.grad(loss(fused), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_fused)):
+    assert _rel(a, b) < 1e-4, (a.shape, _rel(a, b))
+
+
+def test_fused_norm_bfloat16_within_bfloat16_rounding():
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 32)).astype(jnp.bfloat16)
+  ref = _NormAct("swish", False, "float32")
+  params = ref.init(jax.random.PRNGKey(0), x)
+  y_ref = ref.apply(params, x.astype(jnp.float32))
+  y16 = _NormAct("swish", True, "bfloat16").apply(params, x)
+  assert y16.dtype == jnp.bfloat16
+  assert _rel(y_ref, y16.astype(jnp.float32)) < 1e-2
+  g = jax.grad(lambda x: jnp.sum(_NormAct("swish", True, "bfloat16").apply(params, x)
+                                 .astype(jnp.float32)))(x)
+  assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g.astype(jnp.float32))))
+
+
+def _tiny(**overrides):
+  config = base.get_base_config()
+  config.data.image_size, config.data.num_channels = 8, 3
+  m = config.model
+  m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 16, (1, 2), 1, (4,)
+  for k, v in overrides.items():
+    m[k] = v
+  models.validate_model_config(config.model, config.data)
+  return models.get_model(config.model, config.data)
+
+
+def test_ddpmpp_fused_norm_same_function_and_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 8, 8, 3))
+  cond = jnp.array([0.3, 0.9])
+  plain, fused = _tiny(dropout=0.0), _tiny(dropout=0.0, fused_norm=True)
+  shapes = models.abstract_params(plain, x.shape, cond.shape)
+  assert (jax.tree_util.tree_structure(shapes)
+          == jax.tree_util.tree_structure(models.abstract_params(fused, x.shape, cond.shape)))
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  loss = lambda m: (lambda p: jnp.sum(jnp.square(m.apply({"params": p}, x, cond, train=True))))
+  l_plain, g_plain = jax.value_and_grad(loss(plain))(params)
+  l_fused, g_fused = jax.value_and_grad(loss(fused))(params)
+  assert abs(float(l_plain - l_fused)) / float(l_plain) < 1e-5
+  flat_p = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g_plain)])
+  flat_f = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g_fused)])
+  assert _rel(flat_p, flat_f) < 1e-4
+
+
+def test_fast_dropout_rate_scale_and_key():
+  class Drop(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.dropout(self, x, 0.3, deterministic=False, fast=True)
+
+  x = jnp.ones((64, 32, 32))
+  a = Drop().apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)})
+  b = Drop().apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)})
+  c = Drop().apply({}, x, rngs={"dropout": jax.random.PRNGKey(1)})
+  kept = np.asarray(a) != 0
+  n = kept.size
+  # Fraction dropped within 5 binomial standard errors of 0.3; kept values rescaled by 1/0.7.
+  assert abs((1 - kept.mean()) - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+  np.testing.assert_allclose(np.asarray(a)[kept], 1 / 0.7, rtol=1e-6)
+  np.testing.assert_array_equal(a, b)
+  assert (np.asarray(c) != 0).mean() != kept.mean() or not np.array_equal(a, c)
+  assert not np.array_equal(a, c)
+  # Deterministic (evaluation) mode is the identity.
+  class Eval(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.dropout(self, x, 0.3, deterministic=True, fast=True)
+  np.testing.assert_array_equal(Eval().apply({}, x), x)
+
+
+def test_ddpmpp_fast_dropout_trains_and_is_identity_at_eval():
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
+  cond = jnp.array([0.3, 0.9])
+  slow, fast = _tiny(dropout=0.2), _tiny(dropout=0.2, fast_dropout=True)
+  params = models.abstract_params(slow, x.shape, cond.shape)
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), params)
+  np.testing.assert_allclose(fast.apply({"params": params}, x, cond),
+                             slow.apply({"params": params}, x, cond), rtol=1e-6, atol=1e-6)
+  rngs = lambda k: {"dropout": jax.random.PRNGKey(k)}
+  t1 = fast.apply({"params": params}, x, cond, train=True, rngs=rngs(0))
+  t2 = fast.apply({"params": params}, x, cond, train=True, rngs=rngs(1))
+  t1b = fast.apply({"params": params}, x, cond, train=True, rngs=rngs(0))
+  np.testing.assert_array_equal(t1, t1b)
+  assert not np.allclose(t1, t2)
