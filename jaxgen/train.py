@@ -172,6 +172,42 @@ class Setup:
                       opt_state=self.init_opt_state(params), key=k_run,
                       bad_step=jnp.full((), -1, jnp.int32))
 
+  def flat_layout(self):
+    """``(ravel, unravel)`` between the parameter tree and one float32 vector.
+
+    The order is ``ravel_pytree``'s (tree-flatten order), so a flat optimizer state is the same
+    whether it was built by the per-step ravel of ``make_train_step`` or carried flat.
+    """
+    if getattr(self, "_flat_layout", None) is None:
+      abstract = jax.eval_shape(self.init_state, jax.random.PRNGKey(0)).params
+      leaves, treedef = jax.tree_util.tree_flatten(abstract)
+      shapes = [leaf.shape for leaf in leaves]
+      sizes = [int(np.prod(shape)) for shape in shapes]
+      offsets = np.cumsum([0] + sizes)
+
+      def ravel(tree):
+        return jnp.concatenate([jnp.ravel(x).astype(jnp.float32)
+                                for x in jax.tree_util.tree_leaves(tree)])
+
+      def unravel(flat):
+        return jax.tree_util.tree_unflatten(
+            treedef, [flat[int(o):int(o) + n].reshape(shape)
+                      for o, n, shape in zip(offsets[:-1], sizes, shapes)])
+
+      self._flat_layout = (ravel, unravel)
+    return self._flat_layout
+
+  def to_flat_state(self, state: TrainState) -> TrainState:
+    """The state with ``params`` and ``ema_params`` as flat vectors (see ``make_flat_train_step``)."""
+    ravel, _ = self.flat_layout()
+    return state.replace(params=ravel(state.params), ema_params=ravel(state.ema_params))
+
+  def from_flat_state(self, flat_state: TrainState) -> TrainState:
+    """Inverse of :meth:`to_flat_state`: parameter and EMA trees again."""
+    _, unravel = self.flat_layout()
+    return flat_state.replace(params=unravel(flat_state.params),
+                              ema_params=unravel(flat_state.ema_params))
+
   def init_opt_state(self, params):
     """Fresh optimizer state for ``params`` (over their flat vector if ``optim.flat_update``)."""
     return self.optimizer.init(ravel_pytree(params)[0] if self.flat_update else params)
@@ -221,23 +257,60 @@ class Setup:
       flat_params, unravel = ravel_pytree(state.params)
       flat_grads = ravel_pytree(grads)[0]
       flat_ema = ravel_pytree(state.ema_params)[0]
-      grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
-      updates, opt_state = self.optimizer.update(flat_grads, state.opt_state, flat_params)
-      new_params = flat_params + updates
-      new_ema = ema_rate * flat_ema + (1.0 - ema_rate) * new_params
-      finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                & jnp.isfinite(jnp.sum(jnp.square(updates))))
-      new_params = jnp.where(finite, new_params, flat_params)
-      new_ema = jnp.where(finite, new_ema, flat_ema)
-      opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state,
-                                         state.opt_state)
-      bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+      new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
+          state, loss, flat_grads, flat_params, flat_ema)
       new_state = state.replace(step=state.step + 1, params=unravel(new_params),
                                 ema_params=unravel(new_ema), opt_state=opt_state,
                                 bad_step=bad_step)
-      return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+      return new_state, metrics
 
     return train_step
+
+  def _flat_core(self, state, loss, flat_grads, flat_params, flat_ema):
+    """Adam (+clipping), EMA and the non-finite guard on flat float32 vectors."""
+    ema_rate = float(self.config.model.ema_rate)
+    grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
+    updates, opt_state = self.optimizer.update(flat_grads, state.opt_state, flat_params)
+    new_params = flat_params + updates
+    new_ema = ema_rate * flat_ema + (1.0 - ema_rate) * new_params
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(jnp.sum(jnp.square(updates))))
+    new_params = jnp.where(finite, new_params, flat_params)
+    new_ema = jnp.where(finite, new_ema, flat_ema)
+    opt_state = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state,
+                                       state.opt_state)
+    bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    return new_params, new_ema, opt_state, bad_step, {"loss": loss, "grad_norm": grad_norm,
+                                                      "finite": finite}
+
+  def make_flat_train_step(self) -> Callable[[TrainState, Dict[str, Array]],
+                                             Tuple[TrainState, Dict]]:
+    """``step(flat_state, batch) -> (flat_state, metrics)`` for ``optim.flat_update``.
+
+    The same update as :meth:`make_train_step`, but the parameters and EMA stay flat vectors
+    between steps (:meth:`to_flat_state` / :meth:`from_flat_state` convert): no ravel of the
+    parameter and EMA trees and no unravel of the results on every step, and two buffers instead
+    of ~1,100 cross the jit boundary (host time per step on a GPU). The training loop uses it.
+    """
+    if not self.flat_update:
+      raise ValueError("make_flat_train_step needs config.optim.flat_update=True")
+    ravel, unravel = self.flat_layout()
+
+    def step(state: TrainState, batch):
+      step_key = jax.random.fold_in(state.key, state.step)
+      k_data, k_loss = jax.random.split(step_key)
+      batch = self.preprocess(k_data, batch, train=True)
+      # Differentiate with respect to the tree, not the flat vector: the transpose of ~560
+      # slices would be ~560 full-length pads (on an H100: 89 ms/step and +3 GiB, NOTES.md run 9).
+      (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+          unravel(state.params), k_loss, batch)
+      flat_grads = ravel(grads)
+      new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
+          state, loss, flat_grads, state.params, state.ema_params)
+      return state.replace(step=state.step + 1, params=new_params, ema_params=new_ema,
+                           opt_state=opt_state, bad_step=bad_step), metrics
+
+    return step
 
   def make_eval_loss(self) -> Callable:
     """``eval_loss(params, key, batch) -> mean loss`` (no dropout)."""
@@ -443,13 +516,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     meta = {}
   write_config(workdir, config)
 
-  train_step = jax.jit(setup.make_train_step(), in_shardings=(repl, parallel.batch_sharded(mesh)),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
+  shardings = dict(in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+  if setup.flat_update:
+    # The loop carries parameters and EMA as flat vectors; trees are made only to save and
+    # evaluate (checkpoints keep the tree layout).
+    train_step = jax.jit(setup.make_flat_train_step(), **shardings)
+    as_tree = jax.jit(setup.from_flat_state, out_shardings=repl)
+    carry = jax.jit(setup.to_flat_state, out_shardings=repl)(state)
+  else:
+    train_step = jax.jit(setup.make_train_step(), **shardings)
+    as_tree = lambda c: c
+    carry = state
+  n_params = models.count_params(state.params)
+  del state
   writer = MetricWriter(workdir)
   training = config.training
   n_iters = int(training.n_iters)
-  start = int(state.step)
-  log(f"training {config.model.name} ({models.count_params(state.params):,} parameters) on "
+  start = int(carry.step)
+  log(f"training {config.model.name} ({n_params:,} parameters) on "
       f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
 
   summary: Dict[str, Any] = {"start_step": start}
@@ -462,13 +547,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     while step < n_iters:
       batch = train_ds.get_batch(step, local_batch)
       batch = parallel.host_local_to_global(batch, mesh)
-      state, metrics = train_step(state, batch)
+      carry, metrics = train_step(carry, batch)
       step += 1
       losses_since.append(metrics["loss"])
       at_log = step % training.log_every == 0 or step == n_iters
       at_save = step % training.preemption_every == 0 or step == n_iters
       if at_log or at_save:
-        bad = int(state.bad_step)
+        bad = int(carry.bad_step)
         if bad >= 0 and training.nonfinite == "error":
           manager.wait_until_finished()
           raise NonFiniteLossError(
@@ -487,11 +572,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             "train/grad_norm": float(metrics["grad_norm"])})
         t_last, step_last = now, step
         summary["train_loss"] = loss_mean
+      tree = None
       if at_save:
-        save_checkpoint(manager, state, step)
+        tree = as_tree(carry)
+        save_checkpoint(manager, tree, step)
       if evaluate_fn is not None and training.eval_every and (
           step % training.eval_every == 0 or step == n_iters):
-        results = evaluate_fn(setup, state, step, workdir, mesh)
+        tree = as_tree(carry) if tree is None else tree
+        results = evaluate_fn(setup, tree, step, workdir, mesh)
         writer.write(step, {f"eval/{k}": v for k, v in results.items()
                             if isinstance(v, (int, float))})
         summary.update(results)
@@ -501,12 +589,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if check_now and _sync_flag(preemption.requested or bool(too_long)):
         log(f"stopping at step {step} ({'preemption signal' if preemption.requested else 'time limit'}); "
             "saving a checkpoint")
-        save_checkpoint(manager, state, step, force=True)
+        save_checkpoint(manager, as_tree(carry), step, force=True)
         stopped_early = True
         break
+      del tree
   manager.wait_until_finished()
   manager.close()
   writer.close()
+  state = as_tree(carry)
   summary.update({"final_step": int(state.step), "stopped_early": stopped_early,
                   "wall_seconds": time.time() - t_start})
   summary["state"] = state

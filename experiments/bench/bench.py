@@ -49,7 +49,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
-from jaxgen import likelihood, models, parallel, predictions, train  # pylint: disable=wrong-import-position
+from jaxgen import likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7
 PEAK_TFLOPS = 790.0
@@ -150,13 +150,19 @@ class Bench:
     opt_state = jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params)
     return state.replace(opt_state=opt_state)
 
-  def train(self, name, dtype, steps, **model):
+  def train(self, name, dtype, steps, no_flat_carry=False, **model):
     setup = make_setup(dtype, self.batch, **model)
     res = {"mode": name, "dtype": dtype, "matmul_precision": "default", **model}
-    step = jax.jit(setup.make_train_step(),
+    # As jaxgen.train.train_and_evaluate runs it: with optim.flat_update (the default) the
+    # parameters and EMA are carried as flat vectors between steps.
+    flat = setup.flat_update and not no_flat_carry
+    step = jax.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
                    in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
                    out_shardings=(self.repl, self.repl), donate_argnums=(0,))
     state = self.fresh_state(setup)
+    if flat:
+      state = jax.jit(setup.to_flat_state, out_shardings=self.repl)(state)
+    res["flat_carry"] = bool(flat)
     t = time.perf_counter()
     compiled = step.lower(state, self.batch_dev).compile()
     res["compile_s"] = time.perf_counter() - t
@@ -190,6 +196,36 @@ class Bench:
     log(f"train {name}: compile {res['compile_s']:.1f} s, {dt * 1e3:.2f} ms/step, "
         f"{res['train_img_s']:.0f} img/s, loss0 {res['loss_step0']:.6f}, peak {peak_gib():.2f} GiB")
     del state, compiled
+    return res
+
+  def sample(self, name, res, steps=51):
+    """ms per network evaluation inside ``solvers.ddim_sample`` (one jitted loop): the time of a
+    ``steps``-evaluation run minus a 1-evaluation run, over ``steps - 1``; with the float32
+    parameters, and with parameters cast to the compute dtype once before sampling."""
+    dtype, precision = MODES[name]
+    with jax.default_matmul_precision(precision):
+      setup = make_setup(dtype, self.batch)
+      params = jax.device_put(self.active_params)
+      variants = {"": params}
+      if dtype != "float32":
+        variants["_params_cast"] = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+      for suffix, p in variants.items():
+        times = {}
+        for n in (1, steps):
+          fn = jax.jit(lambda p, key, n=n: solvers.ddim_sample(
+              key, setup.process, lambda x, t: setup.model_fn(p, x, t), (self.batch, 32, 32, 3),
+              num_steps=n)[0])
+          jax.block_until_ready(fn(p, jax.random.PRNGKey(0)))
+          ts = []
+          for i in range(3):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(p, jax.random.PRNGKey(i)))
+            ts.append(time.perf_counter() - t)
+          times[n] = min(ts)
+        res[f"ddim_ms_per_eval{suffix}"] = (times[steps] - times[1]) / (steps - 1) * 1e3
+        res[f"ddim_{steps}_s{suffix}"] = times[steps]
+        log(f"{name}: DDIM {steps} evaluations {times[steps]:.3f} s, "
+            f"{res[f'ddim_ms_per_eval{suffix}']:.2f} ms per evaluation{suffix}")
     return res
 
   def evaluate(self, name, res, do_fwd=True, do_lik=True, lik_batch=None):
@@ -254,6 +290,8 @@ def main():
   parser.add_argument("--train_modes", default="bfloat16,float32")
   parser.add_argument("--fwd_modes", default="float32,bfloat16")
   parser.add_argument("--lik_modes", default="bfloat16,highest")
+  parser.add_argument("--sample_modes", default="",
+                      help="modes whose ms per network evaluation inside ddim_sample is timed")
   parser.add_argument("--highest_batch", type=int, default=32)
   parser.add_argument("--lik_param_scale", type=float, default=0.05,
                       help="scale of the redrawn output layers for ms/NFE and the likelihood")
@@ -288,6 +326,7 @@ def main():
 
   order = []
   for name in split(args.train_modes) + [m for m in split(args.fwd_modes) + split(args.lik_modes)
+                                         + split(args.sample_modes)
                                          if m not in split(args.train_modes)]:
     if name not in order:
       order.append(name)
@@ -299,6 +338,8 @@ def main():
     bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
                    do_lik=name in split(args.lik_modes),
                    lik_batch=args.highest_batch if name == "highest" else None)
+    if name in split(args.sample_modes):
+      bench.sample(name, res)
     if name == "bfloat16":
       res["peak_gib"] = peak_gib()
     dump()
@@ -321,6 +362,8 @@ def main():
     dtype, _, opts_spec = spec.rpartition(":")
     dtype = dtype or "bfloat16"
     opts = {k: True for k in opts_spec.split("+")}
+    if opts.pop("tree_carry", False):   # the per-step ravel/unravel of run 4 (make_train_step)
+      opts["no_flat_carry"] = True
     rows[f"{dtype}+{opts_spec}"] = bench.train(f"{dtype}+{opts_spec}", dtype, args.steps, **opts)
     dump()
   dump()
