@@ -4,13 +4,15 @@ One call on a GPU host prints a table and writes JSON:
   * train images/s (batch 128, random CIFAR-10-shaped data, after warm-up) in float32 at XLA's
     default matmul precision and in bfloat16 compute (float32 master parameters), with the train
     step jitted exactly as ``jaxgen.train.train_and_evaluate`` jits it (replicated state, batch
-    sharded on a one-device mesh, state donated) so that ``scaling.py`` hits the same
-    persistent-cache entry,
+    sharded on a one-device mesh, state donated, parameters and EMA carried as flat vectors;
+    variant ``tree_carry``: the tree-in/tree-out step of runs 4-8),
   * compile time of the train step, peak GPU memory, XLA's temp-buffer size,
   * the first-step loss and gradient norm of each precision from the same state and batch
     (parameters with their zero-initialised kernels redrawn at unit scale, so the network's
     output is not ~0 and the comparison means something),
-  * forward ms (batch 128), PF-ODE ms per NFE (drift + Rademacher divergence in one jvp),
+  * forward ms (batch 128), PF-ODE ms per NFE (drift + Rademacher divergence in one jvp), both
+    pipelined (calls back to back) and waited for one by one; ``--sample_modes``: ms per network
+    evaluation inside ``solvers.ddim_sample``,
     relative difference of the bf16 forward to the float32 one,
   * one whole likelihood call at rtol = atol = 1e-5 (time, NFE, bits/dim) per ``--lik_modes``;
     ``highest`` (float32 at the highest matmul precision, the reference) runs on the first
