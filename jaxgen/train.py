@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 import orbax.checkpoint as ocp
 
 from jaxgen import data as data_lib
@@ -159,27 +158,31 @@ class Setup:
   def init_state(self, key: Array) -> TrainState:
     """Fresh float32 parameters, EMA copy and optimizer state."""
     k_init, k_run = jax.random.split(key)
-    x = jnp.zeros((1,) + self.shape, jnp.float32)
-    cond = jnp.ones((1,), jnp.float32)
-    kwargs = {}
-    if self.config.model.get("num_classes", 0):
-      kwargs["y"] = jnp.zeros((1,), jnp.int32)
-    params = self.model.init({"params": k_init, "dropout": k_init}, x, cond, train=False,
-                             **kwargs)["params"]
-    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
+    params = self._init_params(k_init)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
                       opt_state=self.init_opt_state(params), key=k_run,
                       bad_step=jnp.full((), -1, jnp.int32))
 
+  def _init_params(self, key: Array):
+    """Fresh float32 network parameters."""
+    x = jnp.zeros((1,) + self.shape, jnp.float32)
+    cond = jnp.ones((1,), jnp.float32)
+    kwargs = {}
+    if self.config.model.get("num_classes", 0):
+      kwargs["y"] = jnp.zeros((1,), jnp.int32)
+    params = self.model.init({"params": key, "dropout": key}, x, cond, train=False,
+                             **kwargs)["params"]
+    return jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
+
   def flat_layout(self):
     """``(ravel, unravel)`` between the parameter tree and one float32 vector.
 
-    The order is ``ravel_pytree``'s (tree-flatten order), so a flat optimizer state is the same
-    whether it was built by the per-step ravel of ``make_train_step`` or carried flat.
+    One layout (tree-flatten order, ``ravel_pytree``'s) for the optimizer state, the per-step
+    ravel of ``make_train_step`` and the flat carry of ``make_flat_train_step``.
     """
     if getattr(self, "_flat_layout", None) is None:
-      abstract = jax.eval_shape(self.init_state, jax.random.PRNGKey(0)).params
+      abstract = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
       leaves, treedef = jax.tree_util.tree_flatten(abstract)
       shapes = [leaf.shape for leaf in leaves]
       sizes = [int(np.prod(shape)) for shape in shapes]
@@ -210,7 +213,7 @@ class Setup:
 
   def init_opt_state(self, params):
     """Fresh optimizer state for ``params`` (over their flat vector if ``optim.flat_update``)."""
-    return self.optimizer.init(ravel_pytree(params)[0] if self.flat_update else params)
+    return self.optimizer.init(self.flat_layout()[0](params) if self.flat_update else params)
 
   def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
     out = dict(batch)
@@ -254,9 +257,9 @@ class Setup:
       return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     def _flat_update(state, loss, grads):
-      flat_params, unravel = ravel_pytree(state.params)
-      flat_grads = ravel_pytree(grads)[0]
-      flat_ema = ravel_pytree(state.ema_params)[0]
+      ravel, unravel = self.flat_layout()
+      flat_params, flat_grads, flat_ema = (ravel(state.params), ravel(grads),
+                                           ravel(state.ema_params))
       new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
           state, loss, flat_grads, flat_params, flat_ema)
       new_state = state.replace(step=state.step + 1, params=unravel(new_params),
