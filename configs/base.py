@@ -114,7 +114,8 @@ def get_base_config():
   model.remat = False
   # Performance options (same parameters and function; see experiments/bench/NOTES.md):
   model.fused_norm = False             # GroupNorm+swish with a hand-written backward pass
-  model.fast_dropout = False           # dropout masks from rng_bit_generator, not threefry
+  model.fast_dropout = False           # dropout masks from 16-bit fields of threefry words
+  model.kernel_layout = "HWIO"         # conv kernels HWIO (flax) or OHWI (cuDNN NHWC; no transposes)
 
   # --- optimizer --------------------------------------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()

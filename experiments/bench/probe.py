@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
 from jaxgen import train  # pylint: disable=wrong-import-position
+from jaxgen.models import layers  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7
 PEAK_TFLOPS = 790.0
@@ -47,6 +48,10 @@ VARIANTS = {
     "bf16_fused_fastdrop": dict(dtype="bfloat16", fused_norm=True, fast_dropout=True),
     "fp32_fused_fastdrop": dict(dtype="float32", fused_norm=True, fast_dropout=True),
     "bf16_remat": dict(dtype="bfloat16", remat=True),
+    "bf16_ohwi": dict(dtype="bfloat16", kernel_layout="OHWI"),
+    "bf16_ohwi_fastdrop": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True),
+    "fp32_ohwi": dict(dtype="float32", kernel_layout="OHWI"),
+    "fp32_ohwi_fastdrop": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True),
 }
 OPTIONS = {
     "": None,
@@ -184,17 +189,30 @@ class Runner:
       state = jax.jit(base.init_state)(jax.random.PRNGKey(0))
     state = state.replace(params=activate(state.params), ema_params=activate(state.ema_params))
     self.state0 = jax.device_put(state, jax.devices()[0])
+    self.states = {}
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.batch, 32, 32, 3), dtype=np.uint8)
     self.batch_dev = {"image": jax.device_put(images)}
     self.compiled = {}
 
+  def params_for(self, name, params):
+    """The (HWIO) parameters in the variant's kernel layout."""
+    layout = VARIANTS[name].get("kernel_layout", "HWIO")
+    return params if layout == "HWIO" else layers.convert_kernel_layout(params, layout)
+
   def compile(self, spec, trace=False):
     name, _, opt = spec.partition("@")
     setup = make_setup(name, self.batch)
-    step = jax.jit(setup.make_train_step(), donate_argnums=(0,))
+    state = self.state0.replace(params=self.params_for(name, self.state0.params),
+                                ema_params=self.params_for(name, self.state0.ema_params))
+    if self.args.tree_carry:  # runs 2-8: parameters and EMA as trees between steps
+      step = jax.jit(setup.make_train_step(), donate_argnums=(0,))
+    else:                     # as train_and_evaluate runs it since run 9
+      step = jax.jit(setup.make_flat_train_step(), donate_argnums=(0,))
+      state = jax.jit(setup.to_flat_state)(state)
+    self.states[spec] = state
     t = time.perf_counter()
-    lowered = step.lower(self.state0, self.batch_dev)
+    lowered = step.lower(state, self.batch_dev)
     lower_s = time.perf_counter() - t
     tdir = os.path.join("/tmp/probe_traces", "compile_" + spec.replace("@", "_"))
     if trace:
@@ -234,7 +252,7 @@ class Runner:
   def time_one(self, spec, steps, profile=False, hlo=False):
     compiled = self.compiled[spec]
     res = self.results[spec]
-    state = jax.tree_util.tree_map(jnp.copy, self.state0)
+    state = jax.tree_util.tree_map(jnp.copy, self.states[spec])
     state, m = compiled(state, self.batch_dev)
     res["first_loss"] = float(m["loss"])
     res["first_grad_norm"] = float(m["grad_norm"])
@@ -275,39 +293,45 @@ class Runner:
       self.artifacts[f"hlo_{spec}.txt.gz"] = gzip.compress(compiled.as_text().encode())
     del state
 
-  def forward(self, name, profile=False):
+  def forward(self, spec, profile=False):
     """Forward ms of batch ``self.batch``: waited for per call, and pipelined (30 calls back to
-    back, best of 3 windows); optionally a profile of 5 pipelined calls (GPU busy, host time)."""
+    back, best of 3 windows); optionally a profile of 5 pipelined calls (GPU busy, host time).
+    ``spec`` ``VARIANT[@cast]``: ``@cast`` casts the parameters to the compute dtype once,
+    outside the timed function, as a sampler does before its loop."""
+    name, _, opt = spec.partition("@")
     setup = make_setup(name, self.batch)
+    params = self.params_for(name, self.state0.params)
+    if opt == "cast":
+      params = jax.tree_util.tree_map(lambda p: p.astype(VARIANTS[name]["dtype"]), params)
     x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
     t_vec = jax.random.uniform(jax.random.PRNGKey(2), (self.batch,), minval=0.01, maxval=1.0)
     fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
     t = time.perf_counter()
-    out = jax.block_until_ready(fwd(self.state0.params, x, t_vec))
+    out = jax.block_until_ready(fwd(params, x, t_vec))
     c = time.perf_counter() - t
     ts = []
     for _ in range(30):
       t = time.perf_counter()
-      out = jax.block_until_ready(fwd(self.state0.params, x, t_vec))
+      out = jax.block_until_ready(fwd(params, x, t_vec))
       ts.append(time.perf_counter() - t)
     windows = []
     for _ in range(3):
       t = time.perf_counter()
       for _ in range(30):
-        out = fwd(self.state0.params, x, t_vec)
+        out = fwd(params, x, t_vec)
       jax.block_until_ready(out)
       windows.append((time.perf_counter() - t) / 30)
-    res = self.results.setdefault("fwd_" + name, {"spec": "fwd_" + name})
+    res = self.results.setdefault("fwd_" + spec, {"spec": "fwd_" + spec})
     res.update(forward_ms=min(windows) * 1e3, forward_ms_sync=statistics.median(ts) * 1e3,
                forward_compile_s=c, out_norm=float(jnp.linalg.norm(out)))
-    log(f"forward {name}: {res['forward_ms']:.2f} ms pipelined, {res['forward_ms_sync']:.2f} ms "
+    log(f"forward {spec}: {res['forward_ms']:.2f} ms pipelined, {res['forward_ms_sync']:.2f} ms "
         f"waited for")
     if profile:
       nprof = 5
-      tdir = os.path.join("/tmp/probe_traces", "fwd_" + name)
+      tdir = os.path.join("/tmp/probe_traces", "fwd_" + spec.replace("@", "_"))
       jax.profiler.start_trace(tdir, create_perfetto_trace=True)
       for _ in range(nprof):
-        out = fwd(self.state0.params, x, t_vec)
+        out = fwd(params, x, t_vec)
       jax.block_until_ready(out)
       jax.profiler.stop_trace()
       files = glob.glob(os.path.join(tdir, "**", "*.json.gz"), recursive=True)
@@ -373,6 +397,8 @@ def main():
   p.add_argument("--fwd", default="")
   p.add_argument("--budget", type=float, default=480.0)
   p.add_argument("--gn", action="store_true", help="GroupNorm+swish microbenchmark first")
+  p.add_argument("--tree_carry", action="store_true",
+                 help="jit make_train_step (runs 2-8) instead of the flat carry (run 9 on)")
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
   split = lambda s: [x for x in s.split(",") if x]

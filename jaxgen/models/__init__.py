@@ -142,6 +142,9 @@ def validate_model_config(model_config, data_config=None) -> None:
                            ("resblock_type", RESBLOCK_TYPES), ("attention_type", ("ddpm",))):
       value = str(get(field, allowed[0])).lower()
       _require(value in allowed, f"model.{field}={value!r} is not one of {allowed}")
+    layout = str(get("kernel_layout", "HWIO")).upper()
+    _require(layout in layers.KERNEL_LAYOUTS,
+             f"model.kernel_layout={get('kernel_layout')!r} is not one of {layers.KERNEL_LAYOUTS}")
     if get("fir", False):
       kernel = _static(get("fir_kernel", (1, 3, 3, 1)))
       _require(len(kernel) > 0 and sum(kernel) != 0,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -52,13 +52,81 @@ def default_init(scale: float = 1.0):
   return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
+KERNEL_LAYOUTS = ("HWIO", "OHWI")
+
+
+class Conv(nn.Module):
+  """2-D convolution, NHWC, with the kernel stored as ``HWIO`` (flax's) or ``OHWI``.
+
+  With ``kernel_layout='HWIO'`` it is ``nn.Conv`` (same parameter names, shapes, initial values
+  and function). ``'OHWI'`` stores the same kernel transposed to ``(features, kh, kw, in)``,
+  the layout cuDNN's NHWC kernels read, so that XLA does not transpose every kernel on every
+  call; the initial values are those of the HWIO kernel, transposed. Convert trees between the
+  two with :func:`convert_kernel_layout`.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: Any = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+  dtype: Any = jnp.float32
+  param_dtype: Any = PARAM_DTYPE
+  kernel_layout: str = "HWIO"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """``(B, H, W, C) -> (B, H', W', features)``."""
+    layout = str(self.kernel_layout).upper()
+    if layout not in KERNEL_LAYOUTS:
+      raise ValueError(f"unknown kernel_layout {self.kernel_layout!r}; expected one of "
+                       f"{KERNEL_LAYOUTS}")
+    hwio = tuple(self.kernel_size) + (x.shape[-1], self.features)
+    if layout == "HWIO":
+      kernel = self.param("kernel", self.kernel_init, hwio, self.param_dtype)
+    else:
+      init = lambda key, shape, dtype: jnp.transpose(self.kernel_init(key, hwio, dtype),
+                                                     (3, 0, 1, 2))
+      kernel = self.param("kernel", init, (hwio[3],) + hwio[:3], self.param_dtype)
+    dtype = jnp.dtype(self.dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), window_strides=tuple(self.strides),
+        padding=self.padding, dimension_numbers=("NHWC", layout, "NHWC"))
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = y + bias.astype(dtype)
+    return y
+
+
+def convert_kernel_layout(params, to: str):
+  """Transposes every convolution kernel of a parameter tree to ``to`` (``'HWIO'``/``'OHWI'``).
+
+  Convolution kernels are the 4-D leaves named ``kernel`` (those of :class:`Conv`); the tree
+  must currently hold the other layout. Everything else is returned unchanged.
+  """
+  to = str(to).upper()
+  if to not in KERNEL_LAYOUTS:
+    raise ValueError(f"unknown kernel_layout {to!r}; expected one of {KERNEL_LAYOUTS}")
+  perm = (3, 0, 1, 2) if to == "OHWI" else (1, 2, 3, 0)
+
+  def fix(path, leaf):
+    name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+    if name == "kernel" and getattr(leaf, "ndim", 0) == 4:
+      return jnp.transpose(leaf, perm)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(fix, params)
+
+
 def conv2d(features: int, kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
-           use_bias: bool = True, dtype: Any = jnp.float32) -> nn.Conv:
+           use_bias: bool = True, dtype: Any = jnp.float32,
+           kernel_layout: str = "HWIO") -> Conv:
   """A 'SAME' convolution with DDPM initialisation (score_sde's ``ddpm_conv3x3/1x1``)."""
-  return nn.Conv(features, kernel_size=(kernel_size, kernel_size), strides=(stride, stride),
-                 padding="SAME", use_bias=use_bias, kernel_init=default_init(init_scale),
-                 bias_init=nn.initializers.zeros, dtype=jnp.dtype(dtype),
-                 param_dtype=PARAM_DTYPE)
+  return Conv(features, kernel_size=(kernel_size, kernel_size), strides=(stride, stride),
+              padding="SAME", use_bias=use_bias, kernel_init=default_init(init_scale),
+              bias_init=nn.initializers.zeros, dtype=jnp.dtype(dtype),
+              param_dtype=PARAM_DTYPE, kernel_layout=kernel_layout)
 
 
 def dense(features: int, init_scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Dense:
@@ -197,23 +265,49 @@ def norm_act(x: Array, dtype: Any, act: Optional[str], fused: bool = False) -> A
   return h if key is None else get_activation(key)(h)
 
 
+def dropout_keep_mask(rng: Array, shape: Sequence[int], rate: float) -> Tuple[Array, float]:
+  """Bernoulli keep mask from 16-bit fields of threefry words, and its exact keep scale.
+
+  ``jax.random.bernoulli`` spends one threefry-2x32 evaluation (20 rounds) per element. Here
+  one evaluation gives two 32-bit words, i.e. four 16-bit fields, so the integer work is 4x
+  smaller; the words are materialized once (2 bytes per element) so that XLA cannot fuse the
+  generator into every consumer element. An element is dropped when its field is below
+  ``round(rate * 2**16)``, so the drop probability is that over ``2**16`` (within 8e-6 of
+  ``rate``); the returned scale ``1 / P(keep)`` keeps the layer unbiased exactly.
+
+  Args: ``rng`` a threefry key (raw ``uint32[2]`` or typed), ``shape`` of the mask, ``rate`` in
+  ``[0, 1)``. Returns ``(keep, scale)``: a boolean ``shape`` array and a Python float.
+  """
+  from jax.extend import random as jex_random  # pylint: disable=import-outside-toplevel
+  threshold = int(round(rate * 65536))
+  scale = 65536.0 / (65536 - threshold)
+  n = int(np.prod(shape))
+  data = jax.random.key_data(rng).reshape(-1).astype(jnp.uint32)
+  if data.shape != (2,):  # not a threefry key: fall back to 16-bit draws of its own impl
+    bits = jax.random.bits(rng, tuple(shape), jnp.uint16)
+    return bits >= jnp.uint16(threshold), scale
+  words = (n + 1) // 2
+  words += words % 2  # threefry_2x32 pairs the counters: an even count
+  bits = jex_random.threefry_2x32(data, jax.lax.iota(jnp.uint32, words))
+  bits = jax.lax.optimization_barrier(bits)
+  fields = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> 16])[:n].reshape(shape)
+  return fields >= jnp.uint32(threshold), scale
+
+
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
             fast: bool = False) -> Array:
   """Inverted dropout as ``nn.Dropout`` (call inside a compact module).
 
-  ``fast``: the keep mask comes from ``lax.rng_bit_generator`` (Philox on GPU) keyed by the
-  module's ``dropout`` rng, instead of threefry; the same distribution, another random stream.
+  ``fast``: the keep mask comes from :func:`dropout_keep_mask` (4x fewer threefry evaluations)
+  keyed by the module's ``dropout`` rng; the same distribution up to the 2**-16 rounding of
+  the rate, another random stream.
   """
   if deterministic or rate == 0.0:
     return x
   if not fast:
     return nn.Dropout(rate)(x, deterministic=False)
-  rng = module.make_rng("dropout")
-  data = jax.random.key_data(rng).reshape(-1).astype(jnp.uint32)
-  data = jnp.concatenate([data, data[::-1] ^ jnp.uint32(0x9E3779B9)])[:4]
-  key = jax.random.wrap_key_data(data, impl="rbg")
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+  keep, scale = dropout_keep_mask(module.make_rng("dropout"), x.shape, rate)
+  return jax.lax.select(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
 
 class NIN(nn.Module):
@@ -347,6 +441,7 @@ class Upsample(nn.Module):
   fir_kernel: Sequence[float] = (1, 3, 3, 1)
   conv_size: int = 3
   dtype: Any = jnp.float32
+  kernel_layout: str = "HWIO"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -355,7 +450,7 @@ class Upsample(nn.Module):
     if not self.fir:
       h = naive_upsample_2d(x)
       if self.with_conv:
-        h = conv2d(out_ch, self.conv_size, dtype=self.dtype)(h)
+        h = conv2d(out_ch, self.conv_size, dtype=self.dtype, kernel_layout=self.kernel_layout)(h)
     elif not self.with_conv:
       h = upsample_2d(x, self.fir_kernel)
     else:
@@ -372,6 +467,7 @@ class Downsample(nn.Module):
   fir_kernel: Sequence[float] = (1, 3, 3, 1)
   conv_size: int = 3
   dtype: Any = jnp.float32
+  kernel_layout: str = "HWIO"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -379,7 +475,8 @@ class Downsample(nn.Module):
     out_ch = self.out_ch or x.shape[-1]
     if not self.fir:
       if self.with_conv:
-        return conv2d(out_ch, self.conv_size, stride=2, dtype=self.dtype)(x)
+        return conv2d(out_ch, self.conv_size, stride=2, dtype=self.dtype,
+                      kernel_layout=self.kernel_layout)(x)
       return naive_downsample_2d(x)
     if not self.with_conv:
       return downsample_2d(x, self.fir_kernel)
@@ -391,11 +488,12 @@ class Combine(nn.Module):
   """Merges a skip input ``x`` into ``y`` after a 1x1 conv to ``y``'s channels (sum or cat)."""
   method: str = "cat"
   dtype: Any = jnp.float32
+  kernel_layout: str = "HWIO"
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
     """``x``: ``(B, H, W, Cx)``, ``y``: ``(B, H, W, Cy)`` -> ``(B, H, W, Cy or 2 Cy)``."""
-    h = conv2d(y.shape[-1], 1, dtype=self.dtype)(x)
+    h = conv2d(y.shape[-1], 1, dtype=self.dtype, kernel_layout=self.kernel_layout)(x)
     if self.method == "cat":
       return jnp.concatenate([h, y], axis=-1)
     if self.method == "sum":
@@ -442,6 +540,7 @@ class ResnetBlockDDPM(nn.Module):
   init_scale: float = 0.0
   conv_size: int = 3
   dtype: Any = jnp.float32
+  kernel_layout: str = "HWIO"
   fused_norm: bool = False
   fast_dropout: bool = False
 
@@ -453,15 +552,16 @@ class ResnetBlockDDPM(nn.Module):
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
     h = norm_act(x, dtype, self.act, self.fused_norm)
-    h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
+    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
     h = norm_act(h, dtype, self.act, self.fused_norm)
     h = dropout(self, h, self.dropout, not train, self.fast_dropout)
-    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
+    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype,
+               kernel_layout=self.kernel_layout)(h)
     if channels != out_ch:
       if self.conv_shortcut:
-        x = conv2d(out_ch, self.conv_size, dtype=dtype)(x)
+        x = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(x)
       else:
         x = NIN(out_ch, dtype=dtype)(x)
     out = x + h
@@ -484,6 +584,7 @@ class ResnetBlockBigGAN(nn.Module):
   init_scale: float = 0.0
   conv_size: int = 3
   dtype: Any = jnp.float32
+  kernel_layout: str = "HWIO"
   fused_norm: bool = False
   fast_dropout: bool = False
 
@@ -505,14 +606,15 @@ class ResnetBlockBigGAN(nn.Module):
       resample = None
     if resample is not None:
       h, x = resample(h), resample(x)
-    h = conv2d(out_ch, self.conv_size, dtype=dtype)(h)
+    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
     h = norm_act(h, dtype, self.act, self.fused_norm)
     h = dropout(self, h, self.dropout, not train, self.fast_dropout)
-    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype)(h)
+    h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype,
+               kernel_layout=self.kernel_layout)(h)
     if channels != out_ch or resample is not None:
-      x = conv2d(out_ch, 1, dtype=dtype)(x)
+      x = conv2d(out_ch, 1, dtype=dtype, kernel_layout=self.kernel_layout)(x)
     out = x + h
     return out / SQRT2 if self.skip_rescale else out
 

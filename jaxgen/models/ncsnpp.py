@@ -58,7 +58,8 @@ class NCSNpp(nn.Module):
   remat: bool = False
   # Performance-only options (same parameters, same function):
   fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
-  fast_dropout: bool = False  # dropout masks from rng_bit_generator (Philox) instead of threefry
+  fast_dropout: bool = False  # dropout masks from 16-bit fields of threefry words
+  kernel_layout: str = "HWIO"  # convolution kernels stored HWIO (flax) or OHWI (cuDNN's NHWC)
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
@@ -84,11 +85,13 @@ class NCSNpp(nn.Module):
 
     nf, num_resolutions = self.nf, len(self.ch_mult)
     cs, fir_kernel = self.conv_size, tuple(self.fir_kernel)
-    conv = functools.partial(layers.conv2d, kernel_size=cs, dtype=dtype)
+    conv = functools.partial(layers.conv2d, kernel_size=cs, dtype=dtype,
+                             kernel_layout=self.kernel_layout)
     attn = functools.partial(layers.AttnBlock, init_scale=self.init_scale,
                              skip_rescale=self.skip_rescale, dtype=dtype,
                              fused_norm=self.fused_norm)
-    perf = dict(fused_norm=self.fused_norm, fast_dropout=self.fast_dropout)
+    perf = dict(fused_norm=self.fused_norm, fast_dropout=self.fast_dropout,
+                kernel_layout=self.kernel_layout)
     if resblock_type == "ddpm":
       block_cls = functools.partial(
           layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
@@ -100,7 +103,8 @@ class NCSNpp(nn.Module):
           dropout=self.dropout, fir=self.fir, fir_kernel=fir_kernel,
           init_scale=self.init_scale, skip_rescale=self.skip_rescale, conv_size=cs, dtype=dtype,
           **perf)
-    resample = dict(fir=self.fir, fir_kernel=fir_kernel, conv_size=cs, dtype=dtype)
+    resample = dict(fir=self.fir, fir_kernel=fir_kernel, conv_size=cs, dtype=dtype,
+                    kernel_layout=self.kernel_layout)
     norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, self.fused_norm)
 
     def block(h, out_ch=None, **kwargs):
@@ -136,7 +140,8 @@ class NCSNpp(nn.Module):
           h = block(hs[-1], down=True)
         if progressive_input == "input_skip":
           input_pyramid = layers.Downsample(with_conv=False, **resample)(input_pyramid)
-          h = layers.Combine(combine_method, dtype=dtype)(input_pyramid, h)
+          h = layers.Combine(combine_method, dtype=dtype,
+                             kernel_layout=self.kernel_layout)(input_pyramid, h)
         elif progressive_input == "residual":
           input_pyramid = layers.Downsample(out_ch=h.shape[-1], with_conv=True,
                                             **resample)(input_pyramid)
