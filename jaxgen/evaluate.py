@@ -52,6 +52,7 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
 
   def fn(params, key, n):
     shape = (n,) + tuple(setup.shape)
+    params = setup.inference_params(params)  # kernels cast once, not on every network call
     model = lambda x, t: model_fn(params, x, t)
     score_fn = predictions.as_score_fn(process, model, prediction)
     drift_fn = predictions.as_drift_fn(process, model, prediction)
@@ -114,7 +115,8 @@ def make_nll_fn(setup, eval_config) -> Callable:
       x = batch["image"].astype(jnp.float32)
     else:
       x = data_lib.preprocess(k_deq, batch["image"], data_config, train=False)
-    model = lambda y, t: setup.model_fn(params, y, t)
+    p = setup.inference_params(params)  # kernels cast once, not on every network call
+    model = lambda y, t: setup.model_fn(p, y, t)
     drift_fn = predictions.as_drift_fn(process, model, setup.prediction)
     logp, _, nfe = likelihood.ode_log_likelihood(
         drift_fn, x, key=k_probe, prior_logp=process.prior_logp, t0=t0, t1=process.T,

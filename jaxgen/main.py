@@ -44,8 +44,10 @@ def enable_compilation_cache(path: str) -> None:
 
 def main(argv):
   del argv
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  parallel.configure_xla_flags()  # before the first use of a device
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxgen import evaluate, parallel, train  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate, train  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.WARNING)   # orbax / TFDS info lines would drown the progress
   enable_compilation_cache(_CACHE.value)

@@ -33,6 +33,41 @@ MODEL_AXIS = "model"
 
 
 # --------------------------------------------------------------------------------------------------
+# XLA flags
+# --------------------------------------------------------------------------------------------------
+# jaxlib >= 0.10 autotunes every loop and reduction fusion between XLA's native emitters and
+# Triton by compiling both. For the DDPM++ train step on an H100 that costs ~15 s of a ~70 s
+# cold compile, and the chosen kernels run no faster (experiments/bench/NOTES.md, run 10).
+DEFAULT_XLA_FLAGS = ("--xla_gpu_experimental_enable_fusion_autotuner=false",)
+
+
+def default_xla_flags(env: Optional[Mapping[str, str]] = None) -> str:
+  """``XLA_FLAGS`` with jaxgen's defaults (:data:`DEFAULT_XLA_FLAGS`) added.
+
+  A flag the user already set (with any value) is left alone, and so is every jaxlib older than
+  0.10, which may not know them (an unknown flag aborts the process).
+  """
+  env = os.environ if env is None else env
+  flags = env.get("XLA_FLAGS", "")
+  try:
+    import jaxlib  # pylint: disable=import-outside-toplevel
+    version = tuple(int(v) for v in re.findall(r"\d+", jaxlib.__version__)[:2])
+  except Exception:  # pylint: disable=broad-except
+    version = (0, 0)
+  if version < (0, 10):
+    return flags
+  for flag in DEFAULT_XLA_FLAGS:
+    if flag.split("=")[0] not in flags:
+      flags = f"{flags} {flag}".strip()
+  return flags
+
+
+def configure_xla_flags() -> None:
+  """Puts :func:`default_xla_flags` into ``os.environ`` (before JAX starts its backend)."""
+  os.environ["XLA_FLAGS"] = default_xla_flags()
+
+
+# --------------------------------------------------------------------------------------------------
 # mesh and shardings
 # --------------------------------------------------------------------------------------------------
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None, model_parallel: int = 1) -> Mesh:

@@ -125,7 +125,8 @@ def test_fast_dropout_rate_scale_and_key():
 def test_ddpmpp_fast_dropout_trains_and_is_identity_at_eval():
   x = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
   cond = jnp.array([0.3, 0.9])
-  slow, fast = _tiny(dropout=0.2), _tiny(dropout=0.2, fast_dropout=True)
+  slow = _tiny(dropout=0.2, fast_dropout=False)
+  fast = _tiny(dropout=0.2, fast_dropout=True)
   params = models.abstract_params(slow, x.shape, cond.shape)
   rng = np.random.default_rng(1)
   params = jax.tree_util.tree_map(
@@ -164,7 +165,8 @@ def test_conv_ohwi_is_flax_conv(stride, size):
 def test_ddpmpp_ohwi_same_function_gradients_and_conversion():
   x = jax.random.normal(jax.random.PRNGKey(7), (2, 8, 8, 3))
   cond = jnp.array([0.3, 0.9])
-  hwio, ohwi = _tiny(dropout=0.0), _tiny(dropout=0.0, kernel_layout="OHWI")
+  hwio = _tiny(dropout=0.0, kernel_layout="HWIO")
+  ohwi = _tiny(dropout=0.0, kernel_layout="OHWI")
   rng = np.random.default_rng(2)
   params = jax.tree_util.tree_map(
       lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32),
@@ -207,3 +209,33 @@ def test_dropout_keep_mask_rate_and_independence():
   np.testing.assert_array_equal(keep, again)
   other, _ = layers.dropout_keep_mask(jax.random.PRNGKey(9), (64, 16, 16, 8), 0.1)
   assert not np.array_equal(keep, other)
+
+
+@pytest.mark.parametrize("name,extra", [("ncsnpp", {}),
+                                        ("ncsnpp", dict(embedding_type="fourier", fir=True,
+                                                        progressive="output_skip",
+                                                        progressive_input="input_skip"))])
+def test_inference_params_same_network_output(name, extra):
+  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  config = base.get_base_config()
+  config.data.image_size, config.data.num_channels = 8, 3
+  m = config.model
+  m.name, m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = name, 16, (1, 2), 1, (4,)
+  m.dtype = "bfloat16"
+  for k, v in extra.items():
+    m[k] = v
+  setup = train.Setup(config)
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+  cast = setup.inference_params(params)
+  dtypes = {str(p.dtype) for p in jax.tree_util.tree_leaves(cast)}
+  assert dtypes == {"bfloat16", "float32"}  # kernels cast, vectors kept
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(cast) if p.ndim < 2)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8, 3))
+  t = jnp.array([0.2, 0.7])
+  fn = jax.jit(setup.model_fn)
+  np.testing.assert_array_equal(np.asarray(fn(params, x, t)), np.asarray(fn(cast, x, t)))
+  # float32 models get their parameters back untouched.
+  config.model.dtype = "float32"
+  assert train.Setup(config).inference_params(params) is params

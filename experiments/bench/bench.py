@@ -20,7 +20,10 @@ One call on a GPU host prints a table and writes JSON:
   * model FLOPs utilization against 790 TFLOP/s, with 21.7 GFLOP per image forward and 3x that
     per train step.
 
-XLA flags: ``--xla_flags`` (default none) is appended to ``XLA_FLAGS`` before JAX starts. Do not
+XLA flags: jaxgen's defaults (``jaxgen.parallel.DEFAULT_XLA_FLAGS``, as ``jaxgen.main`` sets them;
+``--no_default_xla_flags`` leaves them out), then ``--xla_flags`` are appended to ``XLA_FLAGS``
+before JAX starts. The network's forward pass, ms/NFE and the likelihood run on
+``Setup.inference_params`` (kernels cast once), as the library's samplers and likelihood do. Do not
 turn command buffers off (``--xla_gpu_enable_command_buffer=``): on the H100 of this workplace
 that made every number worse (NOTES.md, run 3). A full run (two train compiles of ~110-140 s,
 forward/NFE/likelihood compiles, the highest-precision reference) takes longer than one 10-minute
@@ -38,7 +41,12 @@ import time
 def _early_flags():
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument("--xla_flags", default="")
+  parser.add_argument("--no_default_xla_flags", action="store_true")
   known, _ = parser.parse_known_args()
+  if not known.no_default_xla_flags:  # what jaxgen.main runs with
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from jaxgen import parallel as _parallel  # pylint: disable=import-outside-toplevel
+    _parallel.configure_xla_flags()
   if known.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + known.xla_flags).strip()
 
@@ -96,17 +104,23 @@ def timeit(fn, *args, n=20, warmup=2):
 
 
 def activate(params, seed=0, scale=1.0):
-  """Zero-initialised kernels (``init_scale=0``: ~1e-10) redrawn at ``scale`` x unit scale."""
+  """Zero-initialised kernels (``init_scale=0``: ~1e-10) redrawn at ``scale`` x unit scale.
+
+  Convolution kernels stored OHWI are drawn in HWIO and transposed, so that both layouts get the
+  same network (and runs before and after the layout change the same parameters)."""
   rng = np.random.default_rng(seed)
 
-  def fix(p):
+  def fix(path, p):
     p = np.asarray(p)
     if p.ndim >= 2 and np.max(np.abs(p)) < 1e-6:
-      std = scale * 0.5 / np.sqrt(np.prod(p.shape[:-1]))
-      return (rng.normal(size=p.shape) * std).astype(np.float32)
+      ohwi = p.ndim == 4 and OHWI and getattr(path[-1], "key", None) == "kernel"
+      shape = p.shape[1:] + p.shape[:1] if ohwi else p.shape
+      std = scale * 0.5 / np.sqrt(np.prod(shape[:-1]))
+      q = (rng.normal(size=shape) * std).astype(np.float32)
+      return np.transpose(q, (3, 0, 1, 2)) if ohwi else q
     return p
 
-  return jax.tree_util.tree_map(fix, params)
+  return jax.tree_util.tree_map_with_path(fix, params)
 
 
 def make_setup(dtype, batch, **model):
@@ -119,6 +133,9 @@ def make_setup(dtype, batch, **model):
     else:
       config.model[key] = value
   return train.Setup(config)
+
+
+OHWI = vp_ddpmpp_continuous.get_config().model.get("kernel_layout", "HWIO").upper() == "OHWI"
 
 
 class Bench:
@@ -240,8 +257,12 @@ class Bench:
         x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
         t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
         fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
-        fwd_s, fwd_sync_s, out = timeit(fwd, jax.device_put(self.active_params), x, t_vec)
+        params = jax.device_put(self.active_params)
+        # As a sampler calls it: kernels cast to the compute dtype once, before the loop.
+        fwd_s, fwd_sync_s, out = timeit(fwd, setup.inference_params(params), x, t_vec)
         res["forward_ms"], res["forward_ms_sync"] = fwd_s * 1e3, fwd_sync_s * 1e3
+        if dtype != "float32":  # and from the float32 parameters (a cast on every call)
+          res["forward_ms_f32_params"] = timeit(fwd, params, x, t_vec)[0] * 1e3
         self.forward_out[name] = out
         probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, "rademacher")
 
@@ -249,7 +270,8 @@ class Bench:
           drift = predictions.as_drift_fn(setup.process, model(p), "eps")
           return likelihood.hutchinson_divergence(drift, x, t, probes)
 
-        nfe_s, nfe_sync_s, _ = timeit(jax.jit(one_nfe), lik_params, x, t_vec)
+        nfe_s, nfe_sync_s, _ = timeit(jax.jit(one_nfe), setup.inference_params(lik_params), x,
+                                      t_vec)
         res["ms_per_nfe"], res["ms_per_nfe_sync"] = nfe_s * 1e3, nfe_sync_s * 1e3
         log(f"{name}: forward {res['forward_ms']:.2f} ms ({res['forward_ms_sync']:.2f} waited for "
             f"each), {res['ms_per_nfe']:.2f} ms/NFE ({res['ms_per_nfe_sync']:.2f})")
@@ -260,6 +282,7 @@ class Bench:
             jax.random.PRNGKey(3), (self.batch,) + images.shape[1:])[:n]) / 256.0 * 2 - 1
 
         def lik(p, x, key):
+          p = setup.inference_params(p)  # as jaxgen.evaluate.make_nll_fn does
           drift = predictions.as_drift_fn(setup.process, model(p), "eps")
           logp, _, nfe = likelihood.ode_log_likelihood(
               drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,

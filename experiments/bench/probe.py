@@ -76,6 +76,8 @@ def log(msg):
 def make_setup(name, batch):
   config = vp_ddpmpp_continuous.get_config()
   config.training.batch_size = batch
+  # The variants keep the meaning they had in runs 2-9 (before these became config defaults).
+  config.model.kernel_layout, config.model.fast_dropout = "HWIO", False
   for key, value in VARIANTS[name].items():
     config.model[key] = value
   return train.Setup(config)
