@@ -51,6 +51,8 @@ VARIANTS = {
     "bf16_ohwi": dict(dtype="bfloat16", kernel_layout="OHWI"),
     "bf16_ohwi_fastdrop": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True),
     "fp32_ohwi": dict(dtype="float32", kernel_layout="OHWI"),
+    "bf16_ohwi_fastdrop_rg24": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                                    ravel_group=24),
     "fp32_ohwi_fastdrop": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True),
 }
 OPTIONS = {
@@ -79,7 +81,10 @@ def make_setup(name, batch):
   # The variants keep the meaning they had in runs 2-9 (before these became config defaults).
   config.model.kernel_layout, config.model.fast_dropout = "HWIO", False
   for key, value in VARIANTS[name].items():
-    config.model[key] = value
+    if key in config.optim:
+      config.optim[key] = value
+    else:
+      config.model[key] = value
   return train.Setup(config)
 
 
