@@ -131,6 +131,5 @@ def get_base_config():
   optim.warmup = 5000
   optim.grad_clip = 1.0
   optim.flat_update = True             # optimizer/EMA on one flat vector: 1.9x bf16 on an H100
-  optim.ravel_group = 0                # >1: ravel gradients in two levels of concatenations
 
   return config

@@ -208,17 +208,9 @@ class Setup:
       sizes = [int(np.prod(shape)) for shape in shapes]
       offsets = np.cumsum([0] + sizes)
 
-      group = int(self.config.optim.get("ravel_group", 0))
-
       def ravel(tree):
-        parts = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree_util.tree_leaves(tree)]
-        if group > 1 and len(parts) > group:
-          # Two levels (groups of `group` leaves, then the groups): one XLA concatenation of
-          # hundreds of operands runs far below memory bandwidth on a GPU. The barrier keeps
-          # XLA from merging the levels back into one.
-          parts = [jax.lax.optimization_barrier(jnp.concatenate(parts[i:i + group]))
-                   for i in range(0, len(parts), group)]
-        return jnp.concatenate(parts)
+        return jnp.concatenate([jnp.ravel(x).astype(jnp.float32)
+                                for x in jax.tree_util.tree_leaves(tree)])
 
       def unravel(flat):
         return jax.tree_util.tree_unflatten(

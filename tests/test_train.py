@@ -228,21 +228,3 @@ def test_flat_carry_step_equals_tree_step():
   with pytest.raises(ValueError, match="flat_update"):
     train.Setup(config).make_flat_train_step()
 
-
-def test_ravel_group_same_flat_vector_and_step():
-  """`optim.ravel_group` (two levels of concatenations) changes the kernels, not the vector."""
-  config = tiny_config()
-  config.optim.flat_update = True
-  one = train.Setup(config)
-  config.optim.ravel_group = 2
-  two = train.Setup(config)
-  state = one.init_state(jax.random.PRNGKey(2))
-  leaves = jax.tree_util.tree_leaves(state.params)
-  assert len(leaves) > 2  # so that grouping happens
-  ravel_one, ravel_two = one.flat_layout()[0], jax.jit(two.flat_layout()[0])
-  np.testing.assert_array_equal(ravel_one(state.params), ravel_two(state.params))
-  batch = {"image": np.random.default_rng(3).normal(size=(16, 2)).astype(np.float32)}
-  a, m_a = jax.jit(one.make_flat_train_step())(one.to_flat_state(state), batch)
-  b, m_b = jax.jit(two.make_flat_train_step())(two.to_flat_state(state), batch)
-  np.testing.assert_array_equal(a.params, b.params)
-  np.testing.assert_array_equal(m_a["grad_norm"], m_b["grad_norm"])

@@ -51,8 +51,6 @@ VARIANTS = {
     "bf16_ohwi": dict(dtype="bfloat16", kernel_layout="OHWI"),
     "bf16_ohwi_fastdrop": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True),
     "fp32_ohwi": dict(dtype="float32", kernel_layout="OHWI"),
-    "bf16_ohwi_fastdrop_rg24": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
-                                    ravel_group=24),
     "fp32_ohwi_fastdrop": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True),
 }
 OPTIONS = {
