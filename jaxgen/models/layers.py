@@ -59,7 +59,7 @@ class Conv(nn.Module):
   """2-D convolution, NHWC, with the kernel stored as ``HWIO`` (flax's) or ``OHWI``.
 
   With ``kernel_layout='HWIO'`` it is ``nn.Conv`` (same parameter names, shapes, initial values
-  and function; a 1x1 convolution runs as a matrix product over channels). ``'OHWI'`` stores the same kernel transposed to ``(features, kh, kw, in)``,
+  and function). ``'OHWI'`` stores the same kernel transposed to ``(features, kh, kw, in)``,
   the layout cuDNN's NHWC kernels read, so that XLA does not transpose every kernel on every
   call; the initial values are those of the HWIO kernel, transposed. Convert trees between the
   two with :func:`convert_kernel_layout`.
@@ -90,16 +90,9 @@ class Conv(nn.Module):
                                                      (3, 0, 1, 2))
       kernel = self.param("kernel", init, (hwio[3],) + hwio[:3], self.param_dtype)
     dtype = jnp.dtype(self.dtype)
-    if tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1):
-      # A 1x1 convolution is a matrix product over channels. As a GEMM it compiles without
-      # cuDNN's convolution autotuning, whose slowest 1x1 candidates cost seconds of compile
-      # time on an H100 (NOTES.md run 11), and it runs as fast.
-      w = kernel.reshape(hwio[2:]) if layout == "HWIO" else kernel.reshape(hwio[3], hwio[2]).T
-      y = jnp.dot(x.astype(dtype), w.astype(dtype))
-    else:
-      y = jax.lax.conv_general_dilated(
-          x.astype(dtype), kernel.astype(dtype), window_strides=tuple(self.strides),
-          padding=self.padding, dimension_numbers=("NHWC", layout, "NHWC"))
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), window_strides=tuple(self.strides),
+        padding=self.padding, dimension_numbers=("NHWC", layout, "NHWC"))
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(dtype)
