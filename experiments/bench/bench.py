@@ -25,9 +25,9 @@ XLA flags: jaxgen's defaults (``jaxgen.parallel.DEFAULT_XLA_FLAGS``, as ``jaxgen
 before JAX starts. The network's forward pass, ms/NFE and the likelihood run on
 ``Setup.inference_params`` (kernels cast once), as the library's samplers and likelihood do. Do not
 turn command buffers off (``--xla_gpu_enable_command_buffer=``): on the H100 of this workplace
-that made every number worse (NOTES.md, run 3). A full run (two train compiles of ~110-140 s,
+that made every number worse (NOTES.md, run 3). A full run (two cold train compiles of ~45-80 s,
 forward/NFE/likelihood compiles, the highest-precision reference) takes longer than one 10-minute
-call: split it with ``--train_modes/--fwd_modes/--lik_modes``.
+call: split it with ``--train_modes/--fwd_modes/--lik_modes`` (runs 10 and 13 show how).
 
     python experiments/bench/bench.py --out experiments/bench/h100_runN.json
 """
