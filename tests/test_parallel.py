@@ -349,3 +349,16 @@ def test_model_likelihood_sharded_equals_unsharded(mesh1, mesh8, dataset):
   assert values1.shape == (16,) and np.all(np.isfinite(values1))
   np.testing.assert_allclose(values8, values1, rtol=10 * config.eval.rtol)
   assert abs(nfe8 - nfe1) <= 0.05 * nfe1
+
+
+def test_default_xla_flags_added_once_and_never_over_the_users():
+  flag = parallel.DEFAULT_XLA_FLAGS[0]
+  name = flag.split("=")[0]
+  assert parallel.default_xla_flags({}) == flag
+  kept = "--xla_force_host_platform_device_count=8"
+  assert parallel.default_xla_flags({"XLA_FLAGS": kept}) == f"{kept} {flag}"
+  # Applying it twice changes nothing, and a value the user chose stays.
+  once = parallel.default_xla_flags({"XLA_FLAGS": kept})
+  assert parallel.default_xla_flags({"XLA_FLAGS": once}) == once
+  mine = f"{name}=true"
+  assert parallel.default_xla_flags({"XLA_FLAGS": mine}) == mine
