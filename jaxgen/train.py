@@ -361,6 +361,27 @@ def _config_fingerprint(config) -> Dict[str, Any]:
           "optim": {"optimizer": config.optim.optimizer}}
 
 
+# Model fields that change speed only, never the parameters a checkpoint holds.
+_PERF_ONLY_MODEL_FIELDS = ("fused_norm", "fast_dropout", "remat")
+# Model fields added after checkpoints were written, with what those checkpoints hold.
+_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
+_MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
+
+
+def _comparable(fingerprint: Dict[str, Any]) -> Dict[str, Any]:
+  """A fingerprint with the fields that do not decide the checkpoint's contents normalized."""
+  fingerprint = dict(fingerprint)
+  model = dict(fingerprint.get("model", {}))
+  for key in _PERF_ONLY_MODEL_FIELDS:
+    model.pop(key, None)
+  for key, value in _MODEL_FIELDS_BEFORE.items():
+    model.setdefault(key, value)
+  if str(model.get("name", "")).lower() not in _MODELS_WITH_KERNEL_LAYOUT:
+    model.pop("kernel_layout", None)
+  fingerprint["model"] = model
+  return fingerprint
+
+
 def _jsonable(obj):
   if isinstance(obj, dict):
     return {k: _jsonable(v) for k, v in obj.items()}
@@ -391,10 +412,15 @@ def check_workdir_compatible(workdir: str, config) -> None:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f"{path} is unreadable ({e}); refusing to touch this workdir") from e
-  mine = _jsonable(_config_fingerprint(config))
+  mine = _comparable(_jsonable(_config_fingerprint(config)))
   theirs = saved.get("fingerprint", {})
-  if theirs and theirs != mine:
+  if theirs and _comparable(theirs) != mine:
+    theirs = _comparable(theirs)
     diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if "model" in diffs:  # name the model fields
+      a, b = mine.get("model", {}), theirs.get("model", {})
+      diffs = [d for d in diffs if d != "model"] + sorted(
+          f"model.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
     raise CheckpointError(
         f"workdir {workdir} holds a run with a different {', '.join(diffs)} config; it cannot be "
         f"resumed with this config and is left untouched (use another --workdir)")

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs import base
 from configs.toy import vp_mlp
 from jaxgen import train
 
@@ -228,3 +229,25 @@ def test_flat_carry_step_equals_tree_step():
   with pytest.raises(ValueError, match="flat_update"):
     train.Setup(config).make_flat_train_step()
 
+
+
+def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
+  """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default
+  it is refused naming `model.kernel_layout`; with `kernel_layout=HWIO` it is compatible.
+  Speed-only fields (fast_dropout, fused_norm, remat) never make a workdir incompatible."""
+  config = base.get_base_config()
+  config.model.name = "ncsnpp"
+  old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
+  del old["model"]["kernel_layout"]
+  old["model"]["fast_dropout"] = not config.model.fast_dropout
+  (tmp_path / "config.json").write_text(json.dumps({"fingerprint": old}))
+  config.model.kernel_layout = "OHWI"
+  with pytest.raises(train.CheckpointError, match="model.kernel_layout"):
+    train.check_workdir_compatible(str(tmp_path), config)
+  config.model.kernel_layout = "HWIO"
+  train.check_workdir_compatible(str(tmp_path), config)
+  config.model.fused_norm = not config.model.fused_norm
+  train.check_workdir_compatible(str(tmp_path), config)
+  config.model.nf = 64
+  with pytest.raises(train.CheckpointError, match="model.nf"):
+    train.check_workdir_compatible(str(tmp_path), config)
