@@ -361,8 +361,9 @@ def _config_fingerprint(config) -> Dict[str, Any]:
           "optim": {"optimizer": config.optim.optimizer}}
 
 
-# Model fields that change speed only, never the parameters a checkpoint holds.
-_PERF_ONLY_MODEL_FIELDS = ("fused_norm", "fast_dropout", "remat")
+# Model fields that change speed only, never the parameters a checkpoint holds (``remat`` is not
+# one: flax names the rematerialized blocks differently).
+_PERF_ONLY_MODEL_FIELDS = ("fused_norm", "fast_dropout")
 # Model fields added after checkpoints were written, with what those checkpoints hold.
 _MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")

@@ -234,7 +234,8 @@ def test_flat_carry_step_equals_tree_step():
 def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default
   it is refused naming `model.kernel_layout`; with `kernel_layout=HWIO` it is compatible.
-  Speed-only fields (fast_dropout, fused_norm, remat) never make a workdir incompatible."""
+  Speed-only fields (fast_dropout, fused_norm) never make a workdir incompatible; remat renames
+  the blocks' parameters, so it does."""
   config = base.get_base_config()
   config.model.name = "ncsnpp"
   old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
@@ -248,6 +249,10 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   train.check_workdir_compatible(str(tmp_path), config)
   config.model.fused_norm = not config.model.fused_norm
   train.check_workdir_compatible(str(tmp_path), config)
+  config.model.remat = not config.model.remat
+  with pytest.raises(train.CheckpointError, match="model.remat"):
+    train.check_workdir_compatible(str(tmp_path), config)
+  config.model.remat = not config.model.remat
   config.model.nf = 64
   with pytest.raises(train.CheckpointError, match="model.nf"):
     train.check_workdir_compatible(str(tmp_path), config)
