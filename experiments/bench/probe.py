@@ -62,6 +62,8 @@ OPTIONS = {
     "nocmdbuf": {"xla_gpu_enable_command_buffer": ""},  # run 3 (via XLA_FLAGS): much slower
     "convfusion": {"xla_gpu_experimental_enable_conv_fusion": True},
     "graph2": {"xla_gpu_graph_min_graph_size": 2},
+    # run 14: deterministic convolution algorithms (and no atomics) only: fewer candidates to tune
+    "det": {"xla_gpu_exclude_nondeterministic_ops": True},
     "convfusion_graph2": {"xla_gpu_experimental_enable_conv_fusion": True,
                           "xla_gpu_graph_min_graph_size": 2},
 }
