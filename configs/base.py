@@ -30,6 +30,9 @@ def get_base_config():
   training.eps = 1e-5                  # smallest training time
   training.nonfinite = "error"         # error | skip: what a non-finite loss does
   training.max_wall_seconds = 0.0      # stop cleanly after this long (0 = no limit)
+  # GPU: deterministic kernels only, so a step is bitwise repeatable. Compiles faster (fewer
+  # convolution algorithms to autotune), runs a few % slower (experiments/bench/NOTES.md, run 14).
+  training.deterministic = False
 
   # --- sampling ---------------------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()
@@ -131,5 +134,6 @@ def get_base_config():
   optim.warmup = 5000
   optim.grad_clip = 1.0
   optim.flat_update = True             # optimizer/EMA on one flat vector: 1.9x bf16 on an H100
+  optim.materialize_grads = True       # flat update: write the raveled gradient once (run 14)
 
   return config

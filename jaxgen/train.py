@@ -122,9 +122,18 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if config.training.nonfinite not in ("error", "skip"):
     raise ValueError(f"config.training.nonfinite must be 'error' or 'skip', got "
                      f"{config.training.nonfinite!r}")
+  if not isinstance(config.training.get("deterministic", False), bool):
+    raise ValueError(f"config.training.deterministic must be True or False, got "
+                     f"{config.training.deterministic!r}")
   num_devices = num_devices or jax.device_count()
   data_lib.check_batch_size(config.training.batch_size, num_devices, jax.process_count())
   data_lib.check_batch_size(config.eval.batch_size, num_devices, jax.process_count())
+
+
+def train_compiler_options(config) -> Optional[Dict[str, Any]]:
+  """XLA options of the jitted train step: ``training.deterministic`` (see
+  :func:`jaxgen.parallel.compiler_options`)."""
+  return parallel.compiler_options(config.training.get("deterministic", False))
 
 
 class Setup:
@@ -292,6 +301,10 @@ class Setup:
   def _flat_core(self, state, loss, flat_grads, flat_params, flat_ema):
     """Adam (+clipping), EMA and the non-finite guard on flat float32 vectors."""
     ema_rate = float(self.config.model.ema_rate)
+    if self.config.optim.get("materialize_grads", False):
+      # One contiguous copy of the ~560 gradient leaves; the norm and Adam then read it, instead
+      # of each indexing into a ~560-operand concatenation inside its own fusion.
+      flat_grads = jax.lax.optimization_barrier(flat_grads)
     grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
     updates, opt_state = self.optimizer.update(flat_grads, state.opt_state, flat_params)
     new_params = flat_params + updates
@@ -572,15 +585,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   write_config(workdir, config)
 
   shardings = dict(in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,),
+                   compiler_options=train_compiler_options(config))
   if setup.flat_update:
     # The loop carries parameters and EMA as flat vectors; trees are made only to save and
     # evaluate (checkpoints keep the tree layout).
-    train_step = jax.jit(setup.make_flat_train_step(), **shardings)
+    train_step = parallel.jit(setup.make_flat_train_step(), **shardings)
     as_tree = jax.jit(setup.from_flat_state, out_shardings=repl)
     carry = jax.jit(setup.to_flat_state, out_shardings=repl)(state)
   else:
-    train_step = jax.jit(setup.make_train_step(), **shardings)
+    train_step = parallel.jit(setup.make_train_step(), **shardings)
     as_tree = lambda c: c
     carry = state
   n_params = models.count_params(state.params)

@@ -362,3 +362,19 @@ def test_default_xla_flags_added_once_and_never_over_the_users():
   assert parallel.default_xla_flags({"XLA_FLAGS": once}) == once
   mine = f"{name}=true"
   assert parallel.default_xla_flags({"XLA_FLAGS": mine}) == mine
+
+
+def test_compiler_options_and_jit():
+  assert parallel.compiler_options(False) is None
+  options = parallel.compiler_options(True)
+  assert options == {"xla_gpu_exclude_nondeterministic_ops": True}
+  options["other"] = 1                          # a copy: the module's constant is untouched
+  assert parallel.compiler_options(True) == parallel.DETERMINISTIC_COMPILER_OPTIONS
+  with pytest.raises(ValueError, match="'yes'"):
+    parallel.compiler_options("yes")
+  x = jnp.arange(6.0)
+  f = lambda v: jnp.cumsum(v) * 2
+  np.testing.assert_array_equal(parallel.jit(f, parallel.compiler_options(True))(x), f(x))
+  np.testing.assert_array_equal(parallel.jit(f, None)(x), f(x))
+  with pytest.raises(Exception, match="xla_not_an_option"):   # options do reach XLA
+    parallel.jit(f, {"xla_not_an_option": True})(x)

@@ -73,6 +73,19 @@ def test_nonfinite_loss_skip_mode_keeps_params_finite(tmp_path):
   assert all(np.all(np.isfinite(p)) for p in _params(state))
 
 
+def test_deterministic_option_reaches_the_train_step(tmp_path):
+  """``training.deterministic`` compiles the step with XLA's deterministic-kernels option (on the
+  CPU every kernel already is, so the run equals the default one bit for bit)."""
+  config = tiny_config(4)
+  config.training.deterministic = True
+  assert train.train_compiler_options(config) == {"xla_gpu_exclude_nondeterministic_ops": True}
+  assert train.train_compiler_options(tiny_config(4)) is None
+  det = train.train_and_evaluate(config, str(tmp_path / "det"))["state"]
+  default = train.train_and_evaluate(tiny_config(4), str(tmp_path / "default"))["state"]
+  for a, b in zip(_params(det), _params(default)):
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("data.dataset", "cifar11_not_a_set", "cifar11_not_a_set"),
     ("model.name", "transformer9000", "transformer9000"),
@@ -188,6 +201,23 @@ def test_flat_update_matches_per_leaf_update():
   assert not bool(m_bad["finite"]) and int(s_bad.bad_step) == 4
   for a, b in zip(jax.tree_util.tree_leaves(s_flat.params), jax.tree_util.tree_leaves(s_bad.params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_materialized_gradient_is_the_same_update():
+  """``optim.materialize_grads`` (the raveled gradient written once before the norm and Adam read
+  it; a speed option) makes the same steps as without it."""
+  setups = []
+  for materialize in (False, True):
+    config = tiny_config()
+    config.optim.grad_clip = 0.05
+    config.optim.materialize_grads = materialize
+    setups.append(train.Setup(config))
+  state = setups[0].to_flat_state(setups[0].init_state(jax.random.PRNGKey(2)))
+  plain, mat = (jax.jit(s.make_flat_train_step()) for s in setups)
+  a, b = _lockstep(plain, state, mat, state, steps=3, seed=2, grad_norm_rtol=1e-6)
+  np.testing.assert_allclose(b.params, a.params, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(b.ema_params, a.ema_params, rtol=1e-6, atol=1e-8)
+  assert int(a.step) == int(b.step) == 3
 
 
 def _lockstep(step_a, state_a, step_b, state_b, steps, seed, grad_norm_rtol):

@@ -128,8 +128,10 @@ def make_setup(dtype, batch, **model):
   config.model.dtype = dtype
   config.training.batch_size = batch
   for key, value in model.items():
-    if key in config.optim:            # e.g. flat_update
+    if key in config.optim:            # e.g. flat_update, materialize_grads
       config.optim[key] = value
+    elif key in config.training:       # e.g. deterministic
+      config.training[key] = value
     else:
       config.model[key] = value
   return train.Setup(config)
@@ -169,18 +171,24 @@ class Bench:
     opt_state = jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params)
     return state.replace(opt_state=opt_state)
 
-  def train(self, name, dtype, steps, no_flat_carry=False, **model):
+  def train(self, name, dtype, steps, no_flat_carry=False, repeat_check=False, **model):
     setup = make_setup(dtype, self.batch, **model)
     res = {"mode": name, "dtype": dtype, "matmul_precision": "default", **model}
     # As jaxgen.train.train_and_evaluate runs it: with optim.flat_update (the default) the
-    # parameters and EMA are carried as flat vectors between steps.
+    # parameters and EMA are carried as flat vectors between steps, and training.deterministic
+    # becomes the step's XLA options.
     flat = setup.flat_update and not no_flat_carry
-    step = jax.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
-                   in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
-                   out_shardings=(self.repl, self.repl), donate_argnums=(0,))
-    state = self.fresh_state(setup)
-    if flat:
-      state = jax.jit(setup.to_flat_state, out_shardings=self.repl)(state)
+    options = train.train_compiler_options(setup.config)
+    res["compiler_options"] = options
+    step = parallel.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
+                        options, in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
+                        out_shardings=(self.repl, self.repl), donate_argnums=(0,))
+
+    def start():
+      state = self.fresh_state(setup)
+      return jax.jit(setup.to_flat_state, out_shardings=self.repl)(state) if flat else state
+
+    state = start()
     res["flat_carry"] = bool(flat)
     t = time.perf_counter()
     compiled = step.lower(state, self.batch_dev).compile()
@@ -196,6 +204,20 @@ class Bench:
       pass
     state, m = compiled(state, self.batch_dev)
     res["loss_step0"], res["grad_norm_step0"] = float(m["loss"]), float(m["grad_norm"])
+    if repeat_check:
+      # The first step again, from the same state and batch: bitwise the same result? (Holds one
+      # more state on the device for a moment, so the peak memory of such a run reads higher.)
+      again, m2 = compiled(start(), self.batch_dev)
+      same = [bool(jnp.array_equal(a, b)) for a, b in zip(
+          jax.tree_util.tree_leaves((state.params, state.ema_params, m)),
+          jax.tree_util.tree_leaves((again.params, again.ema_params, m2)))]
+      res["repeat_bitwise_equal"] = all(same)
+      res["repeat_max_abs_diff_params"] = float(jnp.max(jnp.abs(
+          jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(state.params)])
+          - jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(again.params)]))))
+      log(f"train {name}: step 0 repeated bitwise equal: {res['repeat_bitwise_equal']} "
+          f"(max |diff| of parameters {res['repeat_max_abs_diff_params']:.3g})")
+      del again, m2
     for _ in range(3):
       state, m = compiled(state, self.batch_dev)
     jax.block_until_ready(m)
@@ -324,6 +346,11 @@ def main():
                       help="extra train-only variants: comma list of [dtype:]options joined by "
                            "'+' (model or optim options, dtype default bfloat16), e.g. "
                            "fused_norm+fast_dropout,float32:flat_update")
+  parser.add_argument("--train_options", default="",
+                      help="options of the --train_modes runs, joined by '+', e.g. deterministic "
+                           "or materialize_grads (config.training / optim / model fields)")
+  parser.add_argument("--repeat_check", action="store_true",
+                      help="repeat the first train step from the same state: bitwise equal?")
   parser.add_argument("--budget", type=float, default=1e9, help="seconds; optional parts skipped")
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX starts")
   parser.add_argument("--cache_dir", default="",
@@ -359,7 +386,8 @@ def main():
     dtype, precision = MODES[name]
     res = rows.setdefault(name, {"mode": name, "dtype": dtype, "matmul_precision": precision})
     if name in split(args.train_modes):
-      res.update(bench.train(name, dtype, args.steps))
+      opts = {k: True for k in args.train_options.split("+") if k}
+      res.update(bench.train(name, dtype, args.steps, repeat_check=args.repeat_check, **opts))
     bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
                    do_lik=name in split(args.lik_modes),
                    lik_batch=args.highest_batch if name == "highest" else None)

@@ -2,13 +2,13 @@
 
 Cold compile times are only comparable between fresh processes: XLA keeps its autotuning results
 in memory, so a second compile in one process reuses the first one's. Each variant here is
-``NAME=MODE[:XLA flags separated by spaces]``; a process first runs a small convolution to warm the
-GPU and its libraries (the first process on a fresh machine otherwise compiles slower), then the
-variants in order, until ``--budget`` seconds would be exceeded (each variant's own time is
-estimated from the slowest one so far).
+``NAME=MODE[+OPTION...][:XLA flags separated by spaces]`` (OPTIONs as ``bench.py --train_options``
+takes them). A small convolution first warms the GPU and its libraries (the first process on a
+fresh machine otherwise compiles slower), then the variants run in order, until ``--budget``
+seconds would be exceeded (each variant's own time is estimated from the slowest one so far).
 
     python experiments/bench/fresh.py --out $OUT --budget 540 \
-        "base=bfloat16" "det=bfloat16:--xla_gpu_exclude_nondeterministic_ops=true"
+        "base=bfloat16" "det=bfloat16+deterministic" "flag=float32:--xla_gpu_autotune_level=1"
 """
 import argparse
 import json
@@ -26,12 +26,13 @@ WARMUP = ("import jax, jax.numpy as jnp\n"
 
 
 def parse(spec):
-  """'name=mode[:flags]' -> (name, mode, flags)."""
+  """'name=mode[+option...][:flags]' -> (name, mode, options, flags)."""
   name, _, rest = spec.partition("=")
   mode, _, flags = rest.partition(":")
+  mode, _, options = mode.partition("+")
   if not name or mode not in ("bfloat16", "float32"):
-    raise SystemExit(f"bad variant {spec!r}: expected NAME=bfloat16|float32[:FLAGS]")
-  return name, mode, flags.strip()
+    raise SystemExit(f"bad variant {spec!r}: expected NAME=bfloat16|float32[+OPTION...][:FLAGS]")
+  return name, mode, options, flags.strip()
 
 
 def main():
@@ -39,6 +40,7 @@ def main():
   p.add_argument("--out", required=True)
   p.add_argument("--budget", type=float, default=540.0)
   p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--repeat_check", action="store_true", help="passed on to bench.py")
   p.add_argument("variants", nargs="+")
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
@@ -46,7 +48,7 @@ def main():
   subprocess.run([sys.executable, "-c", WARMUP], check=False)
   rows, slowest = [], 0.0
   for spec in args.variants:
-    name, mode, flags = parse(spec)
+    name, mode, options, flags = parse(spec)
     elapsed = time.perf_counter() - t0
     if elapsed + max(slowest, 60.0) > args.budget:
       print(f"[{elapsed:6.1f}s] skipping {name}: budget", flush=True)
@@ -54,6 +56,10 @@ def main():
     out = os.path.join(args.out, f"{name}.json")
     cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--train_modes", mode, "--fwd_modes", "",
            "--lik_modes", "", "--steps", str(args.steps), "--out", out]
+    if options:
+      cmd.append("--train_options=" + options)
+    if args.repeat_check:
+      cmd.append("--repeat_check")
     if flags:
       cmd.append("--xla_flags=" + flags)  # "=": the value starts with "--"
     start = time.perf_counter()
@@ -61,12 +67,14 @@ def main():
       rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     took = time.perf_counter() - start
     slowest = max(slowest, took)
-    row = {"name": name, "mode": mode, "flags": flags, "rc": rc, "process_s": took}
+    row = {"name": name, "mode": mode, "options": options, "flags": flags, "rc": rc,
+           "process_s": took}
     if rc == 0 and os.path.exists(out):
       with open(out) as f:
         r = json.load(f)["rows"][0]
       row.update({k: r.get(k) for k in ("compile_s", "train_step_ms", "train_img_s", "mfu_train",
-                                         "loss_step0", "peak_gib_so_far", "temp_gib")})
+                                         "loss_step0", "peak_gib_so_far", "temp_gib",
+                                         "repeat_bitwise_equal", "repeat_max_abs_diff_params")})
     else:
       with open(os.path.join(args.out, f"{name}.log")) as f:
         row["error_tail"] = f.read()[-800:]

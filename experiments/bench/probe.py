@@ -52,6 +52,9 @@ VARIANTS = {
     "bf16_ohwi_fastdrop": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True),
     "fp32_ohwi": dict(dtype="float32", kernel_layout="OHWI"),
     "fp32_ohwi_fastdrop": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True),
+    # run 14: the raveled gradient written once before the norm and Adam read it
+    "bf16_mat": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                     materialize_grads=True),
 }
 OPTIONS = {
     "": None,
