@@ -348,7 +348,7 @@ def main():
                            "fused_norm+fast_dropout,float32:flat_update")
   parser.add_argument("--train_options", default="",
                       help="options of the --train_modes runs, joined by '+', e.g. deterministic "
-                           "or materialize_grads (config.training / optim / model fields)")
+                           "or materialize_grads=false (config.training / optim / model fields)")
   parser.add_argument("--repeat_check", action="store_true",
                       help="repeat the first train step from the same state: bitwise equal?")
   parser.add_argument("--budget", type=float, default=1e9, help="seconds; optional parts skipped")
@@ -386,7 +386,10 @@ def main():
     dtype, precision = MODES[name]
     res = rows.setdefault(name, {"mode": name, "dtype": dtype, "matmul_precision": precision})
     if name in split(args.train_modes):
-      opts = {k: True for k in args.train_options.split("+") if k}
+      opts = {}
+      for item in filter(None, args.train_options.split("+")):   # key or key=false
+        key, _, value = item.partition("=")
+        opts[key] = value.lower() not in ("false", "0", "no") if value else True
       res.update(bench.train(name, dtype, args.steps, repeat_check=args.repeat_check, **opts))
     bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
                    do_lik=name in split(args.lik_modes),
