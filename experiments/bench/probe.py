@@ -55,6 +55,8 @@ VARIANTS = {
     # run 14: the raveled gradient written once before the norm and Adam read it
     "bf16_mat": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
                      materialize_grads=True),
+    "fp32_mat": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True,
+                     materialize_grads=True),
 }
 OPTIONS = {
     "": None,
@@ -83,6 +85,7 @@ def make_setup(name, batch):
   config.training.batch_size = batch
   # The variants keep the meaning they had in runs 2-9 (before these became config defaults).
   config.model.kernel_layout, config.model.fast_dropout = "HWIO", False
+  config.optim.materialize_grads = False
   for key, value in VARIANTS[name].items():
     if key in config.optim:
       config.optim[key] = value
