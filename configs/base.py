@@ -134,6 +134,6 @@ def get_base_config():
   optim.warmup = 5000
   optim.grad_clip = 1.0
   optim.flat_update = True             # optimizer/EMA on one flat vector: 1.9x bf16 on an H100
-  optim.materialize_grads = True       # flat update: write the raveled gradient once (run 14)
+  optim.materialize_grads = False      # flat update: write the raveled gradient once (run 14: no gain)
 
   return config
