@@ -69,8 +69,9 @@ def configure_xla_flags() -> None:
 
 # Per-executable XLA options of ``training.deterministic``: only deterministic kernels (no
 # convolution algorithms that split their reduction with atomics). On an H100 the DDPM++ train step
-# then compiles cold in 37-43 s instead of 63-78 s (fewer candidates to autotune) and runs 3.6 %
-# (bf16) / 7.6 % (fp32) slower (experiments/bench/NOTES.md, run 14). Other backends ignore it.
+# then compiles cold in 37-43 s instead of 59-78 s (bf16; fewer candidates to autotune) and runs
+# 3.6-3.7 % (bf16) / 7.7 % (fp32) slower (experiments/bench/NOTES.md, run 14). Other backends
+# ignore it.
 DETERMINISTIC_COMPILER_OPTIONS = {"xla_gpu_exclude_nondeterministic_ops": True}
 
 
