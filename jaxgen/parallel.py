@@ -70,20 +70,24 @@ def configure_xla_flags() -> None:
 # Per-executable XLA options of ``training.deterministic``: only deterministic kernels (no
 # convolution algorithms that split their reduction with atomics). On an H100 the DDPM++ train step
 # then compiles cold in 37-43 s instead of 59-78 s (bf16; fewer candidates to autotune) and runs
-# 3.6-3.7 % (bf16) / 7.7 % (fp32) slower (experiments/bench/NOTES.md, run 14). Other backends
-# ignore it.
+# 3.6-3.7 % (bf16) / 7.7 % (fp32) slower (experiments/bench/NOTES.md, run 14). The CPU accepts
+# and ignores it; TPU executables are deterministic already and get no options.
 DETERMINISTIC_COMPILER_OPTIONS = {"xla_gpu_exclude_nondeterministic_ops": True}
 
 
-def compiler_options(deterministic: bool = False) -> Optional[dict]:
+def compiler_options(deterministic: bool = False,
+                     backend: Optional[str] = None) -> Optional[dict]:
   """XLA compiler options for ``jax.jit(..., compiler_options=...)`` (``None``: XLA's defaults).
 
   ``deterministic=True``: every kernel deterministic, so that a step repeated from the same state
-  and batch on the same devices gives bitwise the same result.
+  and batch on the same devices gives bitwise the same result. ``backend`` defaults to
+  ``jax.default_backend()``; on ``tpu`` there is nothing to ask for.
   """
   if not isinstance(deterministic, bool):
     raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
-  return dict(DETERMINISTIC_COMPILER_OPTIONS) if deterministic else None
+  if not deterministic or (backend or jax.default_backend()) == "tpu":
+    return None
+  return dict(DETERMINISTIC_COMPILER_OPTIONS)
 
 
 def jit(fn, compiler_options: Optional[dict] = None, **kwargs):  # pylint: disable=redefined-outer-name

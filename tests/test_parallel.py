@@ -370,8 +370,11 @@ def test_compiler_options_and_jit():
   assert options == {"xla_gpu_exclude_nondeterministic_ops": True}
   options["other"] = 1                          # a copy: the module's constant is untouched
   assert parallel.compiler_options(True) == parallel.DETERMINISTIC_COMPILER_OPTIONS
+  options = parallel.compiler_options(True)
   with pytest.raises(ValueError, match="'yes'"):
     parallel.compiler_options("yes")
+  assert parallel.compiler_options(True, backend="tpu") is None   # deterministic already
+  assert parallel.compiler_options(True, backend="gpu") == options
   x = jnp.arange(6.0)
   f = lambda v: jnp.cumsum(v) * 2
   np.testing.assert_array_equal(parallel.jit(f, parallel.compiler_options(True))(x), f(x))
