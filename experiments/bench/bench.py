@@ -330,6 +330,15 @@ class Bench:
     return res
 
 
+def parse_options(spec):
+  """'a+b=false' -> {'a': True, 'b': False} (config fields of a train run)."""
+  opts = {}
+  for item in filter(None, spec.split("+")):
+    key, _, value = item.partition("=")
+    opts[key] = value.lower() not in ("false", "0", "no") if value else True
+  return opts
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=128)
@@ -386,11 +395,8 @@ def main():
     dtype, precision = MODES[name]
     res = rows.setdefault(name, {"mode": name, "dtype": dtype, "matmul_precision": precision})
     if name in split(args.train_modes):
-      opts = {}
-      for item in filter(None, args.train_options.split("+")):   # key or key=false
-        key, _, value = item.partition("=")
-        opts[key] = value.lower() not in ("false", "0", "no") if value else True
-      res.update(bench.train(name, dtype, args.steps, repeat_check=args.repeat_check, **opts))
+      res.update(bench.train(name, dtype, args.steps, repeat_check=args.repeat_check,
+                             **parse_options(args.train_options)))
     bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
                    do_lik=name in split(args.lik_modes),
                    lik_batch=args.highest_batch if name == "highest" else None)
@@ -417,7 +423,7 @@ def main():
       continue
     dtype, _, opts_spec = spec.rpartition(":")
     dtype = dtype or "bfloat16"
-    opts = {k: True for k in opts_spec.split("+")}
+    opts = parse_options(opts_spec)
     if opts.pop("tree_carry", False):   # the per-step ravel/unravel of run 4 (make_train_step)
       opts["no_flat_carry"] = True
     rows[f"{dtype}+{opts_spec}"] = bench.train(f"{dtype}+{opts_spec}", dtype, args.steps, **opts)
