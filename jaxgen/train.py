@@ -166,6 +166,7 @@ class Setup:
     self._check_updates = not all(
         math.isfinite(float(optim.get(k, 0.0) or 0.0))
         for k in ("lr", "beta1", "beta2", "eps", "weight_decay", "grad_clip"))
+    self._materialize_grads = bool(optim.get("materialize_grads", False))
     self.shape = data_shape(config)
 
   def inference_params(self, params):
@@ -301,7 +302,7 @@ class Setup:
   def _flat_core(self, state, loss, flat_grads, flat_params, flat_ema):
     """Adam (+clipping), EMA and the non-finite guard on flat float32 vectors."""
     ema_rate = float(self.config.model.ema_rate)
-    if self.config.optim.get("materialize_grads", False):
+    if self._materialize_grads:
       # One contiguous copy of the ~560 gradient leaves; the norm and Adam then read it, instead
       # of each indexing into a ~560-operand concatenation inside its own fusion.
       flat_grads = jax.lax.optimization_barrier(flat_grads)
@@ -314,7 +315,7 @@ class Setup:
       # With finite optimizer constants a finite gradient norm means every g**2 is finite, so
       # Adam's moments and its update m / (sqrt(v) + eps) are finite too (the moments are by
       # induction: a non-finite step is dropped), and this second pass over the 62 M updates
-      # (~0.3 ms per step on an H100) is only needed when a constant is not finite.
+      # (experiments/bench/NOTES.md, run 10) is only needed when a constant is not finite.
       finite = finite & jnp.isfinite(jnp.sum(jnp.square(updates)))
     new_params = jnp.where(finite, new_params, flat_params)
     new_ema = jnp.where(finite, new_ema, flat_ema)
@@ -428,8 +429,8 @@ def check_workdir_compatible(workdir: str, config) -> None:
     raise CheckpointError(f"{path} is unreadable ({e}); refusing to touch this workdir") from e
   mine = _comparable(_jsonable(_config_fingerprint(config)))
   theirs = saved.get("fingerprint", {})
-  if theirs and _comparable(theirs) != mine:
-    theirs = _comparable(theirs)
+  theirs = _comparable(theirs) if theirs else theirs
+  if theirs and theirs != mine:
     diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if "model" in diffs:  # name the model fields
       a, b = mine.get("model", {}), theirs.get("model", {})

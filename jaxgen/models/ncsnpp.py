@@ -56,7 +56,8 @@ class NCSNpp(nn.Module):
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1 (score_sde)
   dtype: Any = "float32"    # compute dtype; parameters are float32
   remat: bool = False
-  # Performance-only options (same parameters, same function):
+  # Performance-only options (the same function; kernel_layout stores the same kernels transposed,
+  # models.layers.convert_kernel_layout converts checkpoints):
   fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
   fast_dropout: bool = False  # dropout masks from 16-bit fields of threefry words
   kernel_layout: str = "HWIO"  # convolution kernels stored HWIO (flax) or OHWI (cuDNN's NHWC)
