@@ -122,6 +122,9 @@ def get_base_config():
   # (NOTES.md run 10). kernel_layout="HWIO" gives flax's / score_sde's kernel layout.
   model.fast_dropout = True            # dropout masks from 16-bit fields of threefry words
   model.kernel_layout = "OHWI"         # conv kernels OHWI (cuDNN NHWC) or HWIO (flax)
+  # Faster on GPUs, the same function and parameters (NOTES.md run 15):
+  model.temb_barrier = True            # time embedding not folded into a conv as a side input
+  model.two_stage_grads = True         # GroupNorm/conv-bias grads: positions, then batch
 
   # --- optimizer --------------------------------------------------------------------------------
   config.optim = optim = ml_collections.ConfigDict()

@@ -239,3 +239,97 @@ def test_inference_params_same_network_output(name, extra):
   # float32 models get their parameters back untouched.
   config.model.dtype = "float32"
   assert train.Setup(config).inference_params(params) is params
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_temb_barrier_same_function_gradients_and_jvp(dtype):
+  """``temb_barrier`` only hides the time-embedding add from XLA's conv side-input fusion: the
+  same parameter tree, output, gradients and forward-mode tangent (the likelihood's ``jvp``).
+  Bitwise in float32; in bfloat16 the compiler may round the convolution's output before the
+  add instead of after it, so there the test allows bfloat16 rounding."""
+  x = jax.random.normal(jax.random.PRNGKey(6), (2, 8, 8, 3))
+  cond = jnp.array([0.2, 0.7])
+  plain = _tiny(dropout=0.0, dtype=dtype)
+  barrier = _tiny(dropout=0.0, dtype=dtype, temb_barrier=True)
+  shapes = models.abstract_params(plain, x.shape, cond.shape)
+  assert (jax.tree_util.tree_structure(shapes)
+          == jax.tree_util.tree_structure(models.abstract_params(barrier, x.shape, cond.shape)))
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  out = lambda m: jax.jit(lambda p, x: m.apply({"params": p}, x, cond))
+  def same(a, b):
+    a = np.asarray(jnp.asarray(a, jnp.float32))
+    b = np.asarray(jnp.asarray(b, jnp.float32))
+    if dtype == "float32":
+      np.testing.assert_array_equal(a, b)
+    else:
+      assert _rel(a, b) < 2e-2, _rel(a, b)
+
+  same(out(plain)(params, x), out(barrier)(params, x))
+  loss = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum(jnp.square(m.apply({"params": p}, x, cond).astype(jnp.float32)))))
+  (l_p, g_p), (l_b, g_b) = loss(plain)(params), loss(barrier)(params)
+  assert float(l_p) > 0
+  same(l_p, l_b)
+  same(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g_p)]),
+       np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(g_b)]))
+  v = jax.random.normal(jax.random.PRNGKey(7), x.shape)
+  tangent = lambda m: jax.jit(lambda p: jax.jvp(lambda y: m.apply({"params": p}, y, cond),
+                                                 (x,), (v,))[1])
+  t_p, t_b = tangent(plain)(params), tangent(barrier)(params)
+  assert float(jnp.max(jnp.abs(t_p.astype(jnp.float32)))) > 0
+  same(t_p, t_b)
+
+
+@pytest.mark.parametrize("resblock_type", ["biggan", "ddpm"])
+def test_two_stage_grads_same_function_gradients_and_jvp(resblock_type):
+  """``two_stage_grads`` (GroupNorm scale/bias and the residual blocks' conv biases with their
+  gradients reduced over positions, then over the batch) keeps the parameter tree, the output
+  bit for bit, the forward-mode tangent, and the gradients up to float32 summation order."""
+  x = jax.random.normal(jax.random.PRNGKey(8), (3, 8, 8, 3))
+  cond = jnp.array([0.2, 0.5, 0.9])
+  kw = dict(dropout=0.0, resblock_type=resblock_type, temb_barrier=True)
+  plain, two = _tiny(**kw), _tiny(two_stage_grads=True, **kw)
+  shapes = models.abstract_params(plain, x.shape, cond.shape)
+  assert (jax.tree_util.tree_structure(shapes)
+          == jax.tree_util.tree_structure(models.abstract_params(two, x.shape, cond.shape)))
+  rng = np.random.default_rng(2)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  out = lambda m: jax.jit(lambda p: m.apply({"params": p}, x, cond))
+  np.testing.assert_array_equal(out(plain)(params), out(two)(params))
+  w = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+  loss = lambda m: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sum(m.apply({"params": p}, x, cond) * w)))
+  (l_p, g_p), (l_t, g_t) = loss(plain)(params), loss(two)(params)
+  assert abs(float(l_p - l_t)) <= 1e-6 * abs(float(l_p))
+  top = max(float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(g_p))
+  for path, a in jax.tree_util.tree_flatten_with_path(g_p)[0]:
+    b = g_t
+    for k in path:
+      b = b[k.key]
+    # Per leaf, up to summation order; the attention's key bias has a zero gradient
+    # (softmax ignores it), so its float32 noise is compared with the largest gradient.
+    err = float(jnp.max(jnp.abs(a - b)))
+    assert err <= 1e-5 * float(jnp.max(jnp.abs(a))) + 1e-7 * top, (jax.tree_util.keystr(path), err)
+  v = jax.random.normal(jax.random.PRNGKey(10), x.shape)
+  tangent = lambda m: jax.jit(lambda p: jax.jvp(lambda y: m.apply({"params": p}, y, cond),
+                                                 (x,), (v,))[1])
+  np.testing.assert_allclose(tangent(plain)(params), tangent(two)(params), rtol=1e-5, atol=1e-6)
+
+
+def test_add_bias_two_stage_gradient_and_tangent():
+  """The custom rule of :func:`layers.add_bias_two_stage`: the sum's value, and the bias
+  gradient (cotangent summed over batch and positions) and tangent of the plain add."""
+  y = jax.random.normal(jax.random.PRNGKey(11), (4, 3, 5, 6))
+  b = jax.random.normal(jax.random.PRNGKey(12), (6,))
+  g = jax.random.normal(jax.random.PRNGKey(13), y.shape)
+  np.testing.assert_array_equal(layers.add_bias_two_stage(y, b), y + b)
+  _, vjp = jax.vjp(layers.add_bias_two_stage, y, b)
+  dy, db = vjp(g)
+  np.testing.assert_array_equal(dy, g)
+  np.testing.assert_allclose(db, jnp.sum(g, axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+  ty, tb = jnp.ones_like(y), jnp.arange(6.0)
+  _, t = jax.jvp(layers.add_bias_two_stage, (y, b), (ty, tb))
+  np.testing.assert_allclose(t, ty + tb, rtol=0, atol=0)

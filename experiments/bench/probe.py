@@ -57,6 +57,16 @@ VARIANTS = {
                      materialize_grads=True),
     "fp32_mat": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True,
                      materialize_grads=True),
+    # run 15: the time embedding added behind a barrier (no conv side input); fused GroupNorm
+    "bf16_tb": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True, temb_barrier=True),
+    "fp32_tb": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True, temb_barrier=True),
+    "bf16_fn": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True, fused_norm=True),
+    "bf16_tb_fn": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                       temb_barrier=True, fused_norm=True),
+    "bf16_tb_ts": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                       temb_barrier=True, two_stage_grads=True),
+    "fp32_tb_ts": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True,
+                       temb_barrier=True, two_stage_grads=True),
 }
 OPTIONS = {
     "": None,
@@ -86,6 +96,7 @@ def make_setup(name, batch):
   # The variants keep the meaning they had in runs 2-9 (before these became config defaults).
   config.model.kernel_layout, config.model.fast_dropout = "HWIO", False
   config.optim.materialize_grads = False
+  config.model.temb_barrier = config.model.two_stage_grads = False
   for key, value in VARIANTS[name].items():
     if key in config.optim:
       config.optim[key] = value
@@ -340,6 +351,8 @@ class Runner:
     log(f"forward {spec}: {res['forward_ms']:.2f} ms pipelined, {res['forward_ms_sync']:.2f} ms "
         f"waited for")
     if profile:
+      self.artifacts[f"hlo_fwd_{spec}.txt.gz"] = gzip.compress(
+          fwd.lower(params, x, t_vec).compile().as_text().encode())
       nprof = 5
       tdir = os.path.join("/tmp/probe_traces", "fwd_" + spec.replace("@", "_"))
       jax.profiler.start_trace(tdir, create_perfetto_trace=True)
@@ -350,6 +363,7 @@ class Runner:
       files = glob.glob(os.path.join(tdir, "**", "*.json.gz"), recursive=True)
       if files:
         res["profile"] = summarize_trace(files[0], nprof)
+        self.artifacts[f"trace_fwd_{spec}.json.gz"] = open(files[0], "rb").read()
         for key, v in res["profile"]["threads"].items():
           if "GPU" in key or "python" in key:
             log(f"  {key}: {v['per_step_ms']:.2f} ms/call in {v['count'] // nprof} events"

@@ -74,6 +74,7 @@ class Conv(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = PARAM_DTYPE
   kernel_layout: str = "HWIO"
+  two_stage_bias: bool = False  # the bias gradient in two stages (:func:`add_bias_two_stage`)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -95,8 +96,31 @@ class Conv(nn.Module):
         padding=self.padding, dimension_numbers=("NHWC", layout, "NHWC"))
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      y = y + bias.astype(dtype)
+      y = add_bias_two_stage(y, bias.astype(dtype)) if self.two_stage_bias else (
+          y + bias.astype(dtype))
     return y
+
+
+@jax.custom_jvp
+def add_bias_two_stage(y: Array, bias: Array) -> Array:
+  """``y + bias`` (``y``: ``(B, ..., C)``, ``bias``: ``(C,)``) whose bias gradient is reduced
+  over positions first and over the batch second.
+
+  The forward is the plain add (XLA still folds it into the convolution as its bias). The
+  tangent rule sends the bias tangent through a per-sample factor of ones behind an
+  optimization barrier, so the transposed (reverse-mode) rule sums the output cotangent over
+  positions per sample, then over the batch, and XLA cannot merge the two into one column
+  reduction, which on 4x4 feature maps runs on a handful of thread blocks (NOTES.md run 15).
+  """
+  return y + bias
+
+
+@add_bias_two_stage.defjvp
+def _add_bias_two_stage_jvp(primals, tangents):
+  y, bias = primals
+  ty, tb = tangents
+  ones = jax.lax.optimization_barrier(jnp.ones((y.shape[0],) + (1,) * (y.ndim - 1), tb.dtype))
+  return y + bias, ty + tb * ones
 
 
 def convert_kernel_layout(params, to: str):
@@ -121,12 +145,13 @@ def convert_kernel_layout(params, to: str):
 
 def conv2d(features: int, kernel_size: int = 3, stride: int = 1, init_scale: float = 1.0,
            use_bias: bool = True, dtype: Any = jnp.float32,
-           kernel_layout: str = "HWIO") -> Conv:
+           kernel_layout: str = "HWIO", two_stage_bias: bool = False) -> Conv:
   """A 'SAME' convolution with DDPM initialisation (score_sde's ``ddpm_conv3x3/1x1``)."""
   return Conv(features, kernel_size=(kernel_size, kernel_size), strides=(stride, stride),
               padding="SAME", use_bias=use_bias, kernel_init=default_init(init_scale),
               bias_init=nn.initializers.zeros, dtype=jnp.dtype(dtype),
-              param_dtype=PARAM_DTYPE, kernel_layout=kernel_layout)
+              param_dtype=PARAM_DTYPE, kernel_layout=kernel_layout,
+              two_stage_bias=two_stage_bias)
 
 
 def dense(features: int, init_scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Dense:
@@ -149,14 +174,49 @@ def num_groups(channels: int) -> int:
 GN_EPS = 1e-6
 
 
-def group_norm(x: Array, dtype: Any = jnp.float32) -> Array:
+def group_norm(x: Array, dtype: Any = jnp.float32, two_stage_grads: bool = False) -> Array:
   """GroupNorm over the last axis with :func:`num_groups` groups, computed in float32.
 
-  Must be called inside a compact module. ``x``: ``(..., C)``; returns ``x.shape`` in ``dtype``.
+  Must be called inside a compact module. ``x``: ``(B, ..., C)``; returns ``x.shape`` in
+  ``dtype``. ``two_stage_grads``: the same function and parameters, with the scale and bias
+  gradients reduced over positions first and over the batch second (:func:`_two_stage_gn`).
   """
+  if two_stage_grads:
+    return GroupNorm(dtype=dtype, two_stage=True)(x)
   norm = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=GN_EPS, dtype=jnp.float32,
                       param_dtype=PARAM_DTYPE)
   return norm(x.astype(jnp.float32)).astype(jnp.dtype(dtype))
+
+
+def _two_stage_gn(module: nn.Module, x: Array, dtype: Any) -> Array:
+  """flax's GroupNorm (same statistics and parameters ``scale``/``bias``) whose scale and bias
+  act through per-sample copies, for :func:`group_norm` with ``two_stage_grads``.
+
+  The gradient of a per-channel parameter is a sum over batch and positions. XLA's GPU compiler
+  emits it as one column reduction, often fused with the input gradient; where there are few
+  rows per channel (4x4 and 8x8 feature maps: 2,048 to 8,192 rows for 256 channels) that kernel
+  runs on a handful of thread blocks, at ~100 GB/s (NOTES.md run 15). Here the parameters are
+  multiplied by a per-sample factor of ones hidden behind an optimization barrier, so their
+  gradients are reduced over positions per sample (``B * C`` outputs, well spread) and only then
+  over the batch: XLA cannot merge the two reductions, since it cannot see the factor's values.
+  The forward values are flax's (the factor is exactly 1). ``x``: ``(B, ..., C)``; returns
+  ``x.shape`` in ``dtype``.
+  """
+  c = x.shape[-1]
+  groups = num_groups(c)
+  scale = module.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
+  bias = module.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
+  xf = x.astype(jnp.float32)
+  xg = xf.reshape(x.shape[:-1] + (groups, c // groups))
+  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+  mean = jnp.mean(xg, axes)
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axes) - jnp.square(mean))
+  stat_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
+  mean = jnp.repeat(mean, c // groups, axis=-1).reshape(stat_shape)
+  var = jnp.repeat(var, c // groups, axis=-1).reshape(stat_shape)
+  ones = jax.lax.optimization_barrier(jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32))
+  y = (xf - mean) * (jax.lax.rsqrt(var + GN_EPS) * (scale * ones)) + bias * ones
+  return y.astype(jnp.dtype(dtype))
 
 
 def _gn_channel_stats(xf, groups):
@@ -240,28 +300,36 @@ class GroupNorm(nn.Module):
   Same parameters (``scale``, ``bias``; the auto-name ``GroupNorm_<i>`` of ``nn.GroupNorm``) and
   the same function as :func:`group_norm` followed by the activation; statistics, scale, shift
   and swish run in float32 inside one fusion and only ``x`` and the per-group statistics are kept
-  for the backward pass. Returns ``dtype``.
+  for the backward pass. Returns ``dtype``. ``two_stage``: instead, flax's GroupNorm (no
+  activation) with two-stage parameter gradients (:func:`_two_stage_gn`).
   """
   swish: bool = False
   dtype: Any = jnp.float32
+  two_stage: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    if self.two_stage:
+      if self.swish:
+        raise ValueError("GroupNorm(two_stage=True) applies no activation; got swish=True")
+      return _two_stage_gn(self, x, self.dtype)
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
     bias = self.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
     return _fused_gn_act(x, scale, bias, num_groups(c), self.swish, jnp.dtype(self.dtype).name)
 
 
-def norm_act(x: Array, dtype: Any, act: Optional[str], fused: bool = False) -> Array:
+def norm_act(x: Array, dtype: Any, act: Optional[str], fused: bool = False,
+             two_stage_grads: bool = False) -> Array:
   """``act(group_norm(x))`` (``act`` a name or None); with ``fused`` one custom-gradient op.
 
-  The fused form is used for swish (and no activation); other activations take the plain path.
+  The fused form is used for swish (and no activation); other activations take the plain path,
+  with ``two_stage_grads`` as in :func:`group_norm`.
   """
   key = None if act is None else str(act).lower()
   if fused and key in (None, "swish", "silu"):
     return GroupNorm(swish=key is not None, dtype=dtype)(x)
-  h = group_norm(x, dtype)
+  h = group_norm(x, dtype, two_stage_grads)
   return h if key is None else get_activation(key)(h)
 
 
@@ -308,6 +376,20 @@ def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
     return nn.Dropout(rate)(x, deterministic=False)
   keep, scale = dropout_keep_mask(module.make_rng("dropout"), x.shape, rate)
   return jax.lax.select(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
+
+
+def add_temb(h: Array, temb_proj: Array, barrier: bool = False) -> Array:
+  """``h + temb_proj[:, None, None, :]``: a convolution's output plus the time-embedding projection.
+
+  ``barrier``: the sum is taken behind an optimization barrier on ``h``. Without it XLA's GPU
+  compiler folds the addition into the preceding cuDNN convolution as a *side input*, which needs
+  the broadcast written out as a full ``(B, H, W, C)`` tensor and read back by the convolution
+  (NOTES.md run 15); behind the barrier the broadcast stays inside the consumers' fusions. The
+  same values either way (``h`` is materialized by the convolution anyway).
+  """
+  if barrier:
+    h = jax.lax.optimization_barrier(h)
+  return h + temb_proj[:, None, None, :]
 
 
 class NIN(nn.Module):
@@ -510,12 +592,14 @@ class AttnBlock(nn.Module):
   init_scale: float = 0.0
   dtype: Any = jnp.float32
   fused_norm: bool = False
+  two_stage_grads: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dtype = jnp.dtype(self.dtype)
     b, height, width, c = x.shape
-    h = norm_act(x, dtype, None, self.fused_norm).reshape(b, height * width, c)
+    h = norm_act(x, dtype, None, self.fused_norm,
+                 self.two_stage_grads).reshape(b, height * width, c)
     q = NIN(c, dtype=dtype)(h)
     k = NIN(c, dtype=dtype)(h)
     v = NIN(c, dtype=dtype)(h)
@@ -543,6 +627,8 @@ class ResnetBlockDDPM(nn.Module):
   kernel_layout: str = "HWIO"
   fused_norm: bool = False
   fast_dropout: bool = False
+  temb_barrier: bool = False
+  two_stage_grads: bool = False
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
@@ -551,17 +637,20 @@ class ResnetBlockDDPM(nn.Module):
     x = x.astype(dtype)
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = norm_act(x, dtype, self.act, self.fused_norm)
-    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(h)
+    h = norm_act(x, dtype, self.act, self.fused_norm, self.two_stage_grads)
+    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout,
+               two_stage_bias=self.two_stage_grads)(h)
     if temb is not None:
-      h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
-    h = norm_act(h, dtype, self.act, self.fused_norm)
+      h = add_temb(h, dense(out_ch, dtype=dtype)(act(temb)), self.temb_barrier)
+    h = norm_act(h, dtype, self.act, self.fused_norm, self.two_stage_grads)
     h = dropout(self, h, self.dropout, not train, self.fast_dropout)
     h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype,
-               kernel_layout=self.kernel_layout)(h)
+               kernel_layout=self.kernel_layout,
+               two_stage_bias=self.two_stage_grads)(h)
     if channels != out_ch:
       if self.conv_shortcut:
-        x = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(x)
+        x = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout,
+                   two_stage_bias=self.two_stage_grads)(x)
       else:
         x = NIN(out_ch, dtype=dtype)(x)
     out = x + h
@@ -587,6 +676,8 @@ class ResnetBlockBigGAN(nn.Module):
   kernel_layout: str = "HWIO"
   fused_norm: bool = False
   fast_dropout: bool = False
+  temb_barrier: bool = False
+  two_stage_grads: bool = False
 
   @nn.compact
   def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = False) -> Array:
@@ -595,7 +686,7 @@ class ResnetBlockBigGAN(nn.Module):
     x = x.astype(dtype)
     channels = x.shape[-1]
     out_ch = self.out_ch or channels
-    h = norm_act(x, dtype, self.act, self.fused_norm)
+    h = norm_act(x, dtype, self.act, self.fused_norm, self.two_stage_grads)
     if self.up:
       resample = (functools.partial(upsample_2d, fir_kernel=self.fir_kernel) if self.fir
                   else naive_upsample_2d)
@@ -606,15 +697,18 @@ class ResnetBlockBigGAN(nn.Module):
       resample = None
     if resample is not None:
       h, x = resample(h), resample(x)
-    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout)(h)
+    h = conv2d(out_ch, self.conv_size, dtype=dtype, kernel_layout=self.kernel_layout,
+               two_stage_bias=self.two_stage_grads)(h)
     if temb is not None:
-      h = h + dense(out_ch, dtype=dtype)(act(temb))[:, None, None, :]
-    h = norm_act(h, dtype, self.act, self.fused_norm)
+      h = add_temb(h, dense(out_ch, dtype=dtype)(act(temb)), self.temb_barrier)
+    h = norm_act(h, dtype, self.act, self.fused_norm, self.two_stage_grads)
     h = dropout(self, h, self.dropout, not train, self.fast_dropout)
     h = conv2d(out_ch, self.conv_size, init_scale=self.init_scale, dtype=dtype,
-               kernel_layout=self.kernel_layout)(h)
+               kernel_layout=self.kernel_layout,
+               two_stage_bias=self.two_stage_grads)(h)
     if channels != out_ch or resample is not None:
-      x = conv2d(out_ch, 1, dtype=dtype, kernel_layout=self.kernel_layout)(x)
+      x = conv2d(out_ch, 1, dtype=dtype, kernel_layout=self.kernel_layout,
+                 two_stage_bias=self.two_stage_grads)(x)
     out = x + h
     return out / SQRT2 if self.skip_rescale else out
 

@@ -61,6 +61,8 @@ class NCSNpp(nn.Module):
   fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
   fast_dropout: bool = False  # dropout masks from 16-bit fields of threefry words
   kernel_layout: str = "HWIO"  # convolution kernels stored HWIO (flax) or OHWI (cuDNN's NHWC)
+  temb_barrier: bool = False  # time embedding added behind a barrier, not as a conv side input
+  two_stage_grads: bool = False  # GroupNorm, block conv-bias gradients: positions, then batch
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
@@ -90,9 +92,11 @@ class NCSNpp(nn.Module):
                              kernel_layout=self.kernel_layout)
     attn = functools.partial(layers.AttnBlock, init_scale=self.init_scale,
                              skip_rescale=self.skip_rescale, dtype=dtype,
-                             fused_norm=self.fused_norm)
+                             fused_norm=self.fused_norm,
+                             two_stage_grads=self.two_stage_grads)
     perf = dict(fused_norm=self.fused_norm, fast_dropout=self.fast_dropout,
-                kernel_layout=self.kernel_layout)
+                kernel_layout=self.kernel_layout, temb_barrier=self.temb_barrier,
+                two_stage_grads=self.two_stage_grads)
     if resblock_type == "ddpm":
       block_cls = functools.partial(
           layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
@@ -106,7 +110,8 @@ class NCSNpp(nn.Module):
           **perf)
     resample = dict(fir=self.fir, fir_kernel=fir_kernel, conv_size=cs, dtype=dtype,
                     kernel_layout=self.kernel_layout)
-    norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, self.fused_norm)
+    norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, self.fused_norm,
+                                         self.two_stage_grads)
 
     def block(h, out_ch=None, **kwargs):
       return block_cls(out_ch=out_ch, **kwargs)(h, temb, train)
