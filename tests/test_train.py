@@ -266,12 +266,14 @@ def test_flat_carry_step_equals_tree_step():
 def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default
   it is refused naming `model.kernel_layout`; with `kernel_layout=HWIO` it is compatible.
-  Speed-only fields (fast_dropout, fused_norm) never make a workdir incompatible; remat renames
-  the blocks' parameters, so it does."""
+  Speed-only fields (fast_dropout, fused_norm, temb_barrier, two_stage_grads; the last two absent
+  from workdirs written before run 15) never make a workdir incompatible; remat renames the
+  blocks' parameters, so it does."""
   config = base.get_base_config()
   config.model.name = "ncsnpp"
   old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
   del old["model"]["kernel_layout"]
+  del old["model"]["temb_barrier"], old["model"]["two_stage_grads"]
   old["model"]["fast_dropout"] = not config.model.fast_dropout
   (tmp_path / "config.json").write_text(json.dumps({"fingerprint": old}))
   config.model.kernel_layout = "OHWI"
@@ -280,6 +282,9 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   config.model.kernel_layout = "HWIO"
   train.check_workdir_compatible(str(tmp_path), config)
   config.model.fused_norm = not config.model.fused_norm
+  train.check_workdir_compatible(str(tmp_path), config)
+  config.model.temb_barrier = not config.model.temb_barrier
+  config.model.two_stage_grads = not config.model.two_stage_grads
   train.check_workdir_compatible(str(tmp_path), config)
   config.model.remat = not config.model.remat
   with pytest.raises(train.CheckpointError, match="model.remat"):
