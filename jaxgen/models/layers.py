@@ -101,26 +101,38 @@ class Conv(nn.Module):
     return y
 
 
-@jax.custom_jvp
-def add_bias_two_stage(y: Array, bias: Array) -> Array:
-  """``y + bias`` (``y``: ``(B, ..., C)``, ``bias``: ``(C,)``) whose bias gradient is reduced
-  over positions first and over the batch second.
+def per_sample(p: Array, like: Array) -> Array:
+  """A per-channel parameter ``p`` ``(C,)`` broadcast to ``(B, 1, ..., 1, C)`` for ``like``
+  ``(B, ..., C)``, whose gradient is reduced over positions first and over the batch second.
 
-  The forward is the plain add (XLA still folds it into the convolution as its bias). The
-  tangent rule sends the bias tangent through a per-sample factor of ones behind an
-  optimization barrier, so the transposed (reverse-mode) rule sums the output cotangent over
-  positions per sample, then over the batch, and XLA cannot merge the two into one column
-  reduction, which on 4x4 feature maps runs on a handful of thread blocks (NOTES.md run 15).
+  The value is ``p`` broadcast. Only the tangent rule differs: it sends ``p``'s tangent through a
+  per-sample factor of ones behind an optimization barrier, so the reverse-mode rule sums a
+  cotangent over positions per sample (``B * C`` outputs, well spread over the GPU) and only
+  then over the batch. XLA cannot merge the two reductions into one column reduction, which on
+  4x4 and 8x8 feature maps runs on a handful of thread blocks (NOTES.md run 15). Where ``p`` is
+  not differentiated (sampling, the likelihood's ``jvp`` in ``x``) the rule is never traced, so
+  inference carries no barrier and no extra term.
   """
-  return y + bias
+  return _per_sample(p, like.shape[0], like.ndim)
 
 
-@add_bias_two_stage.defjvp
-def _add_bias_two_stage_jvp(primals, tangents):
-  y, bias = primals
-  ty, tb = tangents
-  ones = jax.lax.optimization_barrier(jnp.ones((y.shape[0],) + (1,) * (y.ndim - 1), tb.dtype))
-  return y + bias, ty + tb * ones
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _per_sample(p: Array, batch: int, ndim: int) -> Array:
+  return jnp.broadcast_to(p, (batch,) + (1,) * (ndim - 2) + p.shape)
+
+
+@_per_sample.defjvp
+def _per_sample_jvp(batch, ndim, primals, tangents):
+  (p,), (tp,) = primals, tangents
+  ones = jax.lax.optimization_barrier(jnp.ones((batch,) + (1,) * (ndim - 1), tp.dtype))
+  return _per_sample(p, batch, ndim), tp * ones
+
+
+def add_bias_two_stage(y: Array, bias: Array) -> Array:
+  """``y + bias`` (``y``: ``(B, ..., C)``, ``bias``: ``(C,)``) with the bias gradient reduced
+  over positions first and over the batch second (:func:`per_sample`). The forward is the plain
+  add, which XLA still folds into a preceding convolution as its bias."""
+  return y + per_sample(bias, y)
 
 
 def convert_kernel_layout(params, to: str):
@@ -195,12 +207,10 @@ def _two_stage_gn(module: nn.Module, x: Array, dtype: Any) -> Array:
   The gradient of a per-channel parameter is a sum over batch and positions. XLA's GPU compiler
   emits it as one column reduction, often fused with the input gradient; where there are few
   rows per channel (4x4 and 8x8 feature maps: 2,048 to 8,192 rows for 256 channels) that kernel
-  runs on a handful of thread blocks, at ~100 GB/s (NOTES.md run 15). Here the parameters are
-  multiplied by a per-sample factor of ones hidden behind an optimization barrier, so their
-  gradients are reduced over positions per sample (``B * C`` outputs, well spread) and only then
-  over the batch: XLA cannot merge the two reductions, since it cannot see the factor's values.
-  The forward values are flax's (the factor is exactly 1). ``x``: ``(B, ..., C)``; returns
-  ``x.shape`` in ``dtype``.
+  runs on a handful of thread blocks, at ~100 GB/s (NOTES.md run 15). Here the parameters act
+  through :func:`per_sample`, so their gradients are reduced over positions per sample and only
+  then over the batch. The statistics are written as flax writes them, so the forward values are
+  flax's bit for bit. ``x``: ``(B, ..., C)``; returns ``x.shape`` in ``dtype``.
   """
   c = x.shape[-1]
   groups = num_groups(c)
@@ -214,8 +224,7 @@ def _two_stage_gn(module: nn.Module, x: Array, dtype: Any) -> Array:
   stat_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
   mean = jnp.repeat(mean, c // groups, axis=-1).reshape(stat_shape)
   var = jnp.repeat(var, c // groups, axis=-1).reshape(stat_shape)
-  ones = jax.lax.optimization_barrier(jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32))
-  y = (xf - mean) * (jax.lax.rsqrt(var + GN_EPS) * (scale * ones)) + bias * ones
+  y = (xf - mean) * (jax.lax.rsqrt(var + GN_EPS) * per_sample(scale, x)) + per_sample(bias, x)
   return y.astype(jnp.dtype(dtype))
 
 
