@@ -242,7 +242,8 @@ class Bench:
   def sample(self, name, res, steps=51):
     """ms per network evaluation inside ``solvers.ddim_sample`` (one jitted loop): the time of a
     ``steps``-evaluation run minus a 1-evaluation run, over ``steps - 1``; with the float32
-    parameters, and with parameters cast to the compute dtype once before sampling."""
+    parameters, with every parameter cast to the compute dtype once before sampling, and with
+    ``Setup.inference_params`` (kernels cast, as the library's samplers do)."""
     dtype, precision = MODES[name]
     with jax.default_matmul_precision(precision):
       setup = make_setup(dtype, self.batch)
@@ -250,6 +251,8 @@ class Bench:
       variants = {"": params}
       if dtype != "float32":
         variants["_params_cast"] = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+        # as jaxgen's samplers run it (evaluate.make_sample_fn): kernels cast, vectors float32
+        variants["_inference_params"] = setup.inference_params(params)
       for suffix, p in variants.items():
         times = {}
         for n in (1, steps):
