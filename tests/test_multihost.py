@@ -202,7 +202,9 @@ def test_two_processes_train_checkpoint_resume_equal_one_process(tmp_path, data_
 def test_local_multiprocess_script(tmp_path):
   """launch/local_multiprocess.sh 2 trains a tiny config through jaxgen.main and checkpoints."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs"), TIMEOUT="300")
+  # PYTHON: the interpreter running the tests, also when its environment is not activated.
+  env = dict(os.environ, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs"), TIMEOUT="300",
+             PYTHON=sys.executable)
   env.pop("XLA_FLAGS", None)
   workdir = tmp_path / "run"
   result = subprocess.run(
