@@ -614,59 +614,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   losses_since = []
   step = start
   stopped_early = False
-  with _Preemption() as preemption:
-    while step < n_iters:
-      batch = train_ds.get_batch(step, local_batch)
-      batch = parallel.host_local_to_global(batch, mesh)
-      carry, metrics = train_step(carry, batch)
-      step += 1
-      losses_since.append(metrics["loss"])
-      at_log = step % training.log_every == 0 or step == n_iters
-      at_save = step % training.preemption_every == 0 or step == n_iters
-      if at_log or at_save:
-        bad = int(carry.bad_step)
-        if bad >= 0 and training.nonfinite == "error":
-          manager.wait_until_finished()
-          raise NonFiniteLossError(
-              f"non-finite loss at step {bad} (config.training.nonfinite='error'); its update was "
-              f"dropped and the last good checkpoint "
-              f"({manager.latest_step()}) in {manager.directory} is kept")
-      if at_log:
-        now = time.time()
-        loss_mean = float(jnp.mean(jnp.stack(losses_since)))
-        losses_since = []
-        rate = (step - step_last) * config.training.batch_size / max(now - t_last, 1e-9)
-        eta = (n_iters - step) * (now - t_last) / max(step - step_last, 1)
-        log(f"step {step:>7d}/{n_iters}  loss {loss_mean:.4f}  {rate:,.0f} img/s  "
-            f"ETA {_fmt_seconds(eta)}")
-        writer.write(step, {"train/loss": loss_mean, "train/images_per_second": rate,
-                            "train/grad_norm": float(metrics["grad_norm"])})
-        t_last, step_last = now, step
-        summary["train_loss"] = loss_mean
-      tree = None
-      if at_save:
-        tree = as_tree(carry)
-        save_checkpoint(manager, tree, step)
-      if evaluate_fn is not None and training.eval_every and (
-          step % training.eval_every == 0 or step == n_iters):
-        tree = as_tree(carry) if tree is None else tree
-        results = evaluate_fn(setup, tree, step, workdir, mesh)
-        writer.write(step, {f"eval/{k}": v for k, v in results.items()
-                            if isinstance(v, (int, float))})
-        summary.update(results)
-      too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
-      # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.
-      check_now = jax.process_count() == 1 or at_log
-      if check_now and _sync_flag(preemption.requested or bool(too_long)):
-        log(f"stopping at step {step} ({'preemption signal' if preemption.requested else 'time limit'}); "
-            "saving a checkpoint")
-        save_checkpoint(manager, as_tree(carry), step, force=True)
-        stopped_early = True
-        break
-      del tree
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
+  # The checkpoint manager (its async threads) and the metric writer are closed on every exit,
+  # a raised NonFiniteLossError or an interrupt included.
+  try:
+    with _Preemption() as preemption:
+      while step < n_iters:
+        batch = train_ds.get_batch(step, local_batch)
+        batch = parallel.host_local_to_global(batch, mesh)
+        carry, metrics = train_step(carry, batch)
+        step += 1
+        losses_since.append(metrics["loss"])
+        at_log = step % training.log_every == 0 or step == n_iters
+        at_save = step % training.preemption_every == 0 or step == n_iters
+        if at_log or at_save:
+          bad = int(carry.bad_step)
+          if bad >= 0 and training.nonfinite == "error":
+            manager.wait_until_finished()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {bad} (config.training.nonfinite='error'); its update "
+                f"was dropped and the last good checkpoint "
+                f"({manager.latest_step()}) in {manager.directory} is kept")
+        if at_log:
+          now = time.time()
+          loss_mean = float(jnp.mean(jnp.stack(losses_since)))
+          losses_since = []
+          rate = (step - step_last) * config.training.batch_size / max(now - t_last, 1e-9)
+          eta = (n_iters - step) * (now - t_last) / max(step - step_last, 1)
+          log(f"step {step:>7d}/{n_iters}  loss {loss_mean:.4f}  {rate:,.0f} img/s  "
+              f"ETA {_fmt_seconds(eta)}")
+          writer.write(step, {"train/loss": loss_mean, "train/images_per_second": rate,
+                              "train/grad_norm": float(metrics["grad_norm"])})
+          t_last, step_last = now, step
+          summary["train_loss"] = loss_mean
+        tree = None
+        if at_save:
+          tree = as_tree(carry)
+          save_checkpoint(manager, tree, step)
+        if evaluate_fn is not None and training.eval_every and (
+            step % training.eval_every == 0 or step == n_iters):
+          tree = as_tree(carry) if tree is None else tree
+          results = evaluate_fn(setup, tree, step, workdir, mesh)
+          writer.write(step, {f"eval/{k}": v for k, v in results.items()
+                              if isinstance(v, (int, float))})
+          summary.update(results)
+        too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
+        # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.
+        check_now = jax.process_count() == 1 or at_log
+        if check_now and _sync_flag(preemption.requested or bool(too_long)):
+          why = "preemption signal" if preemption.requested else "time limit"
+          log(f"stopping at step {step} ({why}); saving a checkpoint")
+          save_checkpoint(manager, as_tree(carry), step, force=True)
+          stopped_early = True
+          break
+        del tree
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+    writer.close()
   state = as_tree(carry)
   summary.update({"final_step": int(state.step), "stopped_early": stopped_early,
                   "wall_seconds": time.time() - t_start})

@@ -50,17 +50,28 @@ def test_resume_is_bit_identical(tmp_path):
   assert os.path.isdir(tmp_path / "split" / "tensorboard")
 
 
-def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = tiny_config(6)
   train.train_and_evaluate(config, str(tmp_path))        # good checkpoint at step 6
   config = tiny_config(12)
   config.optim.lr = float("nan")                        # every update from step 6 on is non-finite
   config.optim.warmup = 0
+  closed = []
+  make = train.make_checkpoint_manager
+
+  def spy(workdir, cfg):  # records whether the run closes its checkpoint manager
+    manager = make(workdir, cfg)
+    close = manager.close
+    manager.close = lambda: (closed.append(True), close())[1]
+    return manager
+
+  monkeypatch.setattr(train, "make_checkpoint_manager", spy)
   # lr does not enter the fingerprint, so the run resumes and then fails on its first step.
   with pytest.raises(train.NonFiniteLossError, match="step 6"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert steps[-1] == 6
+  assert closed == [True]   # the manager's async threads do not outlive the failed run
 
 
 def test_nonfinite_loss_skip_mode_keeps_params_finite(tmp_path):
