@@ -578,45 +578,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   manager = make_checkpoint_manager(workdir, config)
-  if manager.latest_step() is not None:
-    state, meta = restore_checkpoint(manager, abstract)
-    log(f"resumed from {manager.directory} at step {int(state.step)}")
-  else:
-    state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
-    meta = {}
-  write_config(workdir, config)
-
-  shardings = dict(in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=(repl, repl),
-                   donate_argnums=(0,),
-                   compiler_options=train_compiler_options(config))
-  if setup.flat_update:
-    # The loop carries parameters and EMA as flat vectors; trees are made only to save and
-    # evaluate (checkpoints keep the tree layout).
-    train_step = parallel.jit(setup.make_flat_train_step(), **shardings)
-    as_tree = jax.jit(setup.from_flat_state, out_shardings=repl)
-    carry = jax.jit(setup.to_flat_state, out_shardings=repl)(state)
-  else:
-    train_step = parallel.jit(setup.make_train_step(), **shardings)
-    as_tree = lambda c: c
-    carry = state
-  n_params = models.count_params(state.params)
-  del state
-  writer = MetricWriter(workdir)
-  training = config.training
-  n_iters = int(training.n_iters)
-  start = int(carry.step)
-  log(f"training {config.model.name} ({n_params:,} parameters) on "
-      f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
-
-  summary: Dict[str, Any] = {"start_step": start}
-  t_start = time.time()
-  t_last, step_last = time.time(), start
-  losses_since = []
-  step = start
-  stopped_early = False
-  # The checkpoint manager (its async threads) and the metric writer are closed on every exit,
-  # a raised NonFiniteLossError or an interrupt included.
+  writer = None
+  # The checkpoint manager (its async threads) and the metric writer are closed on every exit:
+  # a failed restore, a raised NonFiniteLossError or an interrupt included.
   try:
+    if manager.latest_step() is not None:
+      state, meta = restore_checkpoint(manager, abstract)
+      log(f"resumed from {manager.directory} at step {int(state.step)}")
+    else:
+      state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+      meta = {}
+    write_config(workdir, config)
+
+    shardings = dict(in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=(repl, repl),
+                     donate_argnums=(0,),
+                     compiler_options=train_compiler_options(config))
+    if setup.flat_update:
+      # The loop carries parameters and EMA as flat vectors; trees are made only to save and
+      # evaluate (checkpoints keep the tree layout).
+      train_step = parallel.jit(setup.make_flat_train_step(), **shardings)
+      as_tree = jax.jit(setup.from_flat_state, out_shardings=repl)
+      carry = jax.jit(setup.to_flat_state, out_shardings=repl)(state)
+    else:
+      train_step = parallel.jit(setup.make_train_step(), **shardings)
+      as_tree = lambda c: c
+      carry = state
+    n_params = models.count_params(state.params)
+    del state
+    writer = MetricWriter(workdir)
+    training = config.training
+    n_iters = int(training.n_iters)
+    start = int(carry.step)
+    log(f"training {config.model.name} ({n_params:,} parameters) on "
+        f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
+
+    summary: Dict[str, Any] = {"start_step": start}
+    t_start = time.time()
+    t_last, step_last = time.time(), start
+    losses_since = []
+    step = start
+    stopped_early = False
     with _Preemption() as preemption:
       while step < n_iters:
         batch = train_ds.get_batch(step, local_batch)
@@ -670,7 +671,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     manager.wait_until_finished()
   finally:
     manager.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
   state = as_tree(carry)
   summary.update({"final_step": int(state.step), "stopped_early": stopped_early,
                   "wall_seconds": time.time() - t_start})
@@ -697,12 +699,14 @@ def load_state(config, workdir: str, mesh=None, step: Optional[int] = None) -> T
     raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
   manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
       create=False, read_only=True), item_names=("state", "meta"))
-  if manager.latest_step() is None:
-    raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
-  repl = parallel.replicated(mesh)
-  abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
-  abstract = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
-  state, _ = restore_checkpoint(manager, abstract, step)
-  manager.close()
+  try:  # closed on the error paths too, as in train_and_evaluate
+    if manager.latest_step() is None:
+      raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
+    repl = parallel.replicated(mesh)
+    abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+    state, _ = restore_checkpoint(manager, abstract, step)
+  finally:
+    manager.close()
   return setup, state
