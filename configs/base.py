@@ -117,6 +117,7 @@ def get_base_config():
   model.remat = False
   # Performance options (same parameters and function; see experiments/bench/NOTES.md):
   model.fused_norm = False             # GroupNorm+swish with a hand-written backward pass
+  model.pallas_norm = False            # GroupNorm+swish forward as one Pallas kernel (run 17)
   # 4x fewer threefry evaluations for dropout masks, and conv kernels stored the way cuDNN's NHWC
   # kernels read them (no transpose per call): faster on GPUs, the same network function
   # (NOTES.md run 10). kernel_layout="HWIO" gives flax's / score_sde's kernel layout.

@@ -377,7 +377,7 @@ def _config_fingerprint(config) -> Dict[str, Any]:
 
 # Model fields that change speed only, never the parameters a checkpoint holds (``remat`` is not
 # one: flax names the rematerialized blocks differently).
-_PERF_ONLY_MODEL_FIELDS = ("fused_norm", "fast_dropout", "temb_barrier",
+_PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_barrier",
                            "two_stage_grads")
 # Model fields added after checkpoints were written, with what those checkpoints hold.
 _MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}

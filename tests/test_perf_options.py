@@ -353,3 +353,71 @@ def test_two_stage_grads_leave_inference_untouched():
   assert barriers(apply, params, x) == 0
   assert barriers(lambda y: jax.jvp(lambda z: apply(params, z), (y,), (y,))[1], x) == 0
   assert barriers(jax.grad(lambda p: jnp.sum(apply(p, x))), params) > 0
+
+
+# --- model.pallas_norm: GroupNorm+swish forward as one Pallas kernel (interpreted on the CPU) ---
+
+def _flax_gn_swish(x, scale, bias, groups, swish=True):
+  y = nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply(
+      {"params": {"scale": scale, "bias": bias}}, x.astype(jnp.float32))
+  return y * jax.nn.sigmoid(y) if swish else y
+
+
+@pytest.mark.parametrize("groups,dtype", [(16, "float32"), (8, "bfloat16"), (32, "float32")])
+def test_pallas_gn_act_matches_flax_values_jvp_and_grad(groups, dtype):
+  from jaxgen.models import pallas_norm
+  c = 64
+  keys = jax.random.split(jax.random.PRNGKey(7), 4)
+  # Unequal channel means and scales, so that a wrong grouping or block offset shows.
+  x = (jax.random.normal(keys[0], (2, 8, 8, c)) * jnp.linspace(0.5, 3.0, c)
+       + jnp.linspace(-2.0, 2.0, c)).astype(dtype)
+  scale = 1.0 + 0.3 * jax.random.normal(keys[1], (c,))
+  bias = 0.3 * jax.random.normal(keys[2], (c,))
+  # 2 channel blocks of 32 and 4 row blocks of 16 positions: every loop and offset is used.
+  f = lambda x, s, b: pallas_norm.gn_act(x, s, b, groups, True, "float32", channel_block=32,
+                                         row_block=16)
+  assert pallas_norm.pallas_supported(x.shape, groups, 32, 16)
+  assert "pallas_call" in str(jax.make_jaxpr(f)(x, scale, bias))
+  y = f(x, scale, bias)
+  ref = _flax_gn_swish(x, scale, bias, groups)
+  assert _rel(ref, y) < 1e-5
+  # Derivatives (XLA's formula through the custom JVP rule): forward and reverse mode.
+  t = jax.random.normal(keys[3], x.shape).astype(dtype)
+  _, dy = jax.jvp(lambda x: f(x, scale, bias), (x,), (t,))
+  _, dref = jax.jvp(lambda x: _flax_gn_swish(x, scale, bias, groups), (x,), (t,))
+  assert _rel(dref, dy) < 1e-5
+  w = jax.random.normal(keys[3], y.shape)
+  g = jax.grad(lambda x, s, b: jnp.sum(f(x, s, b) * w), argnums=(0, 1, 2))(x, scale, bias)
+  gref = jax.grad(lambda x, s, b: jnp.sum(_flax_gn_swish(x, s, b, groups) * w),
+                  argnums=(0, 1, 2))(x, scale, bias)
+  for a, b in zip(gref, g):
+    assert _rel(a, b) < (1e-2 if dtype == "bfloat16" else 1e-5)
+
+
+def test_pallas_gn_act_unsupported_shapes_fall_back_to_xla():
+  from jaxgen.models import pallas_norm
+  x = jax.random.normal(jax.random.PRNGKey(8), (2, 6, 6, 12))  # 12 channels: no power-of-2 block
+  assert not pallas_norm.pallas_supported(x.shape, 3)
+  f = lambda x: pallas_norm.gn_act(x, jnp.ones(12), jnp.zeros(12), 3)
+  assert "pallas_call" not in str(jax.make_jaxpr(f)(x))
+  assert _rel(_flax_gn_swish(x, jnp.ones(12), jnp.zeros(12), 3), f(x)) < 1e-6
+
+
+def test_ddpmpp_pallas_norm_same_parameters_function_and_divergence():
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 8, 8, 3))
+  cond = jnp.array([0.3, 0.9])
+  plain, fast = _tiny(dropout=0.0), _tiny(dropout=0.0, pallas_norm=True)
+  shapes = models.abstract_params(plain, x.shape, cond.shape)
+  assert (jax.tree_util.tree_structure(shapes)
+          == jax.tree_util.tree_structure(models.abstract_params(fast, x.shape, cond.shape)))
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  f = lambda m: (lambda x: m.apply({"params": params}, x, cond))
+  assert "pallas_call" in str(jax.make_jaxpr(f(fast))(x))
+  # Values, and the jvp that the likelihood's divergence takes of the network.
+  v = jax.random.rademacher(jax.random.PRNGKey(5), x.shape, jnp.float32)
+  jvp = lambda m: jax.jit(lambda x, v: jax.jvp(f(m), (x,), (v,)))(x, v)
+  (y_plain, dy_plain), (y_fast, dy_fast) = jvp(plain), jvp(fast)
+  assert _rel(y_plain, y_fast) < 1e-5
+  assert _rel(dy_plain, dy_fast) < 1e-5

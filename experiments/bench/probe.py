@@ -67,6 +67,11 @@ VARIANTS = {
                        temb_barrier=True, two_stage_grads=True),
     "fp32_tb_ts": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True,
                        temb_barrier=True, two_stage_grads=True),
+    # run 17: GroupNorm+swish forward as one Pallas kernel; the forward without the barrier
+    "bf16_tb_ts_pn": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                          temb_barrier=True, two_stage_grads=True, pallas_norm=True),
+    "bf16_ts": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                    temb_barrier=False, two_stage_grads=True),
 }
 OPTIONS = {
     "": None,

@@ -315,6 +315,7 @@ class GroupNorm(nn.Module):
   swish: bool = False
   dtype: Any = jnp.float32
   two_stage: bool = False
+  pallas: bool = False  # forward values from one Pallas kernel (models.pallas_norm)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -325,6 +326,10 @@ class GroupNorm(nn.Module):
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
     bias = self.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
+    if self.pallas:
+      from jaxgen.models import pallas_norm  # pylint: disable=import-outside-toplevel
+      return pallas_norm.gn_act(x, scale, bias, num_groups(c), self.swish,
+                                jnp.dtype(self.dtype).name)
     return _fused_gn_act(x, scale, bias, num_groups(c), self.swish, jnp.dtype(self.dtype).name)
 
 
@@ -333,11 +338,12 @@ def norm_act(x: Array, dtype: Any, act: Optional[str], fused: bool = False,
   """``act(group_norm(x))`` (``act`` a name or None); with ``fused`` one custom-gradient op.
 
   The fused form is used for swish (and no activation); other activations take the plain path,
-  with ``two_stage_grads`` as in :func:`group_norm`.
+  with ``two_stage_grads`` as in :func:`group_norm`. ``fused="pallas"``: the forward values
+  from one Pallas kernel (:mod:`jaxgen.models.pallas_norm`), derivatives from XLA.
   """
   key = None if act is None else str(act).lower()
   if fused and key in (None, "swish", "silu"):
-    return GroupNorm(swish=key is not None, dtype=dtype)(x)
+    return GroupNorm(swish=key is not None, dtype=dtype, pallas=fused == "pallas")(x)
   h = group_norm(x, dtype, two_stage_grads)
   return h if key is None else get_activation(key)(h)
 

@@ -59,6 +59,7 @@ class NCSNpp(nn.Module):
   # Performance-only options (the same function; kernel_layout stores the same kernels transposed,
   # models.layers.convert_kernel_layout converts checkpoints):
   fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
+  pallas_norm: bool = False   # GroupNorm+swish forward as one Pallas kernel (models.pallas_norm)
   fast_dropout: bool = False  # dropout masks from 16-bit fields of threefry words
   kernel_layout: str = "HWIO"  # convolution kernels stored HWIO (flax) or OHWI (cuDNN's NHWC)
   temb_barrier: bool = False  # time embedding added behind a barrier, not as a conv side input
@@ -88,13 +89,14 @@ class NCSNpp(nn.Module):
 
     nf, num_resolutions = self.nf, len(self.ch_mult)
     cs, fir_kernel = self.conv_size, tuple(self.fir_kernel)
+    norm_kind = "pallas" if self.pallas_norm else self.fused_norm
     conv = functools.partial(layers.conv2d, kernel_size=cs, dtype=dtype,
                              kernel_layout=self.kernel_layout)
     attn = functools.partial(layers.AttnBlock, init_scale=self.init_scale,
                              skip_rescale=self.skip_rescale, dtype=dtype,
-                             fused_norm=self.fused_norm,
+                             fused_norm=norm_kind,
                              two_stage_grads=self.two_stage_grads)
-    perf = dict(fused_norm=self.fused_norm, fast_dropout=self.fast_dropout,
+    perf = dict(fused_norm=norm_kind, fast_dropout=self.fast_dropout,
                 kernel_layout=self.kernel_layout, temb_barrier=self.temb_barrier,
                 two_stage_grads=self.two_stage_grads)
     if resblock_type == "ddpm":
@@ -110,7 +112,7 @@ class NCSNpp(nn.Module):
           **perf)
     resample = dict(fir=self.fir, fir_kernel=fir_kernel, conv_size=cs, dtype=dtype,
                     kernel_layout=self.kernel_layout)
-    norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, self.fused_norm,
+    norm_act = lambda h: layers.norm_act(h, dtype, self.nonlinearity, norm_kind,
                                          self.two_stage_grads)
 
     def block(h, out_ch=None, **kwargs):
