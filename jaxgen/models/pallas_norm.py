@@ -21,6 +21,11 @@ is why the option is kept, off by default.
 group, and a position count divisible by the row block; otherwise :func:`pallas_supported`
 is False and callers use the XLA path. On the CPU the kernel runs in Pallas's interpreter
 (``interpret=True``), which is what the tests check.
+
+Sharding (not tested here): XLA's partitioner has no rule for a Pallas kernel, so under ``jit``
+with batch-sharded inputs expect its operand to be gathered onto every device. On several
+devices call the network inside ``shard_map`` (one shard per device), or leave the option off
+(the default).
 """
 import functools
 from typing import Any, Tuple
