@@ -76,16 +76,25 @@ def _tiny(**overrides):
   return models.get_model(config.model, config.data)
 
 
-def test_ddpmpp_fused_norm_same_function_and_gradients():
+def _tiny_pair(**option):
+  """(x, cond, plain network, network with ``option``, random parameters both accept).
+
+  Asserts that the option keeps the parameter tree.
+  """
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 8, 8, 3))
   cond = jnp.array([0.3, 0.9])
-  plain, fused = _tiny(dropout=0.0), _tiny(dropout=0.0, fused_norm=True)
+  plain, other = _tiny(dropout=0.0), _tiny(dropout=0.0, **option)
   shapes = models.abstract_params(plain, x.shape, cond.shape)
   assert (jax.tree_util.tree_structure(shapes)
-          == jax.tree_util.tree_structure(models.abstract_params(fused, x.shape, cond.shape)))
+          == jax.tree_util.tree_structure(models.abstract_params(other, x.shape, cond.shape)))
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  return x, cond, plain, other, params
+
+
+def test_ddpmpp_fused_norm_same_function_and_gradients():
+  x, cond, plain, fused, params = _tiny_pair(fused_norm=True)
   loss = lambda m: (lambda p: jnp.sum(jnp.square(m.apply({"params": p}, x, cond, train=True))))
   l_plain, g_plain = jax.value_and_grad(loss(plain))(params)
   l_fused, g_fused = jax.value_and_grad(loss(fused))(params)
@@ -404,15 +413,7 @@ def test_pallas_gn_act_unsupported_shapes_fall_back_to_xla():
 
 
 def test_ddpmpp_pallas_norm_same_parameters_function_and_divergence():
-  x = jax.random.normal(jax.random.PRNGKey(4), (2, 8, 8, 3))
-  cond = jnp.array([0.3, 0.9])
-  plain, fast = _tiny(dropout=0.0), _tiny(dropout=0.0, pallas_norm=True)
-  shapes = models.abstract_params(plain, x.shape, cond.shape)
-  assert (jax.tree_util.tree_structure(shapes)
-          == jax.tree_util.tree_structure(models.abstract_params(fast, x.shape, cond.shape)))
-  rng = np.random.default_rng(0)
-  params = jax.tree_util.tree_map(
-      lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
+  x, cond, plain, fast, params = _tiny_pair(pallas_norm=True)
   f = lambda m: (lambda x: m.apply({"params": params}, x, cond))
   assert "pallas_call" in str(jax.make_jaxpr(f(fast))(x))
   # Values, and the jvp that the likelihood's divergence takes of the network.

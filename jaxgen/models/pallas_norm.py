@@ -32,16 +32,17 @@ from typing import Any, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
-GN_EPS = 1e-6
+from jaxgen.models.layers import GN_EPS, _gn_forward
 
 
 def _pow2(n: int) -> bool:
   return n > 0 and (n & (n - 1)) == 0
 
 
-def _blocks(n: int, c: int, groups: int, channel_block: int, row_block: int) -> Tuple[int, int]:
-  del groups
+def _blocks(n: int, c: int, channel_block: int, row_block: int) -> Tuple[int, int]:
+  """(channel block, row block) for ``n`` positions and ``c`` channels."""
   return min(channel_block, c), min(row_block, n)
 
 
@@ -57,22 +58,17 @@ def pallas_supported(shape: Tuple[int, ...], groups: int, channel_block: int = 3
   if groups <= 0 or c % groups:
     return False
   per = c // groups
-  cb, rows = _blocks(n, c, groups, channel_block, row_block)
+  cb, rows = _blocks(n, c, channel_block, row_block)
   return (_pow2(cb) and c % cb == 0 and cb % per == 0 and _pow2(rows) and n % rows == 0)
 
 
 def reference_gn_act(x, scale, bias, groups: int, swish: bool, out_dtype: Any):
-  """The XLA formula: ``act(GroupNorm(x))`` in float32 (fast variance, eps 1e-6), cast."""
-  b, c = x.shape[0], x.shape[-1]
-  xf = x.astype(jnp.float32).reshape(b, -1, c)
-  g = xf.reshape(b, xf.shape[1], groups, c // groups)
-  mean = jnp.mean(g, axis=(1, 3), keepdims=True)
-  var = jnp.maximum(0.0, jnp.mean(jnp.square(g), axis=(1, 3), keepdims=True) - jnp.square(mean))
-  z = ((g - mean) * jax.lax.rsqrt(var + GN_EPS)).reshape(xf.shape)
-  z = z * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-  if swish:
-    z = z * jax.nn.sigmoid(z)
-  return z.reshape(x.shape).astype(out_dtype)
+  """The XLA formula: ``act(GroupNorm(x))`` in float32 (fast variance, eps 1e-6), cast.
+
+  The same function as ``model.fused_norm``'s forward (``layers._gn_forward``).
+  """
+  return _gn_forward(x, scale.astype(jnp.float32), bias.astype(jnp.float32), groups,
+                     swish)[0].astype(out_dtype)
 
 
 def _kernel(x_ref, s_ref, b_ref, o_ref, *, n, rows, per, swish):
@@ -81,7 +77,7 @@ def _kernel(x_ref, s_ref, b_ref, o_ref, *, n, rows, per, swish):
 
   def stats(i, carry):
     s1, s2 = carry
-    xt = x_ref[_ds(i * rows, rows), :].astype(jnp.float32)
+    xt = x_ref[pl.ds(i * rows, rows), :].astype(jnp.float32)
     return s1 + jnp.sum(xt, axis=0), s2 + jnp.sum(xt * xt, axis=0)
 
   zero = jnp.zeros((cb,), jnp.float32)
@@ -99,29 +95,22 @@ def _kernel(x_ref, s_ref, b_ref, o_ref, *, n, rows, per, swish):
   c = b_ref[...].astype(jnp.float32) - mean * a
 
   def norm(i, carry):
-    xt = x_ref[_ds(i * rows, rows), :].astype(jnp.float32)
+    xt = x_ref[pl.ds(i * rows, rows), :].astype(jnp.float32)
     z = xt * a[None, :] + c[None, :]
     if swish:
       z = z * jax.nn.sigmoid(z)
-    o_ref[_ds(i * rows, rows), :] = z.astype(o_ref.dtype)
+    o_ref[pl.ds(i * rows, rows), :] = z.astype(o_ref.dtype)
     return carry
 
   jax.lax.fori_loop(0, steps, norm, 0)
 
 
-def _ds(start, size):
-  """``pl.ds`` (Pallas imported lazily: it is not needed off the kernel path)."""
-  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
-  return pl.ds(start, size)
-
-
 def _pallas_gn_act(x, scale, bias, groups, swish, out_dtype, channel_block, row_block, interpret,
                    num_warps):
-  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
   b, c = x.shape[0], x.shape[-1]
   x3 = x.reshape(b, -1, c)
   n = x3.shape[1]
-  cb, rows = _blocks(n, c, groups, channel_block, row_block)
+  cb, rows = _blocks(n, c, channel_block, row_block)
   sq = getattr(pl, "squeezed", None)
   kernel = functools.partial(_kernel, n=n, rows=rows, per=c // groups, swish=swish)
   kwargs = {}
