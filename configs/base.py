@@ -60,6 +60,7 @@ def get_base_config():
   evaluate.t0 = 1e-5
   evaluate.solver = "dopri5"
   evaluate.num_repeats = 1             # dequantization repeats over the test split
+  evaluate.precision = "model"         # model | float32 | highest: the likelihood's arithmetic
 
   # --- data -------------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()

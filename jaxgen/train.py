@@ -125,6 +125,8 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if not isinstance(config.training.get("deterministic", False), bool):
     raise ValueError(f"config.training.deterministic must be True or False, got "
                      f"{config.training.deterministic!r}")
+  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
+  evaluate.likelihood_precision(config.eval)
   num_devices = num_devices or jax.device_count()
   data_lib.check_batch_size(config.training.batch_size, num_devices, jax.process_count())
   data_lib.check_batch_size(config.eval.batch_size, num_devices, jax.process_count())

@@ -211,3 +211,47 @@ def test_failed_adaptive_solve_raises_or_gives_nan():
   ref, _, _ = likelihood.ode_log_likelihood(drift, x, **kwargs)
   np.testing.assert_array_equal(good, ref)
   assert np.all(np.isfinite(np.asarray(good)))
+
+
+def test_eval_precision_sets_the_likelihood_arithmetic():
+  """``config.eval.precision``: ``'model'`` evaluates a bfloat16 network in bfloat16;
+  ``'float32'`` the same parameters in a float32 network (the float32 config's result exactly);
+  ``'highest'`` also puts every matrix product at the highest precision. A bad value is named."""
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate, train  # pylint: disable=import-outside-toplevel
+  config = vp_unet.get_config()
+  config.model.name, config.model.hidden, config.model.embedding_dim = "mlp", (32, 32), 16
+  config.model.dtype = "bfloat16"
+  config.eval.rtol = config.eval.atol = 1e-3
+  params = jax.jit(train.Setup(config).init_state)(jax.random.PRNGKey(0)).params
+  # Zero-initialised output layers redrawn, so that the network's arithmetic shows.
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = tree.unflatten([p + 0.3 * jax.random.normal(k, p.shape) / np.sqrt(p.shape[0])
+                           for p, k in zip(leaves, keys)])
+  rng = np.random.default_rng(2)
+  batch = {"image": rng.integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)}
+  key = jax.random.PRNGKey(3)
+
+  def nll(precision, dtype="bfloat16"):
+    cfg = config.copy_and_resolve_references()
+    cfg.eval.precision, cfg.model.dtype = precision, dtype
+    fn = evaluate.make_nll_fn(train.Setup(cfg), cfg.eval)
+    return np.asarray(jax.jit(fn)(params, key, batch)[0]), str(jax.make_jaxpr(fn)(params, key,
+                                                                                  batch))
+
+  (bf16, bf16_jaxpr), (f32, f32_jaxpr) = nll("model"), nll("float32")
+  (hi, hi_jaxpr), (ref, _) = nll("highest"), nll("model", "float32")
+  assert np.all(np.isfinite(bf16)) and np.all(np.isfinite(ref))
+  np.testing.assert_allclose(f32, ref, rtol=1e-6)
+  np.testing.assert_allclose(hi, ref, rtol=1e-4)  # the CPU's float32 products are exact already
+  assert 1e-4 < np.max(np.abs(bf16 - ref)) < 0.5
+  assert "bf16" in bf16_jaxpr and "bf16" not in f32_jaxpr
+  # (the likelihood's own contractions ask for HIGHEST in every mode; the network's do here)
+  assert hi_jaxpr.count("HIGHEST") > f32_jaxpr.count("HIGHEST")
+  bad = config.copy_and_resolve_references()
+  bad.eval.precision = "fp64"
+  with pytest.raises(ValueError, match="config.eval.precision"):
+    evaluate.make_nll_fn(train.Setup(bad), bad.eval)
+  with pytest.raises(ValueError, match="config.eval.precision"):
+    train.validate_config(bad)

@@ -52,6 +52,55 @@ def test_fused_norm_matches_flax_group_norm(act, shape):
     assert _rel(a, b) < 1e-4, (a.shape, _rel(a, b))
 
 
+class _FlaxGroupNorm(nn.Module):
+  """flax's own ``nn.GroupNorm`` with the library's groups and epsilon: the reference."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.GroupNorm(num_groups=layers.num_groups(x.shape[-1]),
+                        epsilon=layers.GN_EPS)(x.astype(jnp.float32))
+
+
+class _GroupNorm(nn.Module):
+  two_stage: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return layers.group_norm(x, "float32", self.two_stage)
+
+
+@pytest.mark.parametrize("two_stage", [False, True])
+@pytest.mark.parametrize("shape", [(3, 8, 8, 64), (2, 4, 4, 12), (2, 16, 5), (2, 3, 4, 4, 16)])
+def test_group_norm_is_flax_group_norm(two_stage, shape):
+  """``layers.group_norm`` (both statistics from one stacked reduction, NOTES.md run 18) is
+  flax's ``nn.GroupNorm``: the same parameter tree, and values, gradients and forward-mode
+  tangents up to float32 summation order."""
+  x = (jax.random.normal(jax.random.PRNGKey(20), shape) * jnp.linspace(0.5, 3.0, shape[-1])
+       + 2.0)
+  ref, ours = _FlaxGroupNorm(), _GroupNorm(two_stage)
+  params = ref.init(jax.random.PRNGKey(21), x)
+  mine = ours.init(jax.random.PRNGKey(21), x)
+  assert (jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(jnp.shape, mine))
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(22), p.shape), params)
+  assert _rel(ref.apply(params, x), ours.apply(params, x)) < 1e-6
+  w = jax.random.normal(jax.random.PRNGKey(23), shape)
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) * w))
+  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(ref), argnums=(0, 1))(params, x)),
+                  jax.tree_util.tree_leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x))):
+    assert _rel(a, b) < 1e-5, (a.shape, _rel(a, b))
+  tangent = lambda m: jax.jvp(lambda y: m.apply(params, y), (x,), (w,))[1]
+  assert _rel(tangent(ref), tangent(ours)) < 1e-5
+
+
+def test_group_norm_forms_reject_bad_combinations():
+  x = jnp.ones((2, 4, 4, 8))
+  with pytest.raises(ValueError, match="two_stage=True"):
+    layers.GroupNorm(two_stage=True).init(jax.random.PRNGKey(0), x)
+  with pytest.raises(ValueError, match="swish=True"):
+    layers.GroupNorm(xla=True, swish=True).init(jax.random.PRNGKey(0), x)
+
+
 def test_fused_norm_bfloat16_within_bfloat16_rounding():
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 8, 8, 32)).astype(jnp.bfloat16)
   ref = _NormAct("swish", False, "float32")

@@ -190,41 +190,50 @@ def group_norm(x: Array, dtype: Any = jnp.float32, two_stage_grads: bool = False
   """GroupNorm over the last axis with :func:`num_groups` groups, computed in float32.
 
   Must be called inside a compact module. ``x``: ``(B, ..., C)``; returns ``x.shape`` in
-  ``dtype``. ``two_stage_grads``: the same function and parameters, with the scale and bias
-  gradients reduced over positions first and over the batch second (:func:`_two_stage_gn`).
+  ``dtype``. flax's ``nn.GroupNorm`` function and parameters (``GroupNorm_<i>``: ``scale``,
+  ``bias``; epsilon :data:`GN_EPS`), written out by :func:`_xla_gn` so that XLA emits fewer
+  kernels. ``two_stage_grads``: the same function, with the scale and bias gradients reduced
+  over positions first and over the batch second.
   """
-  if two_stage_grads:
-    return GroupNorm(dtype=dtype, two_stage=True)(x)
-  norm = nn.GroupNorm(num_groups=num_groups(x.shape[-1]), epsilon=GN_EPS, dtype=jnp.float32,
-                      param_dtype=PARAM_DTYPE)
-  return norm(x.astype(jnp.float32)).astype(jnp.dtype(dtype))
+  return GroupNorm(dtype=dtype, xla=True, two_stage=two_stage_grads)(x)
 
 
-def _two_stage_gn(module: nn.Module, x: Array, dtype: Any) -> Array:
-  """flax's GroupNorm (same statistics and parameters ``scale``/``bias``) whose scale and bias
-  act through per-sample copies, for :func:`group_norm` with ``two_stage_grads``.
+def _xla_gn(module: nn.Module, x: Array, dtype: Any, two_stage: bool) -> Array:
+  """flax's GroupNorm (fast variance: ``E[x^2] - E[x]^2``, clipped at 0) for XLA to
+  differentiate, for :func:`group_norm`. ``x``: ``(B, ..., C)``; returns ``x.shape`` in ``dtype``.
 
-  The gradient of a per-channel parameter is a sum over batch and positions. XLA's GPU compiler
-  emits it as one column reduction, often fused with the input gradient; where there are few
-  rows per channel (4x4 and 8x8 feature maps: 2,048 to 8,192 rows for 256 channels) that kernel
-  runs on a handful of thread blocks, at ~100 GB/s (NOTES.md run 15). Here the parameters act
-  through :func:`per_sample`, so their gradients are reduced over positions per sample and only
-  then over the batch. The statistics are written as flax writes them, so the forward values are
-  flax's bit for bit. ``x``: ``(B, ..., C)``; returns ``x.shape`` in ``dtype``.
+  Both statistics come from **one** reduction, of ``x`` and ``x**2`` stacked on a new minor
+  axis. Written as two means (flax's form), XLA's GPU compiler emits one column reduction for
+  both and then a separate small row reduction per statistic; stacked, the group sums are one
+  kernel: the bf16 DDPM++ forward runs 637 kernels instead of 701 and takes 8.05-8.10 ms
+  instead of 8.27-8.34 ms per call on an H200 (NOTES.md run 18). The values equal flax's up to
+  float32 summation order (``tests/test_perf_options.py``).
+
+  ``two_stage``: the scale and bias act through per-sample copies (:func:`per_sample`), so their
+  gradients are reduced over positions per sample first and over the batch second. XLA's GPU
+  compiler otherwise emits one column reduction per parameter, often fused with the input
+  gradient; where there are few rows per channel (4x4 and 8x8 feature maps: 2,048 to 8,192 rows
+  for 256 channels) that kernel runs on a handful of thread blocks, at ~100 GB/s (NOTES.md
+  run 15). The value is the same bit for bit.
   """
   c = x.shape[-1]
   groups = num_groups(c)
+  per = c // groups
   scale = module.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
   bias = module.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
   xf = x.astype(jnp.float32)
-  xg = xf.reshape(x.shape[:-1] + (groups, c // groups))
+  xg = xf.reshape(x.shape[:-1] + (groups, per))
   axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
-  mean = jnp.mean(xg, axes)
-  var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axes) - jnp.square(mean))
+  moments = jnp.mean(jnp.stack([xg, jnp.square(xg)], axis=-1), axes)  # (B, G, 2)
+  mean = moments[..., 0]
+  var = jnp.maximum(0.0, moments[..., 1] - jnp.square(mean))
+  rstd = jax.lax.rsqrt(var + GN_EPS)
   stat_shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
-  mean = jnp.repeat(mean, c // groups, axis=-1).reshape(stat_shape)
-  var = jnp.repeat(var, c // groups, axis=-1).reshape(stat_shape)
-  y = (xf - mean) * (jax.lax.rsqrt(var + GN_EPS) * per_sample(scale, x)) + per_sample(bias, x)
+  mean = jnp.repeat(mean, per, axis=-1).reshape(stat_shape)
+  rstd = jnp.repeat(rstd, per, axis=-1).reshape(stat_shape)
+  if two_stage:
+    scale, bias = per_sample(scale, x), per_sample(bias, x)
+  y = (xf - mean) * (rstd * scale) + bias
   return y.astype(jnp.dtype(dtype))
 
 
@@ -304,25 +313,34 @@ _fused_gn_act.defvjp(_fused_gn_act_fwd, _fused_gn_act_bwd)
 
 
 class GroupNorm(nn.Module):
-  """GroupNorm (+ optional swish) with a hand-written backward pass (``fused_norm=True``).
+  """GroupNorm (+ optional swish) over the last axis, statistics in float32.
 
-  Same parameters (``scale``, ``bias``; the auto-name ``GroupNorm_<i>`` of ``nn.GroupNorm``) and
-  the same function as :func:`group_norm` followed by the activation; statistics, scale, shift
-  and swish run in float32 inside one fusion and only ``x`` and the per-group statistics are kept
-  for the backward pass. Returns ``dtype``. ``two_stage``: instead, flax's GroupNorm (no
-  activation) with two-stage parameter gradients (:func:`_two_stage_gn`).
+  Same parameters as ``nn.GroupNorm`` (``scale``, ``bias``; the auto-name ``GroupNorm_<i>``) and
+  the same function, in one of three forms:
+
+  * default: one op with a hand-written backward pass (``model.fused_norm``): statistics, scale,
+    shift and swish run in float32 inside one fusion, and only ``x`` and the per-group statistics
+    are kept for the backward pass;
+  * ``pallas``: the forward values from one Pallas kernel (:mod:`jaxgen.models.pallas_norm`);
+  * ``xla``: the formula written out for XLA to differentiate (:func:`_xla_gn`; no activation),
+    with ``two_stage`` parameter gradients optionally. This is :func:`group_norm`.
+
+  Returns ``dtype``.
   """
   swish: bool = False
   dtype: Any = jnp.float32
-  two_stage: bool = False
+  xla: bool = False
+  two_stage: bool = False  # with xla: scale/bias gradients over positions, then batch
   pallas: bool = False  # forward values from one Pallas kernel (models.pallas_norm)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if self.two_stage:
+    if self.xla:
       if self.swish:
-        raise ValueError("GroupNorm(two_stage=True) applies no activation; got swish=True")
-      return _two_stage_gn(self, x, self.dtype)
+        raise ValueError("GroupNorm(xla=True) applies no activation; got swish=True")
+      return _xla_gn(self, x, self.dtype, self.two_stage)
+    if self.two_stage:
+      raise ValueError("GroupNorm(two_stage=True) needs xla=True")
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,), PARAM_DTYPE)
     bias = self.param("bias", nn.initializers.zeros, (c,), PARAM_DTYPE)
