@@ -13,7 +13,10 @@ statistics formed differently:
 * ``matmul``: the ``(B, 2, C)`` column sums times a 0/1 group-membership matrix ``(C, C)`` at
   the highest precision: group means already broadcast per channel, no reduce kernel at all;
 * ``stacked``: flax's reshaped mean, of ``x`` and ``x**2`` stacked on a new minor axis, so XLA's
-  reduction splitter sees one reduction, not two. The library's ``layers._xla_gn`` since run 18.
+  reduction splitter sees one reduction, not two. The library's ``layers._xla_gn`` since run 18
+  (``library`` runs the library's own function);
+* ``variadic``: both sums as one variadic reduction (a custom JVP gives its derivatives), so
+  that the variance and ``rsqrt`` are elementwise in its outputs.
 
 Each variant is patched into ``layers._xla_gn`` before its function is traced. One process:
 the bf16 forward (pipelined ms, optional profile: kernels and GPU busy per call), then train
@@ -29,6 +32,7 @@ import os
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +46,8 @@ f32 = jnp.float32
 
 
 def _params(module, c):
-  scale = module.param("scale", layers.nn.initializers.ones, (c,), layers.PARAM_DTYPE)
-  bias = module.param("bias", layers.nn.initializers.zeros, (c,), layers.PARAM_DTYPE)
+  scale = module.param("scale", nn.initializers.ones, (c,), layers.PARAM_DTYPE)
+  bias = module.param("bias", nn.initializers.zeros, (c,), layers.PARAM_DTYPE)
   return scale, bias
 
 
@@ -164,8 +168,7 @@ def use(name):
 
 
 def check():
-  """CPU: each variant's GroupNorm and the tiny DDPM++ output/gradient against ``flax``."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  """CPU: each variant's GroupNorm+swish (values, gradients, jvp) against ``flax``."""
 
   class M(nn.Module):
     @nn.compact
