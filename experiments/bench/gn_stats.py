@@ -45,87 +45,70 @@ ORIGINAL = layers._xla_gn  # pylint: disable=protected-access
 f32 = jnp.float32
 
 
-def _params(module, c):
-  scale = module.param("scale", nn.initializers.ones, (c,), layers.PARAM_DTYPE)
-  bias = module.param("bias", nn.initializers.zeros, (c,), layers.PARAM_DTYPE)
-  return scale, bias
+def _variant(stats):
+  """A ``layers._xla_gn`` replacement whose statistics come from ``stats(xf, groups)``:
+  ``(mean, rstd)``, per group ``(B, G)`` or already per channel ``(B, C)``. The rest (parameters,
+  per-sample copies with ``two_stage``, normalization) is the library's."""
+
+  def gn(module, x, dtype, two_stage):
+    c = x.shape[-1]
+    groups = layers.num_groups(c)
+    scale = module.param("scale", nn.initializers.ones, (c,), layers.PARAM_DTYPE)
+    bias = module.param("bias", nn.initializers.zeros, (c,), layers.PARAM_DTYPE)
+    xf = x.astype(f32)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
+    mean, rstd = (jnp.repeat(s, c // s.shape[-1], axis=-1).reshape(shape)
+                  for s in stats(xf, groups))
+    if two_stage:
+      scale, bias = layers.per_sample(scale, x), layers.per_sample(bias, x)
+    return ((xf - mean) * (rstd * scale) + bias).astype(jnp.dtype(dtype))
+
+  return gn
 
 
-def _finish(x, dtype, two_stage, xf, mean_c, rstd_c, scale, bias):
-  """``(x - mean) * rstd * scale + bias`` (per-sample parameters with ``two_stage``);
-  ``mean_c``/``rstd_c`` ``(B, C)``."""
-  shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
-  if two_stage:
-    scale, bias = layers.per_sample(scale, x), layers.per_sample(bias, x)
-  y = (xf - mean_c.reshape(shape)) * (rstd_c.reshape(shape) * scale) + bias
-  return y.astype(jnp.dtype(dtype))
+def _grouped(xf, groups):
+  """``xf`` ``(B, ..., C)`` as ``(B, ..., G, C/G)`` and the axes of one group's elements."""
+  xg = xf.reshape(xf.shape[:-1] + (groups, xf.shape[-1] // groups))
+  return xg, tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
 
 
-def gn_flax(module, x, dtype, two_stage):
-  c = x.shape[-1]
-  groups = layers.num_groups(c)
-  per = c // groups
-  scale, bias = _params(module, c)
-  xf = x.astype(f32)
-  xg = xf.reshape(x.shape[:-1] + (groups, per))
-  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
-  mean = jnp.mean(xg, axes)
-  var = jnp.maximum(0.0, jnp.mean(jnp.square(xg), axes) - jnp.square(mean))
-  return _finish(x, dtype, two_stage, xf, jnp.repeat(mean, per, axis=-1),
-                 jax.lax.rsqrt(jnp.repeat(var, per, axis=-1) + layers.GN_EPS), scale, bias)
+def _mean_rstd(mean, mean_sq):
+  return mean, jax.lax.rsqrt(jnp.maximum(0.0, mean_sq - jnp.square(mean)) + layers.GN_EPS)
 
 
-def gn_grouped(module, x, dtype, two_stage):
-  c = x.shape[-1]
-  groups = layers.num_groups(c)
-  per = c // groups
-  scale, bias = _params(module, c)
-  xf = x.astype(f32)
-  b = x.shape[0]
-  x3 = xf.reshape(b, -1, c)
-  count = x3.shape[1] * per
-  s1 = jnp.sum(x3, axis=1)
-  s2 = jnp.sum(jnp.square(x3), axis=1)
-  st = jnp.stack([s1, s2], axis=-1).reshape(b, groups, per, 2).sum(axis=2) / count
-  mean = st[..., 0]
-  var = jnp.maximum(0.0, st[..., 1] - jnp.square(mean))
-  rstd = jax.lax.rsqrt(var + layers.GN_EPS)
-  return _finish(x, dtype, two_stage, xf, jnp.repeat(mean, per, axis=1),
-                 jnp.repeat(rstd, per, axis=1), scale, bias)
+def _column_sums(xf):
+  """``(B, C)`` sums of ``x`` and ``x**2`` over positions, and the positions per sample."""
+  x3 = xf.reshape(xf.shape[0], -1, xf.shape[-1])
+  return jnp.sum(x3, axis=1), jnp.sum(jnp.square(x3), axis=1), x3.shape[1]
 
 
-def gn_matmul(module, x, dtype, two_stage):
-  c = x.shape[-1]
-  groups = layers.num_groups(c)
-  per = c // groups
-  scale, bias = _params(module, c)
-  xf = x.astype(f32)
-  b = x.shape[0]
-  x3 = xf.reshape(b, -1, c)
-  count = x3.shape[1] * per
-  gid = np.arange(c) // per
-  member = jnp.asarray((gid[:, None] == gid[None, :]).astype(np.float32) / count)
-  s = jnp.stack([jnp.sum(x3, axis=1), jnp.sum(jnp.square(x3), axis=1)], axis=1)  # (B, 2, C)
-  st = jnp.einsum("bkc,cd->bkd", s, member, precision=jax.lax.Precision.HIGHEST)
-  mean_c = st[:, 0]
-  var = jnp.maximum(0.0, st[:, 1] - jnp.square(mean_c))
-  return _finish(x, dtype, two_stage, xf, mean_c, jax.lax.rsqrt(var + layers.GN_EPS), scale, bias)
+def stats_flax(xf, groups):
+  xg, axes = _grouped(xf, groups)
+  return _mean_rstd(jnp.mean(xg, axes), jnp.mean(jnp.square(xg), axes))
 
 
-def gn_stacked(module, x, dtype, two_stage):
-  c = x.shape[-1]
-  groups = layers.num_groups(c)
-  per = c // groups
-  scale, bias = _params(module, c)
-  xf = x.astype(f32)
-  xg = xf.reshape(x.shape[:-1] + (groups, per))
-  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+def stats_grouped(xf, groups):
+  s1, s2, n = _column_sums(xf)
+  b, c = s1.shape
+  st = jnp.stack([s1, s2], axis=-1).reshape(b, groups, c // groups, 2).sum(axis=2)
+  st = st / (n * (c // groups))
+  return _mean_rstd(st[..., 0], st[..., 1])
+
+
+def stats_matmul(xf, groups):
+  s1, s2, n = _column_sums(xf)
+  c = s1.shape[-1]
+  gid = np.arange(c) // (c // groups)
+  member = jnp.asarray((gid[:, None] == gid[None, :]).astype(np.float32) / (n * (c // groups)))
+  st = jnp.einsum("bkc,cd->bkd", jnp.stack([s1, s2], axis=1), member,
+                  precision=jax.lax.Precision.HIGHEST)  # (B, 2, C): group means per channel
+  return _mean_rstd(st[:, 0], st[:, 1])
+
+
+def stats_stacked(xf, groups):
+  xg, axes = _grouped(xf, groups)
   st = jnp.mean(jnp.stack([xg, jnp.square(xg)], axis=-1), axes)  # (B, G, 2)
-  mean = st[..., 0]
-  var = jnp.maximum(0.0, st[..., 1] - jnp.square(mean))
-  rstd = jax.lax.rsqrt(var + layers.GN_EPS)
-  return _finish(x, dtype, two_stage, xf, jnp.repeat(mean, per, axis=1),
-                 jnp.repeat(rstd, per, axis=1), scale, bias)
+  return _mean_rstd(st[..., 0], st[..., 1])
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -141,26 +124,18 @@ def _sum_moments_jvp(axes, primals, tangents):
   return _sum_moments(x, axes), (jnp.sum(t, axes), jnp.sum(2.0 * x * t, axes))
 
 
-def gn_variadic(module, x, dtype, two_stage):
+def stats_variadic(xf, groups):
   """Both sums in one variadic reduction, so that ``var`` and ``rsqrt`` are elementwise in its
-  two outputs and XLA can fuse them into the reduction's epilogue (no separate scale kernel)."""
-  c = x.shape[-1]
-  groups = layers.num_groups(c)
-  per = c // groups
-  scale, bias = _params(module, c)
-  xf = x.astype(f32)
-  xg = xf.reshape(x.shape[:-1] + (groups, per))
-  axes = tuple(range(1, xg.ndim - 2)) + (xg.ndim - 1,)
+  two outputs and XLA could fuse them into the reduction's epilogue (no separate scale kernel)."""
+  xg, axes = _grouped(xf, groups)
   count = float(np.prod([xg.shape[a] for a in axes]))
   s1, s2 = _sum_moments(xg, axes)
-  mean = s1 / count
-  rstd = jax.lax.rsqrt(jnp.maximum(0.0, s2 / count - jnp.square(mean)) + layers.GN_EPS)
-  return _finish(x, dtype, two_stage, xf, jnp.repeat(mean, per, axis=1),
-                 jnp.repeat(rstd, per, axis=1), scale, bias)
+  return _mean_rstd(s1 / count, s2 / count)
 
 
-GN = {"flax": gn_flax, "library": ORIGINAL, "grouped": gn_grouped, "matmul": gn_matmul,
-      "stacked": gn_stacked, "variadic": gn_variadic}
+GN = {"library": ORIGINAL, **{name: _variant(fn) for name, fn in [
+    ("flax", stats_flax), ("grouped", stats_grouped), ("matmul", stats_matmul),
+    ("stacked", stats_stacked), ("variadic", stats_variadic)]}}
 
 
 def use(name):
