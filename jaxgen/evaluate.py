@@ -119,8 +119,12 @@ def make_nll_fn(setup, eval_config) -> Callable:
   * ``'float32'``: a float32 network (the same parameters) at XLA's default precision, which is
     TF32 for convolutions and matrix products on NVIDIA GPUs since Ampere;
   * ``'highest'``: a float32 network with every convolution and matrix product at the highest
-    precision. Use it to report bits/dim per image: a bfloat16 evaluation is ~4e-3 bits/dim (rms)
-    from it on CIFAR-10's DDPM++, with a tail at 0.01, and TF32 is no closer (NOTES.md run 18).
+    precision.
+  On CIFAR-10's DDPM++ (NOTES.md run 19) the solver matters more than the arithmetic: at
+  ``rtol = atol = 1e-5`` one image's bits/dim moves by up to ~1e-2 with the step sequence (the
+  other images of its batch pick it), at any precision. Against a converged highest-precision
+  evaluation, bfloat16 at ``1e-5`` is within 6.3e-3 per image and highest precision at ``1e-5``
+  within 1.1e-2. Averages over many images move far less (~1e-3).
   """
   precision = likelihood_precision(eval_config)
   if precision != "model" and jnp.dtype(setup.config.model.get("dtype", "float32")) != jnp.float32:

@@ -272,7 +272,8 @@ class Bench:
             f"{res[f'ddim_ms_per_eval{suffix}']:.2f} ms per evaluation{suffix}")
     return res
 
-  def evaluate(self, name, res, do_fwd=True, do_lik=True, lik_batch=None):
+  def evaluate(self, name, res, do_fwd=True, do_lik=True, lik_batch=None, lik_tol=1e-5,
+               lik_baseline=False):
     dtype, precision = MODES[name]
     lik_params = jax.device_put(self.lik_params)
     with jax.default_matmul_precision(precision):
@@ -311,7 +312,9 @@ class Bench:
           drift = predictions.as_drift_fn(setup.process, model(p), "eps")
           logp, _, nfe = likelihood.ode_log_likelihood(
               drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
-              divergence="rademacher", rtol=1e-5, atol=1e-5)
+              divergence="rademacher", rtol=lik_tol, atol=lik_tol,
+              divergence_baseline=(likelihood.linear_divergence_baseline(
+                  setup.process, x.shape[1:]) if lik_baseline else None))
           return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
 
         lik = jax.jit(lik)
@@ -352,6 +355,10 @@ def main():
   parser.add_argument("--sample_modes", default="",
                       help="modes whose ms per network evaluation inside ddim_sample is timed")
   parser.add_argument("--highest_batch", type=int, default=32)
+  parser.add_argument("--lik_tol", type=float, default=1e-5, help="rtol = atol of the likelihood")
+  parser.add_argument("--lik_baseline", action="store_true",
+                      help="integrate the VP drift's linear divergence outside the step-size "
+                           "control (likelihood.linear_divergence_baseline; run 19)")
   parser.add_argument("--lik_param_scale", type=float, default=0.05,
                       help="scale of the redrawn output layers for ms/NFE and the likelihood")
   parser.add_argument("--variants", default="",
@@ -386,6 +393,7 @@ def main():
         json.dump({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
                    "cache_dir": args.cache_dir, "lik_param_scale": args.lik_param_scale,
+                   "lik_tol": args.lik_tol, "lik_baseline": args.lik_baseline,
                    "rows": list(rows.values())}, f, indent=1)
 
   order = []
@@ -402,7 +410,8 @@ def main():
                              **parse_options(args.train_options)))
     bench.evaluate(name, res, do_fwd=name in split(args.fwd_modes),
                    do_lik=name in split(args.lik_modes),
-                   lik_batch=args.highest_batch if name == "highest" else None)
+                   lik_batch=args.highest_batch if name == "highest" else None,
+                   lik_tol=args.lik_tol, lik_baseline=args.lik_baseline)
     if name in split(args.sample_modes):
       bench.sample(name, res)
     if name == "bfloat16":
