@@ -123,6 +123,20 @@ def activate(params, seed=0, scale=1.0):
   return jax.tree_util.tree_map_with_path(fix, params)
 
 
+def pf_log_likelihood(setup, params, x, *, key=None, probes=None, tol=1e-5, baseline=False):
+  """``(logp (batch,), z, nfe)`` of the benchmark's PF-ODE likelihood: the eps network on
+  ``Setup.inference_params`` (as ``jaxgen.evaluate.make_nll_fn``), Rademacher probes (from
+  ``key`` or explicit ``probes``), Dopri5 from t = 1e-5 to 1 at rtol = atol = ``tol``;
+  ``baseline``: the VP drift's linear divergence outside the step-size control (run 19)."""
+  p = setup.inference_params(params)
+  drift = predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t), "eps")
+  return likelihood.ode_log_likelihood(
+      drift, x, key=key, probes=probes, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
+      divergence="rademacher", rtol=tol, atol=tol,
+      divergence_baseline=(likelihood.linear_divergence_baseline(setup.process, x.shape[1:])
+                           if baseline else None))
+
+
 def make_setup(dtype, batch, **model):
   config = vp_ddpmpp_continuous.get_config()
   config.model.dtype = dtype
@@ -308,13 +322,8 @@ class Bench:
             jax.random.PRNGKey(3), (self.batch,) + images.shape[1:])[:n]) / 256.0 * 2 - 1
 
         def lik(p, x, key):
-          p = setup.inference_params(p)  # as jaxgen.evaluate.make_nll_fn does
-          drift = predictions.as_drift_fn(setup.process, model(p), "eps")
-          logp, _, nfe = likelihood.ode_log_likelihood(
-              drift, x, key=key, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
-              divergence="rademacher", rtol=lik_tol, atol=lik_tol,
-              divergence_baseline=(likelihood.linear_divergence_baseline(
-                  setup.process, x.shape[1:]) if lik_baseline else None))
+          logp, _, nfe = pf_log_likelihood(setup, p, x, key=key, tol=lik_tol,
+                                           baseline=lik_baseline)
           return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
 
         lik = jax.jit(lik)

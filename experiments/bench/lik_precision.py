@@ -31,7 +31,7 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from jaxgen import likelihood, predictions  # pylint: disable=wrong-import-position
+from jaxgen import likelihood  # pylint: disable=wrong-import-position
 
 
 def parse_setting(text):
@@ -84,13 +84,8 @@ def main():
     n = s["batch"]
 
     def lik(p, x, probes, setup=setup, rtol=s["rtol"], baseline=s["baseline"]):
-      p = setup.inference_params(p)
-      drift = predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t), "eps")
-      logp, z, nfe = likelihood.ode_log_likelihood(
-          drift, x, probes=probes, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
-          divergence="rademacher", rtol=rtol, atol=rtol,
-          divergence_baseline=(likelihood.linear_divergence_baseline(setup.process, x.shape[1:])
-                               if baseline else None))
+      logp, z, nfe = bench.pf_log_likelihood(setup, p, x, probes=probes, tol=rtol,
+                                             baseline=baseline)
       prior = setup.process.prior_logp(z)
       return likelihood.bits_per_dim(logp, x.shape[1:]), prior, logp - prior, nfe
 
