@@ -327,16 +327,8 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
            num_steps, max_steps, adjoint, error_norm, drift_args, extra_fn, throw, baseline):
   batch = x.shape[0]
   delta_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  vector_field = _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype)
-  if baseline is not None:
-    full_field = vector_field
-
-    def vector_field(t, state, args):  # pylint: disable=function-redefined
-      out = full_field(t, state, args)
-      tt = jnp.full((batch,), t, dtype=state[0].dtype)
-      base = jnp.broadcast_to(jnp.asarray(baseline(tt), delta_dtype), (batch,))
-      return (out[0], out[1] - base) + tuple(out[2:])
-
+  vector_field = _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype,
+                                  baseline)
   term = diffrax.ODETerm(vector_field)
   state0 = (x, jnp.zeros((batch,), delta_dtype))
   if extra_fn is not None:
@@ -370,8 +362,15 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
   return logp, z, nfe, sol.stats, extras
 
 
-def _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype):
-  """``vector_field(t, (x, delta[, extras]), (probes, drift_args))`` of the augmented ODE."""
+def _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype, baseline=None):
+  """``vector_field(t, (x, delta[, extras]), (probes, drift_args))`` of the augmented ODE; with a
+  ``baseline``, ``delta`` integrates ``div - baseline(t)`` (its integral is added after the solve)."""
+
+  def log_density_rate(div, tt):
+    div = div.astype(delta_dtype)
+    if baseline is None:
+      return div
+    return div - jnp.broadcast_to(jnp.asarray(baseline(tt), delta_dtype), (batch,))
 
   def vector_field(t, state, args):
     y = state[0]
@@ -391,12 +390,12 @@ def _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype):
       else:
         div = jnp.mean(jnp.sum((tangents * jvps).reshape(tangents.shape[0], batch, -1), -1), 0)
       extra = extra_fn(y, tt, dy, tangents, jvps)
-      return dy, div.astype(delta_dtype), extra.astype(delta_dtype)
+      return dy, log_density_rate(div, tt), extra.astype(delta_dtype)
     if divergence_name == "exact":
       dy, div = exact_divergence(fn, y, tt)
     else:
       dy, div = hutchinson_divergence(fn, y, tt, probes)
-    return dy, div.astype(delta_dtype)
+    return dy, log_density_rate(div, tt)
 
   return vector_field
 

@@ -138,6 +138,29 @@ def train_compiler_options(config) -> Optional[Dict[str, Any]]:
   return parallel.compiler_options(config.training.get("deterministic", False))
 
 
+def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = None):
+  """The training loop's jitted, data-parallel step on ``mesh``: ``(step, to_carry, as_tree)``.
+
+  ``step(carry, batch) -> (carry, metrics)`` takes a replicated carry and a batch sharded on the
+  mesh's ``data`` axis (``parallel.host_local_to_global``); the carry is donated, and
+  ``training.deterministic`` becomes the step's XLA options. With ``optim.flat_update`` (and
+  ``flat_carry`` not False) the carry holds parameters and EMA as flat vectors
+  (:meth:`Setup.make_flat_train_step`); ``to_carry(state)`` and ``as_tree(carry)`` convert between
+  a :class:`TrainState` and the carry (identities otherwise). :func:`train_and_evaluate` and the
+  benchmarks in ``experiments/bench`` all run this one step.
+  """
+  flat = setup.flat_update if flat_carry is None else bool(flat_carry) and setup.flat_update
+  repl = parallel.replicated(mesh)
+  step = parallel.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
+                      train_compiler_options(setup.config),
+                      in_shardings=(repl, parallel.batch_sharded(mesh)),
+                      out_shardings=(repl, repl), donate_argnums=(0,))
+  if not flat:
+    return step, lambda state: state, lambda carry: carry
+  return (step, jax.jit(setup.to_flat_state, out_shardings=repl),
+          jax.jit(setup.from_flat_state, out_shardings=repl))
+
+
 class Setup:
   """Model, process, loss and the pure functions of one experiment, built from its config."""
 
@@ -592,19 +615,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       meta = {}
     write_config(workdir, config)
 
-    shardings = dict(in_shardings=(repl, parallel.batch_sharded(mesh)), out_shardings=(repl, repl),
-                     donate_argnums=(0,),
-                     compiler_options=train_compiler_options(config))
-    if setup.flat_update:
-      # The loop carries parameters and EMA as flat vectors; trees are made only to save and
-      # evaluate (checkpoints keep the tree layout).
-      train_step = parallel.jit(setup.make_flat_train_step(), **shardings)
-      as_tree = jax.jit(setup.from_flat_state, out_shardings=repl)
-      carry = jax.jit(setup.to_flat_state, out_shardings=repl)(state)
-    else:
-      train_step = parallel.jit(setup.make_train_step(), **shardings)
-      as_tree = lambda c: c
-      carry = state
+    # With optim.flat_update the loop carries parameters and EMA as flat vectors; trees are made
+    # only to save and evaluate (checkpoints keep the tree layout).
+    train_step, to_carry, as_tree = make_sharded_train_step(setup, mesh)
+    carry = to_carry(state)
     n_params = models.count_params(state.params)
     del state
     writer = MetricWriter(workdir)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Simulate N hosts on one machine: N processes of `python -m jaxgen.main`, each with its own fake
-# CPU devices, joined by jax.distributed (coordinator on localhost, gloo collectives).
+# CPU devices, joined by jax.distributed (coordinator on localhost, gloo collectives); or, with
+# GPUS_PER_PROCESS=g, each with its own g GPUs of a multi-GPU host (process i sees GPUs
+# i*g ... i*g+g-1 through CUDA_VISIBLE_DEVICES; NCCL collectives), as on a GPU cluster.
 #
 #   launch/local_multiprocess.sh N --config=configs/toy/vp_mlp.py --workdir=/tmp/run [flags...]
+#   GPUS_PER_PROCESS=1 launch/local_multiprocess.sh 2 --config=... --workdir=...   # 2 GPUs
 #
 # Every argument after N goes to jaxgen.main unchanged. Environment:
-#   DEVICES_PER_PROCESS  fake CPU devices per process (default 2)
+#   DEVICES_PER_PROCESS  fake CPU devices per process (default 2; ignored with GPUS_PER_PROCESS)
+#   GPUS_PER_PROCESS     GPUs per process (default 0: CPU processes)
 #   PORT                 coordinator port (default: a free one)
 #   LOG_DIR              where process_<i>.log go (default: a new /tmp/jaxgen_local_mp.XXXX)
 #   TIMEOUT              seconds before all processes are killed (default 0: none)
@@ -19,6 +23,11 @@ if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
 fi
 N="$1"; shift
 DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-2}"
+GPUS_PER_PROCESS="${GPUS_PER_PROCESS:-0}"
+if [[ ! "$GPUS_PER_PROCESS" =~ ^[0-9]+$ ]]; then
+  echo "GPUS_PER_PROCESS=$GPUS_PER_PROCESS must be a whole number of GPUs (0: CPU processes)" >&2
+  exit 2
+fi
 TIMEOUT="${TIMEOUT:-0}"
 PYTHON="${PYTHON:-python}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,8 +35,12 @@ PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("local
 LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/jaxgen_local_mp.XXXX)}"
 mkdir -p "$LOG_DIR"
 
-echo "local multi-process run: $N processes x $DEVICES_PER_PROCESS CPU devices, coordinator" \
-     "localhost:$PORT, logs in $LOG_DIR"
+if ((GPUS_PER_PROCESS > 0)); then
+  WHAT="$GPUS_PER_PROCESS GPU(s)"
+else
+  WHAT="$DEVICES_PER_PROCESS CPU devices"
+fi
+echo "local multi-process run: $N processes x $WHAT, coordinator localhost:$PORT, logs in $LOG_DIR"
 
 pids=()
 cleanup() {
@@ -40,8 +53,14 @@ trap 'cleanup; exit 130' INT TERM
 for ((i = 0; i < N; i++)); do
   (
     cd "$REPO_ROOT"
-    export JAX_PLATFORMS=cpu
-    export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS} ${XLA_FLAGS_EXTRA:-}"
+    if ((GPUS_PER_PROCESS > 0)); then
+      CUDA_VISIBLE_DEVICES="$(seq -s, $((i * GPUS_PER_PROCESS)) $((i * GPUS_PER_PROCESS + GPUS_PER_PROCESS - 1)))"
+      export CUDA_VISIBLE_DEVICES
+      export XLA_FLAGS="${XLA_FLAGS_EXTRA:-}"
+    else
+      export JAX_PLATFORMS=cpu
+      export XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS} ${XLA_FLAGS_EXTRA:-}"
+    fi
     export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
     exec "$PYTHON" -m jaxgen.main "$@" \
       --coordinator_address="localhost:$PORT" --num_processes="$N" --process_id="$i"

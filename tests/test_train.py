@@ -273,6 +273,55 @@ def test_flat_carry_step_equals_tree_step():
     train.Setup(config).make_flat_train_step()
 
 
+def test_sharded_train_step_on_eight_devices_equals_one_device_tree_step():
+  """`make_sharded_train_step` (the step the training loop, bench.py and scaling.py run): the flat
+  carry on an 8-device mesh gives the update of the tree step on one device, donates its carry,
+  and `as_tree(to_carry(state))` round-trips exactly."""
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  config.optim.flat_update = True
+  setup = train.Setup(config)
+  state = setup.init_state(jax.random.PRNGKey(2))
+  mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])
+  assert mesh8.devices.size == 8
+  step8, to_carry, as_tree = train.make_sharded_train_step(setup, mesh8)
+  step1, to_tree, same = train.make_sharded_train_step(setup, mesh1, flat_carry=False)
+  assert to_tree(state) is state and same(state) is state
+  carry = to_carry(state)
+  assert carry.params.ndim == 1
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(as_tree(carry))):
+    np.testing.assert_array_equal(a, b)
+  tree = jax.device_put(state, parallel.replicated(mesh1))
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    batch = {"image": rng.normal(size=(16, 2)).astype(np.float32)}
+    old = carry
+    carry, m8 = step8(carry, parallel.host_local_to_global(batch, mesh8))
+    tree, m1 = step1(tree, parallel.host_local_to_global(batch, mesh1))
+    assert old.params.is_deleted()  # donated
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(as_tree(carry))):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_scaling_benchmark_runs_the_training_step(tmp_path, monkeypatch):
+  """experiments/bench/scaling.py on the CPU's 8 fake devices: one row per device count, finite
+  losses, the flat carry of the training loop, and a JSON report."""
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored after the test
+  monkeypatch.syspath_prepend(os.path.join(REPO, "experiments", "bench"))
+  import scaling  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "scaling.json"
+  report = scaling.main(["--config", "configs/toy/vp_mlp.py", "--devices", "1,all",
+                         "--per_device_batch", "4", "--steps", "2", "--warmup", "0",
+                         "--repeats", "1", "--set", "model.hidden=(16, 16)", "--out", str(out)])
+  assert [r["devices"] for r in report["results"]] == [1, 8]
+  assert [r["global_batch"] for r in report["results"]] == [4, 32]
+  assert all(r["loss_finite"] and r["flat_carry"] and r["images_per_s"] > 0
+             for r in report["results"])
+  assert json.loads(out.read_text())["results"][1]["scaling_efficiency"] > 0
+  with pytest.raises(ValueError, match="--devices entry '9'"):
+    scaling.main(["--config", "configs/toy/vp_mlp.py", "--devices", "9", "--out", str(out)])
+
 
 def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default

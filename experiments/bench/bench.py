@@ -123,15 +123,19 @@ def activate(params, seed=0, scale=1.0):
   return jax.tree_util.tree_map_with_path(fix, params)
 
 
+def pf_drift(setup, p):
+  """The probability-flow drift ``drift(x, t)`` of the eps network with parameters ``p`` (what
+  one NFE evaluates: the ms/NFE timing and :func:`pf_log_likelihood` share it)."""
+  return predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t), "eps")
+
+
 def pf_log_likelihood(setup, params, x, *, key=None, probes=None, tol=1e-5, baseline=False):
   """``(logp (batch,), z, nfe)`` of the benchmark's PF-ODE likelihood: the eps network on
   ``Setup.inference_params`` (as ``jaxgen.evaluate.make_nll_fn``), Rademacher probes (from
   ``key`` or explicit ``probes``), Dopri5 from t = 1e-5 to 1 at rtol = atol = ``tol``;
   ``baseline``: the VP drift's linear divergence outside the step-size control (run 19)."""
-  p = setup.inference_params(params)
-  drift = predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t), "eps")
   return likelihood.ode_log_likelihood(
-      drift, x, key=key, probes=probes, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
+      pf_drift(setup, setup.inference_params(params)), x, key=key, probes=probes, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
       divergence="rademacher", rtol=tol, atol=tol,
       divergence_baseline=(likelihood.linear_divergence_baseline(setup.process, x.shape[1:])
                            if baseline else None))
@@ -192,15 +196,11 @@ class Bench:
     # parameters and EMA are carried as flat vectors between steps, and training.deterministic
     # becomes the step's XLA options.
     flat = setup.flat_update and not no_flat_carry
-    options = train.train_compiler_options(setup.config)
-    res["compiler_options"] = options
-    step = parallel.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
-                        options, in_shardings=(self.repl, parallel.batch_sharded(self.mesh)),
-                        out_shardings=(self.repl, self.repl), donate_argnums=(0,))
+    res["compiler_options"] = train.train_compiler_options(setup.config)
+    step, to_carry, _ = train.make_sharded_train_step(setup, self.mesh, flat_carry=flat)
 
     def start():
-      state = self.fresh_state(setup)
-      return jax.jit(setup.to_flat_state, out_shardings=self.repl)(state) if flat else state
+      return to_carry(self.fresh_state(setup))
 
     state = start()
     res["flat_carry"] = bool(flat)
@@ -292,7 +292,6 @@ class Bench:
     lik_params = jax.device_put(self.lik_params)
     with jax.default_matmul_precision(precision):
       setup = make_setup(dtype, self.batch)
-      model = lambda p: (lambda y, s: setup.model_fn(p, y, s))
       if do_fwd:
         x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
         t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
@@ -307,8 +306,7 @@ class Bench:
         probes = likelihood.sample_probes(jax.random.PRNGKey(2), x.shape, "rademacher")
 
         def one_nfe(p, x, t):
-          drift = predictions.as_drift_fn(setup.process, model(p), "eps")
-          return likelihood.hutchinson_divergence(drift, x, t, probes)
+          return likelihood.hutchinson_divergence(pf_drift(setup, p), x, t, probes)
 
         nfe_s, nfe_sync_s, _ = timeit(jax.jit(one_nfe), setup.inference_params(lik_params), x,
                                       t_vec)

@@ -3,10 +3,12 @@
     python experiments/bench/scaling.py --out experiments/bench/results/scaling_h200x2.json
 
 Defaults: the DDPM++ CIFAR-10 config (``configs/cifar10/vp_ddpmpp_continuous.py``), 128 images per
-device, the real jitted train step of ``jaxgen.train.Setup`` (preprocessing, loss, gradients,
-Adam, EMA) with a replicated state and a batch sharded over a ``parallel.make_mesh`` of the first
-``n`` devices. Each step's batch comes from host memory through ``parallel.host_local_to_global``
-as in the training loop (synthetic uint8 images, so no data set is needed; ``--device_resident``
+device, the training loop's own jitted step (``jaxgen.train.make_sharded_train_step``: preprocessing,
+loss, gradients, Adam, EMA; parameters and EMA carried flat with ``optim.flat_update``) with a
+replicated carry and a batch sharded over a ``parallel.make_mesh`` of the first ``n`` devices, and
+jaxgen's default XLA flags (``--no_default_xla_flags`` leaves them out), as ``jaxgen.main`` runs
+it. Each step's batch comes from host memory through ``parallel.host_local_to_global`` as in the
+training loop (synthetic uint8 images, so no data set is needed; ``--device_resident``
 keeps one batch on the devices instead). Scaling efficiency = img/s on all devices / (number of
 devices x img/s on one). Prints a table and writes a JSON file.
 
@@ -85,8 +87,9 @@ def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_
   setup = train.Setup(config)
   repl = parallel.replicated(mesh)
   state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(seed))
-  step_fn = jax.jit(setup.make_train_step(), in_shardings=(repl, parallel.batch_sharded(mesh)),
-                    out_shardings=(repl, repl), donate_argnums=(0,))
+  num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+  step_fn, to_carry, _ = train.make_sharded_train_step(setup, mesh)
+  state = to_carry(state)
 
   rng = np.random.default_rng(seed)
   shape = (local_batch,) + tuple(setup.shape)
@@ -127,7 +130,7 @@ def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_
       "compile_and_first_step_s": compile_s, "step_s_median": step_s,
       "step_s_windows": windows, "images_per_s": config.training.batch_size / step_s,
       "last_loss": loss, "loss_finite": bool(np.isfinite(loss)),
-      "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+      "num_params": num_params, "flat_carry": bool(setup.flat_update),
   }
 
 
@@ -144,6 +147,8 @@ def main(argv=None):
                       help="reuse one on-device batch (no host-to-device copy per step)")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override, e.g. --set model.dtype=bfloat16")
+  parser.add_argument("--no_default_xla_flags", action="store_true",
+                      help="leave out jaxgen.parallel.DEFAULT_XLA_FLAGS (jaxgen.main sets them)")
   parser.add_argument("--out", required=True, help="path of the JSON results")
   args = parser.parse_args(argv)
   if args.per_device_batch <= 0 or args.steps <= 0 or args.repeats <= 0 or args.warmup < 0:
@@ -155,6 +160,8 @@ def main(argv=None):
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  if not args.no_default_xla_flags:  # before the backend starts, as jaxgen.main does
+    parallel.configure_xla_flags()
   parallel.initialize_distributed()
   if jax.process_count() > 1:
     raise ValueError(f"run the benchmark on one host (got {jax.process_count()} processes)")
@@ -189,6 +196,7 @@ def main(argv=None):
       "config": args.config, "overrides": args.set, "model": config.model.name,
       "dtype": str(config.model.dtype), "per_device_batch": args.per_device_batch,
       "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "input": "device-resident batch" if args.device_resident else
                "host batch each step (host_local_to_global)",
       "device_kind": devices[0].device_kind, "platform": devices[0].platform,
