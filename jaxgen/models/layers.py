@@ -376,23 +376,35 @@ def dropout_keep_mask(rng: Array, shape: Sequence[int], rate: float) -> Tuple[Ar
   ``round(rate * 2**16)``, so the drop probability is that over ``2**16`` (within 8e-6 of
   ``rate``); the returned scale ``1 / P(keep)`` keeps the layer unbiased exactly.
 
+  The mask is built row by row along the leading (batch) axis: the counters of row ``b`` are
+  ``b W ... b W + W - 1`` and its fields are the four quarters of its own words. Every operation
+  keeps the batch axis, so under a batch-sharded ``jit`` each device draws its own rows with no
+  communication (a flat draw split into halves and reshaped needed all-gathers and
+  collective-permutes on every dropout layer: NOTES.md, run 20).
+
   Args: ``rng`` a threefry key (raw ``uint32[2]`` or typed), ``shape`` of the mask, ``rate`` in
   ``[0, 1)``. Returns ``(keep, scale)``: a boolean ``shape`` array and a Python float.
   """
   from jax.extend import random as jex_random  # pylint: disable=import-outside-toplevel
   threshold = int(round(rate * 65536))
   scale = 65536.0 / (65536 - threshold)
-  n = int(np.prod(shape))
+  shape = tuple(int(d) for d in shape)
   data = jax.random.key_data(rng).reshape(-1).astype(jnp.uint32)
   if data.shape != (2,):  # not a threefry key: fall back to 16-bit draws of its own impl
-    bits = jax.random.bits(rng, tuple(shape), jnp.uint16)
+    bits = jax.random.bits(rng, shape, jnp.uint16)
     return bits >= jnp.uint16(threshold), scale
-  words = (n + 1) // 2
-  words += words % 2  # threefry_2x32 pairs the counters: an even count
-  bits = jex_random.threefry_2x32(data, jax.lax.iota(jnp.uint32, words))
-  bits = jax.lax.optimization_barrier(bits)
-  fields = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> 16])[:n].reshape(shape)
-  return fields >= jnp.uint32(threshold), scale
+  rows = shape[0] if shape else 1
+  per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+  words = -(-per_row // 4)  # threefry evaluations per row; each gives four 16-bit fields
+  if rows * words >= 2**32:
+    raise ValueError(f"dropout mask of shape {shape} needs more than 2**32 threefry counters")
+  counter = (jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 0) * jnp.uint32(words)
+             + jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 1))
+  hi, lo = jex_random.threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(counter), counter)
+  hi, lo = jax.lax.optimization_barrier((hi, lo))
+  fields = jnp.concatenate([hi & jnp.uint32(0xFFFF), hi >> 16, lo & jnp.uint32(0xFFFF), lo >> 16],
+                           axis=1)[:, :per_row]
+  return fields.reshape(shape) >= jnp.uint32(threshold), scale
 
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
