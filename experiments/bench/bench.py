@@ -135,8 +135,9 @@ def pf_log_likelihood(setup, params, x, *, key=None, probes=None, tol=1e-5, base
   ``key`` or explicit ``probes``), Dopri5 from t = 1e-5 to 1 at rtol = atol = ``tol``;
   ``baseline``: the VP drift's linear divergence outside the step-size control (run 19)."""
   return likelihood.ode_log_likelihood(
-      pf_drift(setup, setup.inference_params(params)), x, key=key, probes=probes, prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0,
-      divergence="rademacher", rtol=tol, atol=tol,
+      pf_drift(setup, setup.inference_params(params)), x, key=key, probes=probes,
+      prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0, divergence="rademacher",
+      rtol=tol, atol=tol,
       divergence_baseline=(likelihood.linear_divergence_baseline(setup.process, x.shape[1:])
                            if baseline else None))
 
