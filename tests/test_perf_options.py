@@ -292,7 +292,7 @@ def test_inference_params_same_network_output(name, extra):
   for k, v in extra.items():
     m[k] = v
   setup = train.Setup(config)
-  params = jax.jit(setup.init_state)(jax.random.PRNGKey(0)).params
+  params = setup.init_state(jax.random.PRNGKey(0)).params
   params = jax.tree_util.tree_map(
       lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
   cast = setup.inference_params(params)
