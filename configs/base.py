@@ -33,6 +33,10 @@ def get_base_config():
   # GPU: deterministic kernels only, so a step is bitwise repeatable. Compiles faster (fewer
   # convolution algorithms to autotune), runs a few % slower (experiments/bench/NOTES.md, run 14).
   training.deterministic = False
+  # GPU: XLA autotune results loaded into the first compile ('shipped': those jaxgen ships for this
+  # GPU kind and jaxlib, if any; '': none; or a file of one's own), so that a machine compiling
+  # for the first time skips most convolution autotuning (jaxgen.parallel.autotune_options).
+  training.autotune_results = "shipped"
 
   # --- sampling ---------------------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -107,6 +107,13 @@ def likelihood_precision(eval_config) -> str:
   return value.lower()
 
 
+def _xla_options(config) -> Optional[dict]:
+  """XLA options of the evaluation programs: the autotune results of ``training.autotune_results``
+  (:func:`jaxgen.parallel.autotune_options`), so that ``--mode=eval`` and ``--mode=sample`` on a
+  machine that never compiled them skip the autotuning the results cover."""
+  return parallel.autotune_options(config.training.get("autotune_results", ""))
+
+
 def make_nll_fn(setup, eval_config) -> Callable:
   """``nll_fn(params, key, batch) -> (bits/dim or nats (batch,), nfe)``.
 
@@ -187,8 +194,8 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   ds = data_lib.get_dataset(config.data, split, seed=config.seed)
   local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  nll = jax.jit(make_nll_fn(setup, config.eval), in_shardings=(repl, repl, sharded),
-                out_shardings=(sharded, repl))
+  nll = parallel.jit(make_nll_fn(setup, config.eval), _xla_options(config),
+                     in_shardings=(repl, repl, sharded), out_shardings=(sharded, repl))
   total_batches = ds.num_eval_batches(local_batch)
   if max_batches is not None:
     total_batches = min(total_batches, max_batches)
@@ -328,8 +335,8 @@ def generate_samples(setup, params, mesh, num: int, seed: int) -> Tuple[np.ndarr
   batch = int(math.ceil(batch / devices) * devices)
   sample_fn = make_sample_fn(setup, config.sampling)
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  run = jax.jit(lambda p, k: sample_fn(p, k, batch), in_shardings=(repl, repl),
-                out_shardings=(sharded, repl))
+  run = parallel.jit(lambda p, k: sample_fn(p, k, batch), _xla_options(config),
+                     in_shardings=(repl, repl), out_shardings=(sharded, repl))
   out, nfe = [], 0
   for i in range(int(math.ceil(num / batch))):
     x, nfe = run(params, jax.random.fold_in(jax.random.PRNGKey(seed), i))
@@ -352,7 +359,8 @@ def make_periodic_evaluation(config) -> Callable:
                                               "config.eval.batch_size")
     if "loss" not in cache:
       repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-      cache["loss"] = jax.jit(setup.make_eval_loss(), in_shardings=(repl, repl, sharded))
+      cache["loss"] = parallel.jit(setup.make_eval_loss(), _xla_options(config),
+                                   in_shardings=(repl, repl, sharded))
     held_out = []
     for i, batch in enumerate(ds.iterate(local_batch)):
       if i >= 2:

@@ -74,20 +74,93 @@ def configure_xla_flags() -> None:
 # and ignores it; TPU executables are deterministic already and get no options.
 DETERMINISTIC_COMPILER_OPTIONS = {"xla_gpu_exclude_nondeterministic_ops": True}
 
+# XLA's autotuning results (the convolution algorithm and GEMM tiling it measured fastest for each
+# instruction), shipped with jaxgen: one file per GPU kind and jaxlib version, written by
+# ``--xla_gpu_dump_autotune_results_to`` (how: autotune_results/README.md). XLA reads the file once
+# per process, at the first compile that asks for it; a machine that never compiled the program
+# then skips most of the autotuning. On an H200 the DDPM++ train step compiled cold in 41.9-43.3 s
+# instead of 63.5-74.3 s (bf16) and 35.6-42.8 s instead of 51.2-53.1 s (fp32), with the same step
+# time and loss (experiments/bench/NOTES.md, run 21). XLA keys each entry by fingerprints of the
+# device and the instruction and by the cuDNN/Triton versions: an entry that does not match is a
+# miss, and that instruction is autotuned as usual.
+AUTOTUNE_RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autotune_results")
+_LOAD_FLAG = "xla_gpu_load_autotune_results_from"
 
-def compiler_options(deterministic: bool = False,
-                     backend: Optional[str] = None) -> Optional[dict]:
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
+
+
+def autotune_results_path(device_kind: str, jaxlib_version: str) -> str:
+  """Where jaxgen keeps the autotune results of ``device_kind`` (e.g. ``"NVIDIA H200"``) under
+  jaxlib ``jaxlib_version``: ``autotune_results/<kind>__jaxlib-<version>.pbtxt`` in the package."""
+  return os.path.join(AUTOTUNE_RESULTS_DIR,
+                      f"{_slug(device_kind)}__jaxlib-{_slug(jaxlib_version)}.pbtxt")
+
+
+def shipped_autotune_results(device_kind: Optional[str] = None,
+                             jaxlib_version: Optional[str] = None) -> Optional[str]:
+  """Path of the autotune results shipped for this GPU kind and jaxlib version (``None``: none).
+
+  Defaults: the first device's ``device_kind`` and the installed jaxlib
+  (:func:`autotune_results_path`).
+  """
+  if device_kind is None:
+    device_kind = jax.devices()[0].device_kind
+  if jaxlib_version is None:
+    import jaxlib  # pylint: disable=import-outside-toplevel
+    jaxlib_version = jaxlib.__version__
+  path = autotune_results_path(device_kind, jaxlib_version)
+  return path if os.path.isfile(path) else None
+
+
+def autotune_options(results: Optional[str] = "shipped", backend: Optional[str] = None,
+                     env: Optional[Mapping[str, str]] = None, device_kind: Optional[str] = None,
+                     jaxlib_version: Optional[str] = None) -> Optional[dict]:
+  """XLA options that load autotune ``results`` into the first compile of the process.
+
+  ``results``: ``"shipped"`` (the file for this GPU and jaxlib, :func:`shipped_autotune_results`,
+  if jaxgen has one), a path of one's own (written by ``--xla_gpu_dump_autotune_results_to``), or
+  ``""``/``None`` (nothing). Only GPU executables get the option; a load that the user already
+  asked for in ``XLA_FLAGS`` wins over ``"shipped"``. ``device_kind`` and ``jaxlib_version``
+  default to this machine's (see :func:`shipped_autotune_results`).
+  """
+  if not results:
+    return None
+  if not isinstance(results, str):
+    raise ValueError(f"autotune results must be 'shipped', '' or a file path, got {results!r}")
+  if results != "shipped" and not os.path.isfile(results):
+    raise ValueError(f"autotune results file {results!r} does not exist")
+  if (backend or jax.default_backend()) not in ("gpu", "cuda", "rocm"):
+    return None
+  if results == "shipped":
+    if _LOAD_FLAG in (os.environ if env is None else env).get("XLA_FLAGS", ""):
+      return None
+    results = shipped_autotune_results(device_kind, jaxlib_version)
+    if results is None:
+      return None
+  return {_LOAD_FLAG: os.path.abspath(results)}
+
+
+def compiler_options(deterministic: bool = False, backend: Optional[str] = None,
+                     autotune_results: Optional[str] = None) -> Optional[dict]:
   """XLA compiler options for ``jax.jit(..., compiler_options=...)`` (``None``: XLA's defaults).
 
   ``deterministic=True``: every kernel deterministic, so that a step repeated from the same state
   and batch on the same devices gives bitwise the same result. ``backend`` defaults to
-  ``jax.default_backend()``; on ``tpu`` there is nothing to ask for.
+  ``jax.default_backend()``; on ``tpu`` there is nothing to ask for. ``autotune_results``: see
+  :func:`autotune_options` (default: none); a deterministic step ignores ``"shipped"``, whose
+  algorithms were picked among all kernels.
   """
   if not isinstance(deterministic, bool):
     raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
-  if not deterministic or (backend or jax.default_backend()) == "tpu":
-    return None
-  return dict(DETERMINISTIC_COMPILER_OPTIONS)
+  backend = backend or jax.default_backend()
+  options = {}
+  if deterministic and backend != "tpu":
+    options.update(DETERMINISTIC_COMPILER_OPTIONS)
+  if not (deterministic and autotune_results == "shipped"):
+    options.update(autotune_options(autotune_results, backend) or {})
+  return options or None
 
 
 def jit(fn, compiler_options: Optional[dict] = None, **kwargs):  # pylint: disable=redefined-outer-name

@@ -125,6 +125,11 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if not isinstance(config.training.get("deterministic", False), bool):
     raise ValueError(f"config.training.deterministic must be True or False, got "
                      f"{config.training.deterministic!r}")
+  results = config.training.get("autotune_results", "")
+  if not isinstance(results, str) or (results not in ("", "shipped")
+                                       and not os.path.isfile(results)):
+    raise ValueError(f"config.training.autotune_results must be 'shipped', '' or an existing file "
+                     f"of XLA autotune results, got {results!r}")
   from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.likelihood_precision(config.eval)
   num_devices = num_devices or jax.device_count()
@@ -133,9 +138,10 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
 
 
 def train_compiler_options(config) -> Optional[Dict[str, Any]]:
-  """XLA options of the jitted train step: ``training.deterministic`` (see
-  :func:`jaxgen.parallel.compiler_options`)."""
-  return parallel.compiler_options(config.training.get("deterministic", False))
+  """XLA options of the jitted train step: ``training.deterministic`` and
+  ``training.autotune_results`` (see :func:`jaxgen.parallel.compiler_options`)."""
+  return parallel.compiler_options(config.training.get("deterministic", False),
+                                   autotune_results=config.training.get("autotune_results", ""))
 
 
 def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = None):

@@ -381,3 +381,104 @@ def test_compiler_options_and_jit():
   np.testing.assert_array_equal(parallel.jit(f, None)(x), f(x))
   with pytest.raises(Exception, match="xla_not_an_option"):   # options do reach XLA
     parallel.jit(f, {"xla_not_an_option": True})(x)
+
+
+# --- shipped XLA autotune results ------------------------------------------------------------------
+def _entries(text):
+  """The top-level ``entries { ... }`` blocks of an autotune results text proto (brace-matched)."""
+  blocks, depth, start = [], 0, None
+  for i, ch in enumerate(text):
+    if ch == "{":
+      if depth == 0:
+        start = text.rfind("\n", 0, i) + 1
+      depth += 1
+    elif ch == "}":
+      depth -= 1
+      assert depth >= 0, f"unbalanced '}}' at {i}"
+      if depth == 0:
+        blocks.append(text[start:i + 1])
+  assert depth == 0, "unbalanced '{'"
+  return blocks
+
+
+def test_shipped_autotune_results_are_named_and_formed_as_xla_writes_them():
+  import os, re  # pylint: disable=import-outside-toplevel,multiple-imports
+  files = sorted(os.listdir(parallel.AUTOTUNE_RESULTS_DIR))
+  pbtxt = [f for f in files if f.endswith(".pbtxt")]
+  assert "nvidia_h200__jaxlib-0.11.2.pbtxt" in pbtxt
+  for name in pbtxt:
+    assert re.fullmatch(r"[a-z0-9._]+__jaxlib-[0-9.]+\.pbtxt", name), name
+    kind, version = name[:-len(".pbtxt")].split("__jaxlib-")
+    assert parallel.autotune_results_path(kind.replace("_", " "), version).endswith(name)
+    text = open(os.path.join(parallel.AUTOTUNE_RESULTS_DIR, name)).read()
+    blocks = _entries(text)
+    assert len(blocks) > 100 and all(b.startswith("entries {") for b in blocks)
+    devices, fingerprints = set(), set()
+    for b in blocks:
+      devices.add(re.search(r'device: "([0-9a-f]+)"', b).group(1))
+      fingerprints.add(re.search(r'hlo_fingerprint: "([0-9a-f]+)"', b).group(1))
+      assert re.search(r"codegen_version: \"\w+\"", b) and re.search(r"backend: [A-Z_]+", b)
+      assert re.search(r'optimal_backend_version: "[\w.]+"', b), b[:300]
+    assert len(devices) == 1, devices             # one GPU kind per file
+    assert len(fingerprints) == len(blocks)       # one entry per instruction
+  # the README's table lists every file
+  readme = open(os.path.join(parallel.AUTOTUNE_RESULTS_DIR, "README.md")).read()
+  assert all(f"`{name}`" in readme for name in pbtxt)
+
+
+def test_autotune_options_pick_the_file_of_this_gpu_and_jaxlib(tmp_path):
+  h200 = dict(device_kind="NVIDIA H200", jaxlib_version="0.11.2")
+  path = parallel.autotune_results_path(**h200)
+  assert parallel.shipped_autotune_results(**h200) == path
+  assert parallel.shipped_autotune_results("NVIDIA H100 80GB HBM3", "0.11.2") is None
+  assert parallel.shipped_autotune_results("NVIDIA H200", "0.11.3") is None
+  assert parallel.autotune_options("shipped", backend="gpu", env={}, **h200) == {
+      "xla_gpu_load_autotune_results_from": path}
+  # nothing to load: another GPU, the CPU, TPU, turned off, or the user's own XLA_FLAGS load
+  assert parallel.autotune_options("shipped", backend="gpu", env={},
+                                   device_kind="NVIDIA H100 80GB HBM3",
+                                   jaxlib_version="0.11.2") is None
+  for backend in ("cpu", "tpu"):
+    assert parallel.autotune_options("shipped", backend=backend, env={}, **h200) is None
+  assert parallel.autotune_options("", backend="gpu", **h200) is None
+  assert parallel.autotune_options(None, backend="gpu", **h200) is None
+  mine = {"XLA_FLAGS": "--xla_gpu_load_autotune_results_from=/tmp/mine.pbtxt"}
+  assert parallel.autotune_options("shipped", backend="gpu", env=mine, **h200) is None
+  # a file of one's own; a missing one is named on every backend
+  own = tmp_path / "own.pbtxt"
+  own.write_text("")
+  assert parallel.autotune_options(str(own), backend="gpu") == {
+      "xla_gpu_load_autotune_results_from": str(own)}
+  for backend in ("gpu", "cpu"):
+    with pytest.raises(ValueError, match="missing.pbtxt"):
+      parallel.autotune_options(str(tmp_path / "missing.pbtxt"), backend=backend)
+  with pytest.raises(ValueError, match="1.5"):
+    parallel.autotune_options(1.5, backend="gpu")
+  # with deterministic kernels: the shipped results (picked among all kernels) are not loaded
+  assert parallel.compiler_options(False, backend="gpu", autotune_results=str(own)) == {
+      "xla_gpu_load_autotune_results_from": str(own)}
+  both = parallel.compiler_options(True, backend="gpu", autotune_results=str(own))
+  assert both == {"xla_gpu_exclude_nondeterministic_ops": True,
+                  "xla_gpu_load_autotune_results_from": str(own)}
+
+
+def test_deterministic_step_ignores_the_shipped_results(monkeypatch):
+  h200 = parallel.autotune_results_path("NVIDIA H200", "0.11.2")
+  monkeypatch.setattr(parallel, "shipped_autotune_results", lambda *a, **k: h200)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert parallel.compiler_options(False, backend="gpu", autotune_results="shipped") == {
+      "xla_gpu_load_autotune_results_from": h200}
+  assert parallel.compiler_options(True, backend="gpu", autotune_results="shipped") == (
+      parallel.DETERMINISTIC_COMPILER_OPTIONS)
+
+
+def test_autotune_option_is_known_to_this_jaxlib():
+  """The option name reaches XLA's option parser (an unknown name fails the compile); the CPU
+  compiler ignores it, so the result is unchanged."""
+  path = parallel.autotune_results_path("NVIDIA H200", "0.11.2")
+  f = lambda v: jnp.sin(v) * 3
+  x = jnp.linspace(0.0, 1.0, 8)
+  out = jax.jit(f, compiler_options={"xla_gpu_load_autotune_results_from": path})(x)
+  np.testing.assert_array_equal(out, jax.jit(f)(x))
+  with pytest.raises(Exception):
+    jax.jit(f, compiler_options={"xla_gpu_load_autotune_results_from_typo": path})(x)

@@ -97,12 +97,34 @@ def test_deterministic_option_reaches_the_train_step(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_autotune_results_reach_the_train_step_and_evaluation(monkeypatch):
+  """``training.autotune_results`` ('shipped' in the base config) becomes the XLA load option of the
+  train step and of the evaluation programs on a GPU (faked here: the CPU ignores the option)."""
+  from jaxgen import evaluate, parallel  # pylint: disable=import-outside-toplevel
+  config = base.get_base_config()
+  assert config.training.autotune_results == "shipped"
+  assert train.train_compiler_options(config) is None            # CPU: nothing to load
+  h200 = parallel.autotune_results_path("NVIDIA H200", "0.11.2")
+  monkeypatch.setattr(parallel, "shipped_autotune_results", lambda *a, **k: h200)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  load = {"xla_gpu_load_autotune_results_from": h200}
+  assert train.train_compiler_options(config) == load
+  assert evaluate._xla_options(config) == load   # pylint: disable=protected-access
+  config.training.deterministic = True
+  assert train.train_compiler_options(config) == parallel.DETERMINISTIC_COMPILER_OPTIONS
+  config.training.deterministic, config.training.autotune_results = False, ""
+  assert train.train_compiler_options(config) is None and evaluate._xla_options(config) is None
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("data.dataset", "cifar11_not_a_set", "cifar11_not_a_set"),
     ("model.name", "transformer9000", "transformer9000"),
     ("process.name", "vpp", "vpp"),
     ("training.batch_size", 12, "12"),
     ("method", "gan", "gan"),
+    ("training.autotune_results", "/no/such/autotune.pbtxt", "autotune.pbtxt"),
+    ("training.autotune_results", "shiped", "shiped"),
 ])
 def test_bad_config_rejected_before_anything_is_written(tmp_path, field, value, match):
   config = tiny_config(2)

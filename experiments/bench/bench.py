@@ -42,6 +42,7 @@ def _early_flags():
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument("--xla_flags", default="")
   parser.add_argument("--no_default_xla_flags", action="store_true")
+  parser.add_argument("--dump_autotune_results", default="")
   known, _ = parser.parse_known_args()
   if not known.no_default_xla_flags:  # what jaxgen.main runs with
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -49,6 +50,10 @@ def _early_flags():
     _parallel.configure_xla_flags()
   if known.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + known.xla_flags).strip()
+  if known.dump_autotune_results:  # every autotuning result of this process, written by XLA
+    os.makedirs(known.dump_autotune_results, exist_ok=True)
+    os.environ["XLA_FLAGS"] += (" --xla_gpu_dump_autotune_results_to="
+                                + os.path.join(known.dump_autotune_results, "dump.pbtxt"))
 
 
 _early_flags()
@@ -345,11 +350,16 @@ class Bench:
 
 
 def parse_options(spec):
-  """'a+b=false' -> {'a': True, 'b': False} (config fields of a train run)."""
+  """'a+b=false+c=path' -> {'a': True, 'b': False, 'c': 'path'} (config fields of a train run);
+  'none' or 'off' is the empty string (e.g. autotune_results=none)."""
   opts = {}
   for item in filter(None, spec.split("+")):
     key, _, value = item.partition("=")
-    opts[key] = value.lower() not in ("false", "0", "no") if value else True
+    low = value.lower()
+    if low in ("", "true", "1", "yes", "false", "0", "no"):
+      opts[key] = low in ("", "true", "1", "yes")
+    else:
+      opts[key] = "" if low in ("none", "off") else value
   return opts
 
 
@@ -383,8 +393,14 @@ def main():
   parser.add_argument("--cache_dir", default="",
                       help="persistent compilation cache (as jaxgen.main turns on by default); "
                            "a second run with the same directory measures a warm start")
+  parser.add_argument("--dump_autotune_results", default="",
+                      help="directory: XLA writes every autotuning result of this process there, "
+                           "as <gpu kind>__jaxlib-<version>.pbtxt, the name jaxgen looks for in "
+                           "jaxgen/autotune_results (the train runs then load none themselves)")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
+  if args.dump_autotune_results:
+    args.train_options = "+".join(filter(None, [args.train_options, "autotune_results=none"]))
   if args.cache_dir:
     os.makedirs(args.cache_dir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", args.cache_dir)
@@ -437,6 +453,16 @@ def main():
       mine = np.asarray(r["likelihood_bpd_per_image"][:len(ref)])
       r["bpd_vs_highest_max_abs"] = float(np.max(np.abs(mine - np.asarray(ref))))
       r["bpd_vs_highest_mean"] = float(np.mean(mine) - np.mean(ref))
+  if args.dump_autotune_results:
+    import jaxlib  # pylint: disable=import-outside-toplevel
+    target = os.path.join(args.dump_autotune_results, os.path.basename(
+        parallel.autotune_results_path(jax.devices()[0].device_kind, jaxlib.__version__)))
+    written = os.path.join(args.dump_autotune_results, "dump.pbtxt")
+    if os.path.isfile(written):   # only GPU compilers write one
+      os.replace(written, target)
+      log(f"autotune results: {target}")
+    else:
+      log("no autotune results were written (not a GPU?)")
   for spec in split(args.variants):
     if time.perf_counter() - T0 > args.budget:
       log(f"skipping variant {spec}: over budget")
