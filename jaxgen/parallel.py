@@ -78,7 +78,7 @@ DETERMINISTIC_COMPILER_OPTIONS = {"xla_gpu_exclude_nondeterministic_ops": True}
 # instruction), shipped with jaxgen: one file per GPU kind and jaxlib version, written by
 # ``--xla_gpu_dump_autotune_results_to`` (how: autotune_results/README.md). XLA reads the file once
 # per process, at the first compile that asks for it; a machine that never compiled the program
-# then skips most of the autotuning. On an H200 the DDPM++ train step compiled cold in 41.9-43.3 s
+# then skips most of the autotuning. On an H200 the DDPM++ train step compiled cold in 37.6-43.3 s
 # instead of 63.5-74.3 s (bf16) and 35.6-42.8 s instead of 51.2-53.1 s (fp32), with the same step
 # time and loss (experiments/bench/NOTES.md, run 21). XLA keys each entry by fingerprints of the
 # device and the instruction and by the cuDNN/Triton versions: an entry that does not match is a
