@@ -444,8 +444,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
                    batch_size: Optional[int] = None, seed: int = 0, solver: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, num_steps: int = 100,
                    eps: float = 1e-3, mesh=None, max_chunks: Optional[int] = None,
-                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None
-                   ) -> Dict[str, Any]:
+                   progress: bool = True, metadata: Optional[Dict[str, Any]] = None,
+                   compiler_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Coupled pairs ``(z, x = ODE(z))`` of a flow, written resumably in chunks to ``directory``.
 
   Chunk ``c`` holds pairs ``[c chunk_size, (c + 1) chunk_size)``, made in ``chunk_size //
@@ -475,6 +475,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     max_chunks: make at most this many new chunks, then return (a time-limited job).
     progress: show a progress bar (host 0).
     metadata: JSON-serialisable facts that must match on resume (e.g. the model's step).
+    compiler_options: XLA options of the jitted solve (e.g.
+      :func:`jaxgen.parallel.autotune_options`); not part of ``meta.json``.
   Returns:
     dict ``directory``, ``num_chunks``, ``generated`` (chunks made now), ``skipped`` (present
     before), ``complete``, ``mean_nfe`` (of the chunks made now), ``seconds``.
@@ -530,7 +532,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
                                num_steps=num_steps, rtol=rtol, atol=atol)
     return z, x, nfe
 
-  run = jax.jit(generate, in_shardings=(repl, repl), out_shardings=(sharded, sharded, repl))
+  run = parallel.jit(generate, compiler_options, in_shardings=(repl, repl),
+                     out_shardings=(sharded, sharded, repl))
   bar = _progress(num_chunks, num_chunks - len(todo), "reflow pairs", progress)
   t_start, made, nfes = time.time(), 0, []
   for chunk in todo:
@@ -609,7 +612,8 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
       solver=str(reflow.solver), rtol=float(reflow.rtol), atol=float(reflow.atol),
       num_steps=int(reflow.num_steps), eps=float(reflow.eps), mesh=mesh, max_chunks=max_chunks,
       metadata={"model_step": int(state.step), "method": config.method,
-                "model": str(config.model.name)})
+                "model": str(config.model.name)},
+      compiler_options=parallel.autotune_options(config.training.get("autotune_results", "")))
   if jax.process_index() == 0:
     with open(os.path.join(directory, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
