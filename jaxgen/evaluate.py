@@ -107,10 +107,11 @@ def likelihood_precision(eval_config) -> str:
   return value.lower()
 
 
-def _xla_options(config) -> Optional[dict]:
-  """XLA options of the evaluation programs: the autotune results of ``training.autotune_results``
-  (:func:`jaxgen.parallel.autotune_options`), so that ``--mode=eval`` and ``--mode=sample`` on a
-  machine that never compiled them skip the autotuning the results cover."""
+def xla_options(config) -> Optional[dict]:
+  """XLA options of the evaluation and generation programs (bits/dim, samples, held-out loss,
+  reflow pairs): the autotune results of ``training.autotune_results``
+  (:func:`jaxgen.parallel.autotune_options`), so that ``--mode=eval``, ``sample`` or ``reflow`` on
+  a machine that never compiled them skip the autotuning the results cover."""
   return parallel.autotune_options(config.training.get("autotune_results", ""))
 
 
@@ -194,7 +195,7 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   ds = data_lib.get_dataset(config.data, split, seed=config.seed)
   local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  nll = parallel.jit(make_nll_fn(setup, config.eval), _xla_options(config),
+  nll = parallel.jit(make_nll_fn(setup, config.eval), xla_options(config),
                      in_shardings=(repl, repl, sharded), out_shardings=(sharded, repl))
   total_batches = ds.num_eval_batches(local_batch)
   if max_batches is not None:
@@ -335,7 +336,7 @@ def generate_samples(setup, params, mesh, num: int, seed: int) -> Tuple[np.ndarr
   batch = int(math.ceil(batch / devices) * devices)
   sample_fn = make_sample_fn(setup, config.sampling)
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  run = parallel.jit(lambda p, k: sample_fn(p, k, batch), _xla_options(config),
+  run = parallel.jit(lambda p, k: sample_fn(p, k, batch), xla_options(config),
                      in_shardings=(repl, repl), out_shardings=(sharded, repl))
   out, nfe = [], 0
   for i in range(int(math.ceil(num / batch))):
@@ -359,7 +360,7 @@ def make_periodic_evaluation(config) -> Callable:
                                               "config.eval.batch_size")
     if "loss" not in cache:
       repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-      cache["loss"] = parallel.jit(setup.make_eval_loss(), _xla_options(config),
+      cache["loss"] = parallel.jit(setup.make_eval_loss(), xla_options(config),
                                    in_shardings=(repl, repl, sharded))
     held_out = []
     for i, batch in enumerate(ds.iterate(local_batch)):

@@ -592,7 +592,7 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
   ``max_chunks`` (0: all). Resumes an interrupted generation. Returns the summary of
   :func:`generate_pairs` (also written to ``<pairs_dir>/summary.json``).
   """
-  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate, train  # pylint: disable=import-outside-toplevel
   if config.method in ("distill", "cnf"):
     raise ValueError(f"--mode=reflow needs a flow or score model (config.method 'flow' or "
                      f"'score'), got {config.method!r}")
@@ -613,7 +613,7 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
       num_steps=int(reflow.num_steps), eps=float(reflow.eps), mesh=mesh, max_chunks=max_chunks,
       metadata={"model_step": int(state.step), "method": config.method,
                 "model": str(config.model.name)},
-      compiler_options=parallel.autotune_options(config.training.get("autotune_results", "")))
+      compiler_options=evaluate.xla_options(config))
   if jax.process_index() == 0:
     with open(os.path.join(directory, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)

@@ -110,11 +110,11 @@ def test_autotune_results_reach_the_train_step_and_evaluation(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   load = {"xla_gpu_load_autotune_results_from": h200}
   assert train.train_compiler_options(config) == load
-  assert evaluate._xla_options(config) == load   # pylint: disable=protected-access
+  assert evaluate.xla_options(config) == load
   config.training.deterministic = True
   assert train.train_compiler_options(config) == parallel.DETERMINISTIC_COMPILER_OPTIONS
   config.training.deterministic, config.training.autotune_results = False, ""
-  assert train.train_compiler_options(config) is None and evaluate._xla_options(config) is None
+  assert train.train_compiler_options(config) is None and evaluate.xla_options(config) is None
 
 
 @pytest.mark.parametrize("field,value,match", [
