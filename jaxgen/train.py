@@ -125,11 +125,11 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if not isinstance(config.training.get("deterministic", False), bool):
     raise ValueError(f"config.training.deterministic must be True or False, got "
                      f"{config.training.deterministic!r}")
-  results = config.training.get("autotune_results", "")
-  if not isinstance(results, str) or (results not in ("", "shipped")
-                                       and not os.path.isfile(results)):
+  try:   # the checks of the option itself (a string; an existing file unless '' or 'shipped')
+    parallel.autotune_options(config.training.get("autotune_results", ""), backend="cpu")
+  except ValueError as e:
     raise ValueError(f"config.training.autotune_results must be 'shipped', '' or an existing file "
-                     f"of XLA autotune results, got {results!r}")
+                     f"of XLA autotune results: {e}") from None
   from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.likelihood_precision(config.eval)
   num_devices = num_devices or jax.device_count()
