@@ -23,7 +23,9 @@ One call on a GPU host prints a table and writes JSON:
 XLA flags: jaxgen's defaults (``jaxgen.parallel.DEFAULT_XLA_FLAGS``, as ``jaxgen.main`` sets them;
 ``--no_default_xla_flags`` leaves them out), then ``--xla_flags`` are appended to ``XLA_FLAGS``
 before JAX starts. The network's forward pass, ms/NFE and the likelihood run on
-``Setup.inference_params`` (kernels cast once), as the library's samplers and likelihood do. Do not
+``Setup.inference_params`` (kernels and conv/dense biases cast once), as the library's samplers
+and likelihood do, and their jits load the shipped autotune results as the library's evaluation
+programs do (``evaluate.xla_options``). Do not
 turn command buffers off (``--xla_gpu_enable_command_buffer=``): on the H100 of this workplace
 that made every number worse (NOTES.md, run 3). A full run (two cold train compiles of ~45-80 s,
 forward/NFE/likelihood compiles, the highest-precision reference) takes longer than one 10-minute
@@ -64,7 +66,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
-from jaxgen import likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
+from jaxgen import evaluate, likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7
 PEAK_TFLOPS = 790.0
@@ -263,7 +265,8 @@ class Bench:
     """ms per network evaluation inside ``solvers.ddim_sample`` (one jitted loop): the time of a
     ``steps``-evaluation run minus a 1-evaluation run, over ``steps - 1``; with the float32
     parameters, with every parameter cast to the compute dtype once before sampling, and with
-    ``Setup.inference_params`` (kernels cast, as the library's samplers do)."""
+    ``Setup.inference_params`` (kernels and conv/dense biases cast, as the library's samplers
+    do)."""
     dtype, precision = MODES[name]
     with jax.default_matmul_precision(precision):
       setup = make_setup(dtype, self.batch)
@@ -271,14 +274,15 @@ class Bench:
       variants = {"": params}
       if dtype != "float32":
         variants["_params_cast"] = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
-        # as jaxgen's samplers run it (evaluate.make_sample_fn): kernels cast, vectors float32
+        # as jaxgen's samplers run it (evaluate.make_sample_fn): kernels and conv/dense biases
+        # cast, normalization vectors float32
         variants["_inference_params"] = setup.inference_params(params)
       for suffix, p in variants.items():
         times = {}
         for n in (1, steps):
           fn = jax.jit(lambda p, key, n=n: solvers.ddim_sample(
               key, setup.process, lambda x, t: setup.model_fn(p, x, t), (self.batch, 32, 32, 3),
-              num_steps=n)[0])
+              num_steps=n)[0], compiler_options=evaluate.xla_options(setup.config))
           jax.block_until_ready(fn(p, jax.random.PRNGKey(0)))
           ts = []
           for i in range(3):
@@ -301,9 +305,10 @@ class Bench:
       if do_fwd:
         x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
         t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
-        fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t))
+        fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t),
+                      compiler_options=evaluate.xla_options(setup.config))
         params = jax.device_put(self.active_params)
-        # As a sampler calls it: kernels cast to the compute dtype once, before the loop.
+        # As a sampler calls it: kernels and biases cast to the compute dtype once, before the loop.
         fwd_s, fwd_sync_s, out = timeit(fwd, setup.inference_params(params), x, t_vec)
         res["forward_ms"], res["forward_ms_sync"] = fwd_s * 1e3, fwd_sync_s * 1e3
         if dtype != "float32":  # and from the float32 parameters (a cast on every call)
@@ -314,8 +319,9 @@ class Bench:
         def one_nfe(p, x, t):
           return likelihood.hutchinson_divergence(pf_drift(setup, p), x, t, probes)
 
-        nfe_s, nfe_sync_s, _ = timeit(jax.jit(one_nfe), setup.inference_params(lik_params), x,
-                                      t_vec)
+        nfe_s, nfe_sync_s, _ = timeit(
+            jax.jit(one_nfe, compiler_options=evaluate.xla_options(setup.config)),
+            setup.inference_params(lik_params), x, t_vec)
         res["ms_per_nfe"], res["ms_per_nfe_sync"] = nfe_s * 1e3, nfe_sync_s * 1e3
         log(f"{name}: forward {res['forward_ms']:.2f} ms ({res['forward_ms_sync']:.2f} waited for "
             f"each), {res['ms_per_nfe']:.2f} ms/NFE ({res['ms_per_nfe_sync']:.2f})")
@@ -330,7 +336,7 @@ class Bench:
                                            baseline=lik_baseline)
           return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
 
-        lik = jax.jit(lik)
+        lik = jax.jit(lik, compiler_options=evaluate.xla_options(setup.config))
         t = time.perf_counter()
         jax.block_until_ready(lik(lik_params, x_data, jax.random.PRNGKey(4)))
         res["likelihood_compile_s"] = time.perf_counter() - t
