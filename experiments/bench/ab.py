@@ -1,7 +1,8 @@
 """Two model variants of ``probe.py`` compared in one process (run 22), so that clocks and lease
-drift hit both alike. A spec is ``VARIANT[:PARAMS]``; PARAMS says which parameters the forward
-and DDIM get: ``lib`` (default, ``Setup.inference_params``, as the library's samplers) or
-``kernels`` (only the rank >= 2 leaves cast: ``inference_params`` before run 22).
+drift hit both alike. A spec is ``VARIANT[:PARAMS][@OPTIONS]``; PARAMS says which parameters the
+forward and DDIM get: ``lib`` (default, ``Setup.inference_params``, as the library's samplers) or
+``kernels`` (only the rank >= 2 leaves cast: ``inference_params`` before run 22); OPTIONS names
+extra XLA options of the forward and DDIM jits (``XLA_OPTIONS``).
 
 * the bf16 forward at batch 128: windows of 30 pipelined calls alternating A B A B ..., the
   outputs' difference, and a profile of 5 pipelined calls per spec (GPU busy, kernels by class);
@@ -48,6 +49,26 @@ def windows(fns, args_of, n, rounds):
   return out
 
 
+# Per-executable XLA options to try on the forward (run 22, call 3).
+XLA_OPTIONS = {
+    "": {},
+    # independent kernels of a command buffer (a block's shortcut and main branch) may overlap
+    "concurrent": {"xla_gpu_graph_enable_concurrent_region": True},
+    "same_shape_mof": {"xla_gpu_experimental_enable_same_shape_multi_output_fusion": True},
+    "heroless": {"xla_gpu_experimental_enable_triton_heroless_priority_fusion": True},
+}
+
+
+def parse_spec(spec):
+  """``VARIANT[:PARAMS][@OPTIONS]`` -> (variant, params kind, extra XLA options)."""
+  base, _, opt = spec.partition("@")
+  name, _, kind = base.partition(":")
+  if opt not in XLA_OPTIONS:
+    raise ValueError(f"unknown options {opt!r} in spec {spec!r}; expected one of "
+                     f"{sorted(XLA_OPTIONS)}")
+  return name, kind or "lib", XLA_OPTIONS[opt]
+
+
 def spec_params(setup, params, kind):
   """The parameters a forward of spec kind ``kind`` gets (see the module docstring)."""
   if kind == "lib":
@@ -76,7 +97,10 @@ def main():
   parts = set(args.parts.split(","))
   specs = args.specs.split(",")
   opts = parallel.autotune_options("shipped")
-  kw = {"compiler_options": opts} if opts else {}
+  kws = {}
+  for s in specs:
+    merged = dict(opts or {}, **parse_spec(s)[2])
+    kws[s] = {"compiler_options": merged} if merged else {}
   res = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "device": jax.devices()[0].device_kind,
          "jax": jax.__version__, "specs": specs, "autotune_options": opts}
 
@@ -88,20 +112,26 @@ def main():
   x = jax.random.normal(jax.random.PRNGKey(1), (args.batch, 32, 32, 3))
   t = jax.random.uniform(jax.random.PRNGKey(5), (args.batch,), minval=0.05, maxval=1.0)
   setups, params, fwd, outs = {}, {}, {}, {}
-  for s in specs:
-    name, _, kind = s.partition(":")
+  for s in list(specs):
+    name, kind, _ = parse_spec(s)
     setups[s] = probe.make_setup(name, args.batch)
-    params[s] = spec_params(setups[s], runner.params_for(name, runner.state0.params),
-                            kind or "lib")
-    fwd[s] = jax.jit(setups[s].model_fn, **kw)
+    params[s] = spec_params(setups[s], runner.params_for(name, runner.state0.params), kind)
+    fwd[s] = jax.jit(setups[s].model_fn, **kws[s])
     t0 = time.perf_counter()
-    outs[s] = np.asarray(jax.block_until_ready(fwd[s](params[s], x, t))).astype(np.float64)
+    try:
+      outs[s] = np.asarray(jax.block_until_ready(fwd[s](params[s], x, t))).astype(np.float64)
+    except Exception as e:  # pylint: disable=broad-except
+      res[f"error_{s}"] = repr(e)[:300]  # e.g. an XLA option this jaxlib does not know
+      probe.log(f"{s} dropped: {res[f'error_{s}']}")
+      specs.remove(s)
+      del fwd[s]
+      continue
     res[f"fwd_compile_s_{s}"] = time.perf_counter() - t0
     if args.hlo_dir:
       import gzip  # pylint: disable=import-outside-toplevel
       os.makedirs(args.hlo_dir, exist_ok=True)
       text = fwd[s].lower(params[s], x, t).compile().as_text()
-      with open(os.path.join(args.hlo_dir, f"hlo_fwd_{s.replace(':', '_')}.txt.gz"), "wb") as f:
+      with open(os.path.join(args.hlo_dir, f"hlo_fwd_{s.replace(':', '_').replace('@', '_')}.txt.gz"), "wb") as f:
         f.write(gzip.compress(text.encode()))
     probe.log(f"forward {s} compiled in {res[f'fwd_compile_s_{s}']:.1f} s")
   a = outs[specs[0]]
@@ -117,7 +147,7 @@ def main():
   if "profile" in parts:
     import glob  # pylint: disable=import-outside-toplevel
     for s in specs:
-      tdir = f"/tmp/ab_traces/fwd_{s.replace(':', '_')}"
+      tdir = f"/tmp/ab_traces/fwd_{s.replace(':', '_').replace('@', '_')}"
       jax.profiler.start_trace(tdir)
       for _ in range(5):
         r = fwd[s](params[s], x, t)
@@ -143,7 +173,7 @@ def main():
       for n in (1, args.ddim_steps):
         ddim[s, n] = jax.jit(lambda p, key, s=s, n=n: solvers.ddim_sample(
             key, setups[s].process, lambda y, u: setups[s].model_fn(p, y, u), shape,
-            num_steps=n)[0], **kw)
+            num_steps=n)[0], **kws[s])
         jax.block_until_ready(ddim[s, n](params[s], jax.random.PRNGKey(0)))
     times = {k: [] for k in ddim}
     for i in range(3):
@@ -158,7 +188,7 @@ def main():
     save()
   if "train" in parts:
     tspecs = args.train_specs.split(",") if args.train_specs else list(dict.fromkeys(
-        s.partition(":")[0] for s in specs))
+        parse_spec(s)[0] for s in specs))
     probe.OPTIONS["shipped"] = opts
     steps, states = {}, {}
     for s in tspecs:
