@@ -18,6 +18,8 @@ Run 22 call 1 compared ``bf16_tb_ts`` with ``bf16_tb_ts_ss`` (``model.split_skip
 removed: NOTES.md run 22).
 """
 import argparse
+import glob
+import gzip
 import json
 import os
 import sys
@@ -128,10 +130,10 @@ def main():
       continue
     res[f"fwd_compile_s_{s}"] = time.perf_counter() - t0
     if args.hlo_dir:
-      import gzip  # pylint: disable=import-outside-toplevel
       os.makedirs(args.hlo_dir, exist_ok=True)
       text = fwd[s].lower(params[s], x, t).compile().as_text()
-      with open(os.path.join(args.hlo_dir, f"hlo_fwd_{s.replace(':', '_').replace('@', '_')}.txt.gz"), "wb") as f:
+      fname = f"hlo_fwd_{s.replace(':', '_').replace('@', '_')}.txt.gz"
+      with open(os.path.join(args.hlo_dir, fname), "wb") as f:
         f.write(gzip.compress(text.encode()))
     probe.log(f"forward {s} compiled in {res[f'fwd_compile_s_{s}']:.1f} s")
   a = outs[specs[0]]
@@ -145,7 +147,6 @@ def main():
       probe.log(f"forward {s}: min {min(v):.3f} ms, windows {[round(u, 3) for u in v]}")
     save()
   if "profile" in parts:
-    import glob  # pylint: disable=import-outside-toplevel
     for s in specs:
       tdir = f"/tmp/ab_traces/fwd_{s.replace(':', '_').replace('@', '_')}"
       jax.profiler.start_trace(tdir)
