@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 
 from jaxgen import data as data_lib
 from jaxgen import losses, models, parallel, processes
+from jaxgen.models import layers
 
 Array = jax.Array
 
@@ -167,6 +168,11 @@ def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = N
           jax.jit(setup.from_flat_state, out_shardings=repl))
 
 
+# (module name prefix, parameter) of the vectors that the layers use only after a cast to the
+# compute dtype (``Setup.inference_params`` casts them once).
+_COMPUTE_DTYPE_VECTORS = (("Conv", "bias"), ("Dense", "bias"), ("NIN", "b"))
+
+
 class Setup:
   """Model, process, loss and the pure functions of one experiment, built from its config."""
 
@@ -219,9 +225,9 @@ class Setup:
     def cast(path, p):
       if not jnp.issubdtype(p.dtype, jnp.floating):
         return p
-      keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-      bias = (p.ndim == 1 and len(keys) >= 2
-              and (keys[-2].split("_")[0], keys[-1]) in _COMPUTE_DTYPE_VECTORS)
+      names = layers.param_path_names(path)
+      bias = (p.ndim == 1 and len(names) >= 2
+              and (names[-2].split("_")[0], names[-1]) in _COMPUTE_DTYPE_VECTORS)
       return p.astype(dtype) if p.ndim >= 2 or bias else p
 
     return jax.tree_util.tree_map_with_path(cast, params)
@@ -415,10 +421,6 @@ def _config_fingerprint(config) -> Dict[str, Any]:
           "method": config.method, "data_shape": list(data_shape(config)),
           "optim": {"optimizer": config.optim.optimizer}}
 
-
-# (module name prefix, parameter) of the vectors that the layers use only after a cast to the
-# compute dtype (``Setup.inference_params`` casts them once).
-_COMPUTE_DTYPE_VECTORS = (("Conv", "bias"), ("Dense", "bias"), ("NIN", "b"))
 
 # Model fields that change speed only, never the parameters a checkpoint holds (``remat`` is not
 # one: flax names the rematerialized blocks differently).

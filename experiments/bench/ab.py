@@ -58,6 +58,7 @@ XLA_OPTIONS = {
     "concurrent": {"xla_gpu_graph_enable_concurrent_region": True},
     "same_shape_mof": {"xla_gpu_experimental_enable_same_shape_multi_output_fusion": True},
     "heroless": {"xla_gpu_experimental_enable_triton_heroless_priority_fusion": True},
+    "nocmdbuf": {"xla_gpu_enable_command_buffer": ""},  # run 21 (fwd_cb.py)
 }
 
 

@@ -277,12 +277,13 @@ class Bench:
         # as jaxgen's samplers run it (evaluate.make_sample_fn): kernels and conv/dense biases
         # cast, normalization vectors float32
         variants["_inference_params"] = setup.inference_params(params)
+      opts = evaluate.xla_options(setup.config)  # as the library's samplers compile
       for suffix, p in variants.items():
         times = {}
         for n in (1, steps):
           fn = jax.jit(lambda p, key, n=n: solvers.ddim_sample(
               key, setup.process, lambda x, t: setup.model_fn(p, x, t), (self.batch, 32, 32, 3),
-              num_steps=n)[0], compiler_options=evaluate.xla_options(setup.config))
+              num_steps=n)[0], compiler_options=opts)
           jax.block_until_ready(fn(p, jax.random.PRNGKey(0)))
           ts = []
           for i in range(3):
@@ -302,11 +303,11 @@ class Bench:
     lik_params = jax.device_put(self.lik_params)
     with jax.default_matmul_precision(precision):
       setup = make_setup(dtype, self.batch)
+      opts = evaluate.xla_options(setup.config)  # as the library's evaluation programs compile
       if do_fwd:
         x = jax.random.normal(jax.random.PRNGKey(1), (self.batch, 32, 32, 3))
         t_vec = jax.random.uniform(jax.random.PRNGKey(5), (self.batch,), minval=0.05, maxval=1.0)
-        fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t),
-                      compiler_options=evaluate.xla_options(setup.config))
+        fwd = jax.jit(lambda p, x, t: setup.model_fn(p, x, t), compiler_options=opts)
         params = jax.device_put(self.active_params)
         # As a sampler calls it: kernels and biases cast to the compute dtype once, before the loop.
         fwd_s, fwd_sync_s, out = timeit(fwd, setup.inference_params(params), x, t_vec)
@@ -319,9 +320,8 @@ class Bench:
         def one_nfe(p, x, t):
           return likelihood.hutchinson_divergence(pf_drift(setup, p), x, t, probes)
 
-        nfe_s, nfe_sync_s, _ = timeit(
-            jax.jit(one_nfe, compiler_options=evaluate.xla_options(setup.config)),
-            setup.inference_params(lik_params), x, t_vec)
+        nfe_s, nfe_sync_s, _ = timeit(jax.jit(one_nfe, compiler_options=opts),
+                                      setup.inference_params(lik_params), x, t_vec)
         res["ms_per_nfe"], res["ms_per_nfe_sync"] = nfe_s * 1e3, nfe_sync_s * 1e3
         log(f"{name}: forward {res['forward_ms']:.2f} ms ({res['forward_ms_sync']:.2f} waited for "
             f"each), {res['ms_per_nfe']:.2f} ms/NFE ({res['ms_per_nfe_sync']:.2f})")
@@ -336,7 +336,7 @@ class Bench:
                                            baseline=lik_baseline)
           return likelihood.bits_per_dim(logp, x.shape[1:]), nfe
 
-        lik = jax.jit(lik, compiler_options=evaluate.xla_options(setup.config))
+        lik = jax.jit(lik, compiler_options=opts)
         t = time.perf_counter()
         jax.block_until_ready(lik(lik_params, x_data, jax.random.PRNGKey(4)))
         res["likelihood_compile_s"] = time.perf_counter() - t

@@ -135,6 +135,12 @@ def add_bias_two_stage(y: Array, bias: Array) -> Array:
   return y + per_sample(bias, y)
 
 
+def param_path_names(path) -> Tuple[str, ...]:
+  """The names along a parameter tree path (``tree_map_with_path``'s keys): module names, then
+  the parameter's, e.g. ``('ResnetBlockBigGAN_3', 'Conv_0', 'bias')``."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
 def convert_kernel_layout(params, to: str):
   """Transposes every convolution kernel of a parameter tree to ``to`` (``'HWIO'``/``'OHWI'``).
 
@@ -147,8 +153,8 @@ def convert_kernel_layout(params, to: str):
   perm = (3, 0, 1, 2) if to == "OHWI" else (1, 2, 3, 0)
 
   def fix(path, leaf):
-    name = getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
-    if name == "kernel" and getattr(leaf, "ndim", 0) == 4:
+    names = param_path_names(path)
+    if names[-1:] == ("kernel",) and getattr(leaf, "ndim", 0) == 4:
       return jnp.transpose(leaf, perm)
     return leaf
 
