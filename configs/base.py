@@ -119,7 +119,8 @@ def get_base_config():
   model.scale_by_sigma = False
   model.nonlinearity = "swish"
   model.num_classes = 0
-  model.remat = False
+  model.remat = False                  # recompute residual blocks in the backward pass (memory)
+  model.remat_policy = "full"          # with remat: "full", or "save_convs" (keeps conv outputs)
   # Performance options (same parameters and function; see experiments/bench/NOTES.md):
   model.fused_norm = False             # GroupNorm+swish with a hand-written backward pass
   model.pallas_norm = False            # GroupNorm+swish forward as one Pallas kernel (run 17)

@@ -425,7 +425,7 @@ def _config_fingerprint(config) -> Dict[str, Any]:
 # Model fields that change speed only, never the parameters a checkpoint holds (``remat`` is not
 # one: flax names the rematerialized blocks differently).
 _PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_barrier",
-                           "two_stage_grads")
+                           "two_stage_grads", "remat_policy")
 # Model fields added after checkpoints were written, with what those checkpoints hold.
 _MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
@@ -651,6 +651,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
 
     summary: Dict[str, Any] = {"start_step": start}
+    # The first call compiles the step (tens of seconds for a large network on a GPU, less from
+    # the persistent cache): say so, and how long it took, before the first loss line.
+    log("compiling the train step (its first call)")
     t_start = time.time()
     t_last, step_last = time.time(), start
     losses_since = []
@@ -661,6 +664,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = train_ds.get_batch(step, local_batch)
         batch = parallel.host_local_to_global(batch, mesh)
         carry, metrics = train_step(carry, batch)
+        if step == start:
+          jax.block_until_ready(metrics)
+          summary["first_step_seconds"] = time.time() - t_start
+          log(f"first train step (compile and run): {summary['first_step_seconds']:.1f} s")
         step += 1
         losses_since.append(metrics["loss"])
         at_log = step % training.log_every == 0 or step == n_iters

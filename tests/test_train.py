@@ -35,8 +35,14 @@ def _params(state):
                                                    state.opt_state)))
 
 
-def test_resume_is_bit_identical(tmp_path):
-  full = train.train_and_evaluate(tiny_config(8), str(tmp_path / "full"))["state"]
+def test_resume_is_bit_identical(tmp_path, capsys):
+  full_run = train.train_and_evaluate(tiny_config(8), str(tmp_path / "full"))
+  full = full_run["state"]
+  # The first call's compile is announced and timed before the first loss line.
+  out = capsys.readouterr().out
+  assert out.index("compiling the train step") < out.index("first train step (compile and run)")
+  assert out.index("first train step") < out.index("step       2/8")
+  assert 0 < full_run["first_step_seconds"] < full_run["wall_seconds"]
   config = tiny_config(8)
   config.training.n_iters = 4
   first = train.train_and_evaluate(config, str(tmp_path / "split"))
@@ -348,8 +354,8 @@ def test_scaling_benchmark_runs_the_training_step(tmp_path, monkeypatch):
 def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default
   it is refused naming `model.kernel_layout`; with `kernel_layout=HWIO` it is compatible.
-  Speed-only fields (fast_dropout, fused_norm, temb_barrier, two_stage_grads; the last two absent
-  from workdirs written before run 15) never make a workdir incompatible; remat renames the
+  Speed-only fields (fast_dropout, fused_norm, temb_barrier, two_stage_grads, remat_policy; the
+  last three absent from older workdirs) never make a workdir incompatible; remat renames the
   blocks' parameters, so it does."""
   config = base.get_base_config()
   config.model.name = "ncsnpp"
@@ -367,6 +373,7 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   train.check_workdir_compatible(str(tmp_path), config)
   config.model.temb_barrier = not config.model.temb_barrier
   config.model.two_stage_grads = not config.model.two_stage_grads
+  config.model.remat_policy = "save_convs"
   train.check_workdir_compatible(str(tmp_path), config)
   config.model.remat = not config.model.remat
   with pytest.raises(train.CheckpointError, match="model.remat"):

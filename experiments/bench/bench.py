@@ -79,6 +79,33 @@ def log(msg):
   print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
 
 
+def warmup_libraries():
+  """Seconds of the process's first GPU work, before any benchmark compile: the device context,
+  then a small bf16 and float32 convolution (forward and gradient) and matrix product, compiled
+  and run. On a freshly started machine this is where cuDNN and cuBLAS are first read from disk;
+  without it, that reading lands inside the first train-step compile (NOTES.md run 23)."""
+  out = {}
+  t = time.perf_counter()
+  jax.block_until_ready(jnp.zeros(8) + 1)
+  out["context_s"] = time.perf_counter() - t
+  for dtype in ("bfloat16", "float32"):
+    x = jnp.ones((8, 16, 16, 32), dtype)
+    w = jnp.ones((3, 3, 32, 32), dtype) * 0.01
+    a = jnp.ones((256, 256), dtype)
+
+    def f(x, w, a):
+      y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jnp.sum(y.astype(jnp.float32) ** 2) + jnp.sum((a @ a).astype(jnp.float32))
+
+    t = time.perf_counter()
+    jax.block_until_ready(jax.jit(jax.grad(f, argnums=(0, 1, 2)))(x, w, a))
+    out[f"conv_matmul_{dtype}_s"] = time.perf_counter() - t
+  log("warm-up (first GPU work, compiled and run): "
+      + ", ".join(f"{k} {v:.1f}" for k, v in out.items()))
+  return out
+
+
 def peak_gib():
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use", 0) / 2**30
@@ -190,10 +217,14 @@ class Bench:
     self.forward_out = {}
 
   def fresh_state(self, setup):
-    """The train state a run starts from: active parameters, EMA = parameters, fresh Adam."""
-    ema = jax.tree_util.tree_map(np.copy, self.active_params)
-    state = jax.device_put(self.host_state.replace(params=self.active_params, ema_params=ema),
-                           self.repl)
+    """The train state a run starts from: active parameters, EMA = parameters, fresh Adam.
+    With ``model.remat`` the blocks' parameters carry flax's ``Checkpoint`` prefix."""
+    params = self.active_params
+    if setup.config.model.get("remat", False):
+      params = {("Checkpoint" + k if k.startswith("ResnetBlock") else k): v
+                for k, v in params.items()}
+    ema = jax.tree_util.tree_map(np.copy, params)
+    state = jax.device_put(self.host_state.replace(params=params, ema_params=ema), self.repl)
     opt_state = jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params)
     return state.replace(opt_state=opt_state)
 
@@ -403,6 +434,9 @@ def main():
                       help="directory: XLA writes every autotuning result of this process there, "
                            "as <gpu kind>__jaxlib-<version>.pbtxt, the name jaxgen looks for in "
                            "jaxgen/autotune_results (the train runs then load none themselves)")
+  parser.add_argument("--warmup", action="store_true",
+                      help="time a small convolution and matrix product first (library loading "
+                           "on a fresh machine), so that the train compile does not include it")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   if args.dump_autotune_results:
@@ -414,6 +448,7 @@ def main():
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   split = lambda s: [x for x in s.split(",") if x]
   log(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  warmup = warmup_libraries() if args.warmup else None
   bench = Bench(args.batch, args.lik_param_scale)
   rows = {}
 
@@ -424,6 +459,7 @@ def main():
                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
                    "cache_dir": args.cache_dir, "lik_param_scale": args.lik_param_scale,
                    "lik_tol": args.lik_tol, "lik_baseline": args.lik_baseline,
+                   "warmup_s": warmup,
                    "rows": list(rows.values())}, f, indent=1)
 
   order = []

@@ -135,6 +135,9 @@ def validate_model_config(model_config, data_config=None) -> None:
   _require(conv_size >= 1 and conv_size % 2 == 1, f"model.conv_size={conv_size} must be odd")
   dropout = float(get("dropout", 0.0))
   _require(0.0 <= dropout < 1.0, f"model.dropout={dropout} must be in [0, 1)")
+  policy = get("remat_policy", "full")
+  _require(policy in layers.REMAT_POLICIES,
+           f"model.remat_policy={policy!r} is not one of {sorted(layers.REMAT_POLICIES)}")
 
   if name in ("ncsnpp", "ddpmpp"):
     for field, allowed in (("progressive", PROGRESSIVE), ("progressive_input", PROGRESSIVE_INPUT),

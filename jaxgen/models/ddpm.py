@@ -38,6 +38,7 @@ class DDPM(nn.Module):
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1
   dtype: Any = "float32"
   remat: bool = False
+  remat_policy: str = "full"   # with remat: what a block keeps (layers.REMAT_POLICIES)
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
@@ -48,7 +49,8 @@ class DDPM(nn.Module):
                        f"{cond.shape}")
     nf, num_resolutions, cs = self.nf, len(self.ch_mult), self.conv_size
     block_cls = functools.partial(
-        layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
+        layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),
+        act=self.nonlinearity,
         dropout=self.dropout, init_scale=0.0, skip_rescale=False, conv_size=cs, dtype=dtype)
     attn = functools.partial(layers.AttnBlock, init_scale=0.0, skip_rescale=False, dtype=dtype)
 

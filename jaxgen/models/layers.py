@@ -764,6 +764,27 @@ class ResnetBlockBigGAN(nn.Module):
     return out / SQRT2 if self.skip_rescale else out
 
 
-def maybe_remat(block_cls, remat: bool):
-  """``nn.remat`` of a residual block class (``train`` static) when ``remat`` is True."""
-  return nn.remat(block_cls, static_argnums=(3,)) if remat else block_cls
+def _save_conv_and_matmul_outputs(prim, *_, **__) -> bool:
+  """``jax.checkpoint`` policy: keep what convolutions and matrix products computed; recompute
+  the normalization, activation, dropout and additions between them."""
+  return prim in (jax.lax.conv_general_dilated_p, jax.lax.dot_general_p)
+
+
+# ``model.remat_policy``: what a rematerialized block keeps for its backward pass.
+REMAT_POLICIES = {
+    "full": None,                                   # nothing: the whole block runs again
+    "save_convs": _save_conv_and_matmul_outputs,    # conv/matmul outputs; the rest runs again
+}
+
+
+def maybe_remat(block_cls, remat: bool, policy: str = "full"):
+  """``nn.remat`` of a residual block class (``train`` static) when ``remat`` is True.
+
+  ``policy`` (a key of :data:`REMAT_POLICIES`) says what is kept for the backward pass. Either
+  policy names the parameters alike (flax's ``Checkpoint...`` prefix) and computes the same
+  function; they differ in memory and time only (NOTES.md run 23)."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"model.remat_policy={policy!r} is not one of {sorted(REMAT_POLICIES)}")
+  if not remat:
+    return block_cls
+  return nn.remat(block_cls, static_argnums=(3,), policy=REMAT_POLICIES[policy])

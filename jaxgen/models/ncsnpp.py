@@ -56,6 +56,7 @@ class NCSNpp(nn.Module):
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1 (score_sde)
   dtype: Any = "float32"    # compute dtype; parameters are float32
   remat: bool = False
+  remat_policy: str = "full"   # with remat: what a block keeps (layers.REMAT_POLICIES)
   # Performance-only options (the same function; kernel_layout stores the same kernels transposed,
   # models.layers.convert_kernel_layout converts checkpoints):
   fused_norm: bool = False    # GroupNorm+swish as one op with a hand-written backward pass
@@ -101,12 +102,14 @@ class NCSNpp(nn.Module):
                 two_stage_grads=self.two_stage_grads)
     if resblock_type == "ddpm":
       block_cls = functools.partial(
-          layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
+          layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),
+          act=self.nonlinearity,
           dropout=self.dropout, init_scale=self.init_scale, skip_rescale=self.skip_rescale,
           conv_size=cs, dtype=dtype, **perf)
     else:
       block_cls = functools.partial(
-          layers.maybe_remat(layers.ResnetBlockBigGAN, self.remat), act=self.nonlinearity,
+          layers.maybe_remat(layers.ResnetBlockBigGAN, self.remat, self.remat_policy),
+          act=self.nonlinearity,
           dropout=self.dropout, fir=self.fir, fir_kernel=fir_kernel,
           init_scale=self.init_scale, skip_rescale=self.skip_rescale, conv_size=cs, dtype=dtype,
           **perf)

@@ -40,6 +40,7 @@ class UNet(nn.Module):
   scale_by_sigma: bool = False
   dtype: Any = "float32"
   remat: bool = False
+  remat_policy: str = "full"   # with remat: what a block keeps (layers.REMAT_POLICIES)
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
@@ -53,7 +54,8 @@ class UNet(nn.Module):
     temb = ConditioningEmbedding(max(self.nf // 2, 1), self.embedding_type, self.fourier_scale,
                                  self.nonlinearity, self.num_classes, dtype)(cond, y)
     block_cls = functools.partial(
-        layers.maybe_remat(layers.ResnetBlockDDPM, self.remat), act=self.nonlinearity,
+        layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),
+        act=self.nonlinearity,
         dropout=self.dropout, skip_rescale=True, init_scale=0.0, dtype=dtype)
     attn = functools.partial(layers.AttnBlock, skip_rescale=True, init_scale=0.0, dtype=dtype)
     num_levels = len(self.ch_mult)
