@@ -567,65 +567,59 @@ def test_data_parallel_ddpmpp_train_step_communicates_only_gradient_all_reduces(
   assert found["all-reduce"] >= 1 and set(found) == {"all-reduce"}, found
 
 
-
 def test_remat_policies_same_function_and_gradients(resblock_type="biggan"):
   """``model.remat`` recomputes the residual blocks in the backward pass; ``remat_policy`` says
   what they keep. Without dropout both policies give the plain network's loss and gradients under
-  the renamed parameters. With dropout (whose keys follow the renamed module paths, so another
-  stream than the plain network's) the recomputed masks are the forward's: the gradient agrees
-  with forward-mode derivatives, and the two policies agree. ``full`` recomputes convolutions
-  (more in the gradient program), ``save_convs`` none."""
+  the renamed parameters; ``full`` recomputes convolutions (more in the gradient program),
+  ``save_convs`` none. With dropout (whose keys follow the renamed module paths, so another stream
+  than the plain network's) the masks ``save_convs`` draws again in the backward pass are the
+  forward's: its gradient agrees with forward-mode derivatives."""
   x = jax.random.normal(jax.random.PRNGKey(8), (2, 8, 8, 3))
   cond = jnp.array([0.4, 0.8])
-  policies = ("none", "full", "save_convs")
 
-  def nets(dropout):
-    return {policy: _tiny(dropout=dropout, resblock_type=resblock_type, remat=policy != "none",
-                          remat_policy="full" if policy == "none" else policy)
-            for policy in policies}
+  def net(policy, dropout=0.0):
+    return _tiny(dropout=dropout, resblock_type=resblock_type, remat=policy != "none",
+                 remat_policy="full" if policy == "none" else policy)
 
-  shapes = models.abstract_params(nets(0.0)["none"], x.shape, cond.shape)
+  shapes = models.abstract_params(net("none"), x.shape, cond.shape)
   rng = np.random.default_rng(3)
   plain = jax.tree_util.tree_map(
       lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
   # flax names a rematerialized block class "Checkpoint<Block>".
   renamed = {("Checkpoint" + k if k.startswith("ResnetBlock") else k): v for k, v in plain.items()}
   assert any(k.startswith("CheckpointResnetBlock") for k in renamed)
+  assert (jax.tree_util.tree_structure(models.abstract_params(net("save_convs"), x.shape,
+                                                              cond.shape))
+          == jax.tree_util.tree_structure(renamed))
   flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(
       {k[len("Checkpoint"):] if k.startswith("Checkpoint") else k: v for k, v in tree.items()})])
 
-  def loss(net):
-    return lambda p: jnp.sum(jnp.square(net.apply({"params": p}, x, cond, train=True,
-                                                  rngs={"dropout": jax.random.PRNGKey(5)})))
+  def loss(m):
+    return lambda p: jnp.sum(jnp.square(m.apply({"params": p}, x, cond, train=True,
+                                                rngs={"dropout": jax.random.PRNGKey(5)})))
 
-  convs = {}
-  for dropout in (0.0, 0.2):
-    results = {}
-    for policy, net in nets(dropout).items():
-      p = plain if policy == "none" else renamed
-      if policy != "none":
-        assert (jax.tree_util.tree_structure(models.abstract_params(net, x.shape, cond.shape))
-                == jax.tree_util.tree_structure(renamed))
-      fn = jax.value_and_grad(loss(net))
-      if dropout == 0.0:
-        convs[policy] = jax.jit(fn).lower(p).as_text().count("stablehlo.convolution")
-      value, grads = _jit(fn)(p)
-      if dropout > 0.0 and policy != "none":
-        # <gradient, v> against the forward-mode derivative along v (nothing recomputed there).
-        v = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32),
-                                   p)
-        tangent = _jit(lambda p, v: jax.jvp(loss(net), (p,), (v,))[1])(p, v)
-        dot = sum(float(jnp.vdot(g, w)) for g, w in zip(jax.tree_util.tree_leaves(grads),
-                                                         jax.tree_util.tree_leaves(v)))
-        assert abs(dot - float(tangent)) <= 1e-4 * abs(float(tangent)), (policy, dropout)
-      results[policy] = (float(value), flat(grads))
-    assert results["none"][0] > 0
-    # Without dropout, the plain network; with it, the other policy (same module names).
-    ref = results["none"] if dropout == 0.0 else results["full"]
-    for policy in ("full", "save_convs"):
-      assert abs(results[policy][0] - ref[0]) / ref[0] < 1e-6, (policy, dropout)
-      assert _rel(ref[1], results[policy][1]) < 1e-5, (policy, dropout)
+  results, convs = {}, {}
+  for policy in ("none", "full", "save_convs"):
+    lowered = _jit(jax.value_and_grad(loss(net(policy)))).lower(
+        plain if policy == "none" else renamed)
+    convs[policy] = lowered.as_text().count("stablehlo.convolution")
+    value, grads = lowered.compile()(plain if policy == "none" else renamed)
+    results[policy] = (float(value), flat(grads))
+  assert results["none"][0] > 0
+  for policy in ("full", "save_convs"):
+    assert abs(results[policy][0] - results["none"][0]) / results["none"][0] < 1e-6, policy
+    assert _rel(results["none"][1], results[policy][1]) < 1e-5, policy
   assert convs["full"] > convs["none"] == convs["save_convs"], convs
+
+  # Dropout on: <gradient, v> against the forward-mode derivative along v (nothing recomputed).
+  f = loss(net("save_convs", dropout=0.2))
+  v = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32),
+                             renamed)
+  grads = _jit(jax.grad(f))(renamed)
+  tangent = float(_jit(lambda p, v: jax.jvp(f, (p,), (v,))[1])(renamed, v))
+  dot = sum(float(jnp.vdot(g, w)) for g, w in zip(jax.tree_util.tree_leaves(grads),
+                                                   jax.tree_util.tree_leaves(v)))
+  assert abs(tangent) > 0 and abs(dot - tangent) <= 1e-4 * abs(tangent), (dot, tangent)
 
 
 def test_remat_policy_is_checked_by_name():
