@@ -382,3 +382,28 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   config.model.nf = 64
   with pytest.raises(train.CheckpointError, match="model.nf"):
     train.check_workdir_compatible(str(tmp_path), config)
+
+
+def test_scaling_communication_profile_counts_overlap(tmp_path):
+  """scaling.py's trace summary: per GPU, NCCL time overlapping compute kernels (on any stream)
+  and the exposed rest, per step; host events are ignored."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(REPO, "experiments", "bench"))
+  import scaling  # pylint: disable=import-outside-toplevel
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+  x = lambda pid, ts, dur, name: {"ph": "X", "pid": pid, "tid": 1, "ts": ts, "dur": dur,
+                                  "name": name}
+  events = meta + [x(1, 0, 10_000, "conv"), x(1, 12_000, 8_000, "fusion"),
+                   x(1, 8_000, 7_000, "ncclDevKernel_AllReduce_Sum_f32"),
+                   x(1, 30_000, 2_000, "ncclDevKernel_AllReduce_Sum_f32"),
+                   x(2, 0, 50_000, "host work")]
+  path = tmp_path / "t.trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  gpu = scaling.communication_profile(str(path), steps=2)["/device:GPU:0"]
+  # compute: [0,10] + [12,20] ms; NCCL: [8,15] + [30,32]: 9 ms, of which [8,10] + [12,15] overlap.
+  assert gpu["compute_busy_ms"] == 9.0 and gpu["nccl_ms"] == 4.5
+  assert gpu["nccl_overlapped_ms"] == 2.5 and gpu["nccl_exposed_ms"] == 2.0
+  assert gpu["kernel_span_ms"] == 16.0
+  assert gpu["nccl_kernels"] == {"ncclDevKernel_AllReduce_Sum_f32": [4.5, 1]}

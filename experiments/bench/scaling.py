@@ -73,7 +73,73 @@ def parse_device_counts(text: str, available: int):
   return counts
 
 
-def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_resident, seed=0):
+def _union(intervals):
+  """Merged, sorted ``[(start, end)]`` of possibly overlapping intervals."""
+  out = []
+  for a, b in sorted(intervals):
+    if out and a <= out[-1][1]:
+      out[-1][1] = max(out[-1][1], b)
+    else:
+      out.append([a, b])
+  return out
+
+
+def _intersection_length(xs, ys):
+  """Total length of the intersection of two merged interval lists."""
+  i = j = 0
+  total = 0.0
+  while i < len(xs) and j < len(ys):
+    lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+    total += max(0.0, hi - lo)
+    if xs[i][1] < ys[j][1]:
+      i += 1
+    else:
+      j += 1
+  return total
+
+
+def communication_profile(trace_path, steps):
+  """Per GPU of a ``jax.profiler`` trace (perfetto JSON, gzipped): ms per step of compute kernels
+  (union over streams), of NCCL kernels, of NCCL time that overlaps compute and that does not
+  (exposed), the wall span of the kernels, and the NCCL kernels by name."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  with gzip.open(trace_path, "rt") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  pnames = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+            if e.get("ph") == "M" and e.get("name") == "process_name"}
+  kernels = {}
+  for e in events:
+    if e.get("ph") == "X" and "GPU" in pnames.get(e.get("pid"), ""):
+      kernels.setdefault(pnames[e["pid"]], []).append(
+          (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "?")))
+  out = {}
+  for gpu, ks in sorted(kernels.items()):
+    nccl = [(a, b) for a, b, n in ks if "nccl" in n.lower()]
+    compute = _union([(a, b) for a, b, n in ks if "nccl" not in n.lower()])
+    nccl_u = _union(nccl)
+    overlap = _intersection_length(compute, nccl_u)
+    nccl_ms = sum(b - a for a, b in nccl_u) / 1e3
+    names = {}
+    for a, b, n in ks:
+      if "nccl" in n.lower():
+        names.setdefault(n[:80], [0.0, 0])
+        names[n[:80]][0] += (b - a) / 1e3 / steps
+        names[n[:80]][1] += 1
+    out[gpu] = {
+        "compute_busy_ms": round(sum(b - a for a, b in compute) / 1e3 / steps, 3),
+        "nccl_ms": round(nccl_ms / steps, 3),
+        "nccl_overlapped_ms": round(overlap / 1e3 / steps, 3),
+        "nccl_exposed_ms": round((nccl_ms - overlap / 1e3) / steps, 3),
+        "kernel_span_ms": round((max(b for _, b, _ in ks) - min(a for a, _, _ in ks)) / 1e3
+                                / steps, 3),
+        "nccl_kernels": {n: [round(t, 3), c // steps] for n, (t, c) in names.items()},
+    }
+  return out
+
+
+def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_resident, seed=0,
+              profile_dir="", profile_steps=5):
   """img/s of the train step on ``devices``: median over ``repeats`` windows of ``steps`` steps."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -125,7 +191,22 @@ def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_
     windows.append((time.perf_counter() - t0) / steps)
   step_s = statistics.median(windows)
   loss = float(metrics["loss"])
+  profile = None
+  if profile_dir:
+    import glob  # pylint: disable=import-outside-toplevel
+    where = os.path.join(profile_dir, f"devices{n}")
+    with jax.profiler.trace(where):
+      for i in range(profile_steps):
+        state, metrics = step_fn(state, batch(i))
+      jax.block_until_ready((state, metrics))
+    traces = sorted(glob.glob(os.path.join(where, "**", "*.trace.json.gz"), recursive=True))
+    profile = communication_profile(traces[-1], profile_steps) if traces else None
+    for gpu, p in (profile or {}).items():
+      print(f"  {gpu}: compute {p['compute_busy_ms']:.2f} ms/step, NCCL {p['nccl_ms']:.2f} "
+            f"(overlapped {p['nccl_overlapped_ms']:.2f}, exposed {p['nccl_exposed_ms']:.2f}), "
+            f"kernel span {p['kernel_span_ms']:.2f}", flush=True)
   return {
+      "profile": profile,
       "devices": n, "global_batch": config.training.batch_size, "per_device_batch": per_device_batch,
       "compile_and_first_step_s": compile_s, "step_s_median": step_s,
       "step_s_windows": windows, "images_per_s": config.training.batch_size / step_s,
@@ -149,6 +230,9 @@ def main(argv=None):
                       help="config override, e.g. --set model.dtype=bfloat16")
   parser.add_argument("--no_default_xla_flags", action="store_true",
                       help="leave out jaxgen.parallel.DEFAULT_XLA_FLAGS (jaxgen.main sets them)")
+  parser.add_argument("--profile_dir", default="",
+                      help="also trace 5 steps per device count there and report, per GPU, the "
+                           "NCCL time that overlaps compute and the exposed rest")
   parser.add_argument("--out", required=True, help="path of the JSON results")
   args = parser.parse_args(argv)
   if args.per_device_batch <= 0 or args.steps <= 0 or args.repeats <= 0 or args.warmup < 0:
@@ -175,7 +259,8 @@ def main(argv=None):
   for n in counts:
     print(f"measuring {n} device(s) ...", flush=True)
     results.append(bench_one(config, devices[:n], args.per_device_batch, args.steps, args.warmup,
-                             args.repeats, args.device_resident))
+                             args.repeats, args.device_resident,
+                             profile_dir=args.profile_dir))
   base = next((r for r in results if r["devices"] == 1), None)
   for r in results:
     r["speedup_vs_1"] = r["images_per_s"] / base["images_per_s"] if base else None
