@@ -407,3 +407,4 @@ def test_scaling_communication_profile_counts_overlap(tmp_path):
   assert gpu["nccl_overlapped_ms"] == 2.5 and gpu["nccl_exposed_ms"] == 2.0
   assert gpu["kernel_span_ms"] == 16.0
   assert gpu["nccl_kernels"] == {"ncclDevKernel_AllReduce_Sum_f32": [4.5, 1]}
+  assert gpu["categories"] == {"loop_fusion": [4.0, 0], "other": [5.0, 0]}

@@ -103,6 +103,7 @@ def communication_profile(trace_path, steps):
   (union over streams), of NCCL kernels, of NCCL time that overlaps compute and that does not
   (exposed), the wall span of the kernels, and the NCCL kernels by name."""
   import gzip  # pylint: disable=import-outside-toplevel
+  from probe import categorize  # pylint: disable=import-outside-toplevel
   with gzip.open(trace_path, "rt") as f:
     data = json.load(f)
   events = data["traceEvents"] if isinstance(data, dict) else data
@@ -111,8 +112,10 @@ def communication_profile(trace_path, steps):
   kernels = {}
   for e in events:
     if e.get("ph") == "X" and "GPU" in pnames.get(e.get("pid"), ""):
+      hlo_op = (e.get("args") or {}).get("hlo_op", "")
       kernels.setdefault(pnames[e["pid"]], []).append(
-          (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), e.get("name", "?")))
+          (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)),
+           e.get("name", "?") + (f" || {hlo_op}" if hlo_op else "")))
   out = {}
   for gpu, ks in sorted(kernels.items()):
     nccl = [(a, b) for a, b, n in ks if "nccl" in n.lower()]
@@ -120,12 +123,16 @@ def communication_profile(trace_path, steps):
     nccl_u = _union(nccl)
     overlap = _intersection_length(compute, nccl_u)
     nccl_ms = sum(b - a for a, b in nccl_u) / 1e3
-    names = {}
+    names, categories = {}, {}
     for a, b, n in ks:
       if "nccl" in n.lower():
         names.setdefault(n[:80], [0.0, 0])
         names[n[:80]][0] += (b - a) / 1e3 / steps
         names[n[:80]][1] += 1
+      else:
+        c = categories.setdefault(categorize(n), [0.0, 0])
+        c[0] += (b - a) / 1e3 / steps
+        c[1] += 1
     out[gpu] = {
         "compute_busy_ms": round(sum(b - a for a, b in compute) / 1e3 / steps, 3),
         "nccl_ms": round(nccl_ms / steps, 3),
@@ -134,6 +141,9 @@ def communication_profile(trace_path, steps):
         "kernel_span_ms": round((max(b for _, b, _ in ks) - min(a for a, _, _ in ks)) / 1e3
                                 / steps, 3),
         "nccl_kernels": {n: [round(t, 3), c // steps] for n, (t, c) in names.items()},
+        # compute kernels by class (probe.categorize): ms per step (summed over streams), count
+        "categories": {k: [round(t, 3), c // steps] for k, (t, c) in
+                       sorted(categories.items(), key=lambda kv: -kv[1][0])},
     }
   return out
 
@@ -204,7 +214,9 @@ def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_
     for gpu, p in (profile or {}).items():
       print(f"  {gpu}: compute {p['compute_busy_ms']:.2f} ms/step, NCCL {p['nccl_ms']:.2f} "
             f"(overlapped {p['nccl_overlapped_ms']:.2f}, exposed {p['nccl_exposed_ms']:.2f}), "
-            f"kernel span {p['kernel_span_ms']:.2f}", flush=True)
+            f"kernel span {p['kernel_span_ms']:.2f}; "
+            + ", ".join(f"{k} {t:.2f} ({c})" for k, (t, c) in p["categories"].items()),
+            flush=True)
   return {
       "profile": profile,
       "devices": n, "global_batch": config.training.batch_size, "per_device_batch": per_device_batch,
