@@ -653,7 +653,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     summary: Dict[str, Any] = {"start_step": start}
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from
     # the persistent cache): say so, and how long it took, before the first loss line.
-    log("compiling the train step (its first call)")
+    if start < n_iters:
+      log("compiling the train step (its first call)")
     t_start = time.time()
     t_last, step_last = time.time(), start
     losses_since = []

@@ -567,7 +567,7 @@ def test_data_parallel_ddpmpp_train_step_communicates_only_gradient_all_reduces(
   assert found["all-reduce"] >= 1 and set(found) == {"all-reduce"}, found
 
 
-def test_remat_policies_same_function_and_gradients(resblock_type="biggan"):
+def test_remat_policies_same_function_and_gradients():
   """``model.remat`` recomputes the residual blocks in the backward pass; ``remat_policy`` says
   what they keep. Without dropout both policies give the plain network's loss and gradients under
   the renamed parameters; ``full`` recomputes convolutions (more in the gradient program),
@@ -577,8 +577,8 @@ def test_remat_policies_same_function_and_gradients(resblock_type="biggan"):
   x = jax.random.normal(jax.random.PRNGKey(8), (2, 8, 8, 3))
   cond = jnp.array([0.4, 0.8])
 
-  def net(policy, dropout=0.0):
-    return _tiny(dropout=dropout, resblock_type=resblock_type, remat=policy != "none",
+  def net(policy, dropout=0.0):   # DDPM++'s BigGAN blocks (the base config's)
+    return _tiny(dropout=dropout, remat=policy != "none",
                  remat_policy="full" if policy == "none" else policy)
 
   shapes = models.abstract_params(net("none"), x.shape, cond.shape)

@@ -384,11 +384,11 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
     train.check_workdir_compatible(str(tmp_path), config)
 
 
-def test_scaling_communication_profile_counts_overlap(tmp_path):
+def test_scaling_communication_profile_counts_overlap(tmp_path, monkeypatch):
   """scaling.py's trace summary: per GPU, NCCL time overlapping compute kernels (on any stream)
   and the exposed rest, per step; host events are ignored."""
   import gzip  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, os.path.join(REPO, "experiments", "bench"))
+  monkeypatch.syspath_prepend(os.path.join(REPO, "experiments", "bench"))
   import scaling  # pylint: disable=import-outside-toplevel
   meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
           {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
