@@ -586,13 +586,15 @@ def test_remat_policies_same_function_and_gradients():
   plain = jax.tree_util.tree_map(
       lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, jnp.float32), shapes)
   # flax names a rematerialized block class "Checkpoint<Block>".
-  renamed = {("Checkpoint" + k if k.startswith("ResnetBlock") else k): v for k, v in plain.items()}
+  renamed = layers.remat_param_names(plain, True)
   assert any(k.startswith("CheckpointResnetBlock") for k in renamed)
+  assert layers.remat_param_names(renamed, False) == plain
+  assert layers.remat_param_names(renamed, True) == renamed
   assert (jax.tree_util.tree_structure(models.abstract_params(net("save_convs"), x.shape,
                                                               cond.shape))
           == jax.tree_util.tree_structure(renamed))
   flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(
-      {k[len("Checkpoint"):] if k.startswith("Checkpoint") else k: v for k, v in tree.items()})])
+      layers.remat_param_names(tree, False))])
 
   def loss(m):
     return lambda p: jnp.sum(jnp.square(m.apply({"params": p}, x, cond, train=True,

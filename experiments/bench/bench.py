@@ -67,6 +67,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
 from jaxgen import evaluate, likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
+from jaxgen.models import layers  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7
 PEAK_TFLOPS = 790.0
@@ -219,10 +220,7 @@ class Bench:
   def fresh_state(self, setup):
     """The train state a run starts from: active parameters, EMA = parameters, fresh Adam.
     With ``model.remat`` the blocks' parameters carry flax's ``Checkpoint`` prefix."""
-    params = self.active_params
-    if setup.config.model.get("remat", False):
-      params = {("Checkpoint" + k if k.startswith("ResnetBlock") else k): v
-                for k, v in params.items()}
+    params = layers.remat_param_names(self.active_params, setup.config.model.get("remat", False))
     ema = jax.tree_util.tree_map(np.copy, params)
     state = jax.device_put(self.host_state.replace(params=params, ema_params=ema), self.repl)
     opt_state = jax.jit(setup.init_opt_state, out_shardings=self.repl)(state.params)

@@ -118,21 +118,18 @@ def communication_profile(trace_path, steps):
            e.get("name", "?") + (f" || {hlo_op}" if hlo_op else "")))
   out = {}
   for gpu, ks in sorted(kernels.items()):
-    nccl = [(a, b) for a, b, n in ks if "nccl" in n.lower()]
-    compute = _union([(a, b) for a, b, n in ks if "nccl" not in n.lower()])
-    nccl_u = _union(nccl)
+    nccl_spans, compute_spans = [], []
+    names, categories = {}, {}   # NCCL kernels by name, compute kernels by class
+    for a, b, n in ks:
+      is_nccl = "nccl" in n.lower()
+      (nccl_spans if is_nccl else compute_spans).append((a, b))
+      entry = (names if is_nccl else categories).setdefault(
+          n[:80] if is_nccl else categorize(n), [0.0, 0])
+      entry[0] += (b - a) / 1e3 / steps
+      entry[1] += 1
+    compute, nccl_u = _union(compute_spans), _union(nccl_spans)
     overlap = _intersection_length(compute, nccl_u)
     nccl_ms = sum(b - a for a, b in nccl_u) / 1e3
-    names, categories = {}, {}
-    for a, b, n in ks:
-      if "nccl" in n.lower():
-        names.setdefault(n[:80], [0.0, 0])
-        names[n[:80]][0] += (b - a) / 1e3 / steps
-        names[n[:80]][1] += 1
-      else:
-        c = categories.setdefault(categorize(n), [0.0, 0])
-        c[0] += (b - a) / 1e3 / steps
-        c[1] += 1
     out[gpu] = {
         "compute_busy_ms": round(sum(b - a for a, b in compute) / 1e3 / steps, 3),
         "nccl_ms": round(nccl_ms / steps, 3),

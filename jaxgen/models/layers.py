@@ -777,6 +777,21 @@ REMAT_POLICIES = {
 }
 
 
+def remat_param_names(params, remat: bool):
+  """``params`` of a network with its residual blocks named as ``model.remat`` names them.
+
+  flax names a rematerialized block class ``Checkpoint<Block>``, so the same network's
+  parameters carry ``CheckpointResnetBlock..._i`` instead of ``ResnetBlock..._i`` at the top
+  level. ``remat=True`` adds the prefix, ``False`` strips it; the values are untouched."""
+  prefix = "Checkpoint"
+
+  def name(key):
+    plain = key[len(prefix):] if key.startswith(prefix + "ResnetBlock") else key
+    return prefix + plain if remat and plain.startswith("ResnetBlock") else plain
+
+  return {name(k): v for k, v in params.items()}
+
+
 def maybe_remat(block_cls, remat: bool, policy: str = "full"):
   """``nn.remat`` of a residual block class (``train`` static) when ``remat`` is True.
 
