@@ -37,6 +37,11 @@ def get_base_config():
   # GPU kind and jaxlib, if any; '': none; or a file of one's own), so that a machine compiling
   # for the first time skips most convolution autotuning (jaxgen.parallel.autotune_options).
   training.autotune_results = "shipped"
+  # How the batch is split over devices: 'auto' (XLA partitions the global-batch step and
+  # all-reduces each gradient where it is computed; the step's randomness does not depend on the
+  # device count) or 'shard_map' (each device computes its rows' loss with its own noise, then
+  # one float32 all-reduce of the flat gradient; experiments/bench/NOTES.md, run 24).
+  training.data_parallel = "auto"
 
   # --- sampling ---------------------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -6,7 +6,9 @@ Data parallelism, as every jitted computation of jaxgen uses it:
   ``model`` axis (size 1 for now, room for model parallelism later), see :func:`make_mesh`;
 * the train state is replicated (:func:`replicated`), batches are split on their leading axis over
   ``data`` (:func:`batch_sharded`); ``jax.jit(f, in_shardings=..., out_shardings=...)`` then
-  inserts the gradient all-reduce itself;
+  inserts the gradient all-reduce itself (with ``training.data_parallel='shard_map'`` the train
+  step runs per device in :func:`shard_map` with one explicit all-reduce of the flat float32
+  gradient instead, see ``jaxgen.train.make_sharded_train_step``);
 * each host reads its own slice of the global batch and :func:`host_local_to_global` assembles the
   global array. The mesh orders devices host by host, so host ``i`` of ``n`` feeds rows
   ``[i b, (i + 1) b)`` of a global batch of ``n b`` rows (:func:`host_batch_rows`);
@@ -205,6 +207,42 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Sharding of an array split over the ``data`` axis on its leading (batch) axis."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def _to_varying_fn():
+  """jax's cast of a replicated value to a per-device one inside ``shard_map`` (None if absent)."""
+  if hasattr(jax.lax, "pcast"):
+    return lambda tree, axis: jax.lax.pcast(tree, axis, to="varying")
+  if hasattr(jax.lax, "pvary"):
+    return jax.lax.pvary
+  return None
+
+
+def shard_map(fn, mesh: Mesh, in_specs, out_specs):
+  """``jax.shard_map`` (``jax.experimental.shard_map`` on older jax).
+
+  ``fn`` sees one device's block of every argument; collectives (``jax.lax.psum`` over
+  ``DATA_AXIS``) are explicit. Where jax tracks which values vary over devices, outputs with
+  spec ``P()`` are checked to be the same on every device; use :func:`to_varying` on replicated
+  parameters before differentiating per device (see there).
+  """
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=_to_varying_fn() is not None)
+  from jax.experimental.shard_map import shard_map as _shard_map  # pylint: disable=import-outside-toplevel
+  return _shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def to_varying(tree: Any, axis: str = DATA_AXIS) -> Any:
+  """Inside :func:`shard_map`: ``tree`` (replicated over ``axis``) as per-device values.
+
+  The gradient of a per-device loss with respect to replicated parameters is summed over the
+  devices by jax itself, one all-reduce per parameter; with respect to their per-device copies
+  it stays per device, to be reduced by the caller (e.g. one ``pmean`` of the flat gradient).
+  A no-op where jax does not track replication (there gradients stay per device anyway).
+  """
+  cast = _to_varying_fn()
+  return tree if cast is None else cast(tree, axis)
 
 
 def data_parallel_size(mesh: Mesh) -> int:

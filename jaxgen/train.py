@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.sharding import PartitionSpec as P
 
 from jaxgen import data as data_lib
 from jaxgen import losses, models, parallel, processes
@@ -131,6 +132,7 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   except ValueError as e:
     raise ValueError(f"config.training.autotune_results must be 'shipped', '' or an existing file "
                      f"of XLA autotune results: {e}") from None
+  data_parallel_mode(config)
   from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.likelihood_precision(config.eval)
   num_devices = num_devices or jax.device_count()
@@ -145,6 +147,23 @@ def train_compiler_options(config) -> Optional[Dict[str, Any]]:
                                    autotune_results=config.training.get("autotune_results", ""))
 
 
+DATA_PARALLEL_MODES = ("auto", "shard_map")
+
+
+def data_parallel_mode(config) -> str:
+  """``config.training.data_parallel`` ('auto' when absent), checked against the config."""
+  mode = config.training.get("data_parallel", "auto")
+  if mode not in DATA_PARALLEL_MODES:
+    raise ValueError(f"config.training.data_parallel must be one of {DATA_PARALLEL_MODES}, got "
+                     f"{mode!r}")
+  coupling = config.training.get("coupling", "independent")
+  if mode == "shard_map" and coupling != "independent":
+    raise ValueError(f"config.training.data_parallel='shard_map' computes the loss on each "
+                     f"device's rows alone, but config.training.coupling={coupling!r} pairs noise "
+                     f"and data across the whole batch: use data_parallel='auto'")
+  return mode
+
+
 def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = None):
   """The training loop's jitted, data-parallel step on ``mesh``: ``(step, to_carry, as_tree)``.
 
@@ -155,11 +174,22 @@ def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = N
   (:meth:`Setup.make_flat_train_step`); ``to_carry(state)`` and ``as_tree(carry)`` convert between
   a :class:`TrainState` and the carry (identities otherwise). :func:`train_and_evaluate` and the
   benchmarks in ``experiments/bench`` all run this one step.
+
+  ``training.data_parallel`` picks how the batch is split: ``'auto'`` (default) jits the
+  global-batch step and lets XLA partition it (it all-reduces each gradient where it is
+  computed; a step's randomness does not depend on the number of devices);
+  ``'shard_map'`` runs :meth:`Setup.make_per_device_train_step` in ``parallel.shard_map``: one
+  float32 all-reduce of the flat gradient per step, each device drawing its own noise.
   """
+  mode = data_parallel_mode(setup.config)
   flat = setup.flat_update if flat_carry is None else bool(flat_carry) and setup.flat_update
   repl = parallel.replicated(mesh)
-  step = parallel.jit(setup.make_flat_train_step() if flat else setup.make_train_step(),
-                      train_compiler_options(setup.config),
+  if mode == "shard_map":
+    body = parallel.shard_map(setup.make_per_device_train_step(flat), mesh,
+                              in_specs=(P(), P(parallel.DATA_AXIS)), out_specs=(P(), P()))
+  else:
+    body = setup.make_flat_train_step() if flat else setup.make_train_step()
+  step = parallel.jit(body, train_compiler_options(setup.config),
                       in_shardings=(repl, parallel.batch_sharded(mesh)),
                       out_shardings=(repl, repl), donate_argnums=(0,))
   if not flat:
@@ -306,45 +336,60 @@ class Setup:
 
   def make_train_step(self) -> Callable[[TrainState, Dict[str, Array]], Tuple[TrainState, Dict]]:
     """``train_step(state, batch) -> (state, metrics)``; pure, to be jitted with shardings."""
-    ema_rate = float(self.config.model.ema_rate)
-    skip_nonfinite = True  # the update of a non-finite step is always dropped; 'error' then stops
 
     def train_step(state: TrainState, batch):
-      step_key = jax.random.fold_in(state.key, state.step)
-      k_data, k_loss = jax.random.split(step_key)
-      batch = self.preprocess(k_data, batch, train=True)
-      (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state.params, k_loss,
-                                                                          batch)
+      loss, grads = self._loss_and_grads(state, batch, state.params)
       if self.flat_update:
-        return _flat_update(state, loss, grads)
-      grad_norm = _global_norm(grads)
-      updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
-                                   state.ema_params, params)
-      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(_global_norm(updates))
-      if skip_nonfinite:
-        keep = lambda new, old: jax.tree_util.tree_map(
-            lambda a, b: jnp.where(finite, a, b), new, old)
-        params, ema, opt_state = (keep(params, state.params), keep(ema, state.ema_params),
-                                  keep(opt_state, state.opt_state))
-      bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-      new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
-                                opt_state=opt_state, bad_step=bad_step)
-      return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
-
-    def _flat_update(state, loss, grads):
-      ravel, unravel = self.flat_layout()
-      flat_params, flat_grads, flat_ema = (ravel(state.params), ravel(grads),
-                                           ravel(state.ema_params))
-      new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
-          state, loss, flat_grads, flat_params, flat_ema)
-      new_state = state.replace(step=state.step + 1, params=unravel(new_params),
-                                ema_params=unravel(new_ema), opt_state=opt_state,
-                                bad_step=bad_step)
-      return new_state, metrics
+        return self._flat_tree_update(state, loss, self.flat_layout()[0](grads))
+      return self._tree_update(state, loss, grads)
 
     return train_step
+
+  def _loss_and_grads(self, state: TrainState, batch, params, device_index=None):
+    """The step's loss and parameter gradients; its randomness comes from ``state.key`` and
+    ``state.step`` (and ``device_index``, folded in, when each device draws its own)."""
+    step_key = jax.random.fold_in(state.key, state.step)
+    k_data, k_loss = jax.random.split(step_key)
+    if device_index is not None:
+      k_data, k_loss = (jax.random.fold_in(k_data, device_index),
+                        jax.random.fold_in(k_loss, device_index))
+    batch = self.preprocess(k_data, batch, train=True)
+    (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, k_loss, batch)
+    return loss, grads
+
+  def _tree_update(self, state: TrainState, loss, grads):
+    """Optimizer, EMA and the non-finite guard, leaf by leaf (``optim.flat_update=False``)."""
+    ema_rate = float(self.config.model.ema_rate)
+    grad_norm = _global_norm(grads)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                                 state.ema_params, params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(_global_norm(updates))
+    # The update of a non-finite step is always dropped; training.nonfinite='error' then stops.
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params, ema, opt_state = (keep(params, state.params), keep(ema, state.ema_params),
+                              keep(opt_state, state.opt_state))
+    bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                              opt_state=opt_state, bad_step=bad_step)
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+  def _flat_tree_update(self, state: TrainState, loss, flat_grads):
+    """:meth:`_flat_core` for a state whose parameters and EMA are trees."""
+    ravel, unravel = self.flat_layout()
+    new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
+        state, loss, flat_grads, ravel(state.params), ravel(state.ema_params))
+    return state.replace(step=state.step + 1, params=unravel(new_params),
+                         ema_params=unravel(new_ema), opt_state=opt_state,
+                         bad_step=bad_step), metrics
+
+  def _flat_carry_update(self, state: TrainState, loss, flat_grads):
+    """:meth:`_flat_core` for a flat carry (parameters and EMA already flat vectors)."""
+    new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
+        state, loss, flat_grads, state.params, state.ema_params)
+    return state.replace(step=state.step + 1, params=new_params, ema_params=new_ema,
+                         opt_state=opt_state, bad_step=bad_step), metrics
 
   def _flat_core(self, state, loss, flat_grads, flat_params, flat_ema):
     """Adam (+clipping), EMA and the non-finite guard on flat float32 vectors."""
@@ -386,18 +431,40 @@ class Setup:
     ravel, unravel = self.flat_layout()
 
     def step(state: TrainState, batch):
-      step_key = jax.random.fold_in(state.key, state.step)
-      k_data, k_loss = jax.random.split(step_key)
-      batch = self.preprocess(k_data, batch, train=True)
       # Differentiate with respect to the tree, not the flat vector: the transpose of ~560
       # slices would be ~560 full-length pads (on an H100: 89 ms/step and +3 GiB, NOTES.md run 9).
-      (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-          unravel(state.params), k_loss, batch)
-      flat_grads = ravel(grads)
-      new_params, new_ema, opt_state, bad_step, metrics = self._flat_core(
-          state, loss, flat_grads, state.params, state.ema_params)
-      return state.replace(step=state.step + 1, params=new_params, ema_params=new_ema,
-                           opt_state=opt_state, bad_step=bad_step), metrics
+      loss, grads = self._loss_and_grads(state, batch, unravel(state.params))
+      return self._flat_carry_update(state, loss, ravel(grads))
+
+    return step
+
+  def make_per_device_train_step(self, flat_carry: bool = False) -> Callable:
+    """``step(state, batch_shard) -> (state, metrics)`` to run inside ``parallel.shard_map``.
+
+    Each device computes the loss and gradients of its own rows of the batch, with its own
+    randomness (the step's keys with the device's index on ``parallel.DATA_AXIS`` folded in),
+    ravels its gradients into one float32 vector and averages it over the devices with one
+    ``pmean``: a single all-reduce of ``n_params`` float32 values per step, in float32 also when
+    the network computes in bfloat16. The optimizer, EMA and non-finite guard then run the same
+    on every device. ``flat_carry``: the state's parameters and EMA are flat vectors
+    (:meth:`make_flat_train_step`'s carry; needs ``optim.flat_update``).
+    """
+    if flat_carry and not self.flat_update:
+      raise ValueError("make_per_device_train_step(flat_carry=True) needs "
+                       "config.optim.flat_update=True")
+    ravel, unravel = self.flat_layout()
+    axis = parallel.DATA_AXIS
+
+    def step(state: TrainState, batch):
+      params = parallel.to_varying(unravel(state.params) if flat_carry else state.params, axis)
+      loss, grads = self._loss_and_grads(state, batch, params, jax.lax.axis_index(axis))
+      loss = jax.lax.pmean(loss, axis)
+      flat_grads = jax.lax.pmean(ravel(grads), axis)  # the step's one gradient all-reduce
+      if flat_carry:
+        return self._flat_carry_update(state, loss, flat_grads)
+      if self.flat_update:
+        return self._flat_tree_update(state, loss, flat_grads)
+      return self._tree_update(state, loss, unravel(flat_grads))
 
     return step
 
