@@ -42,6 +42,9 @@ def get_base_config():
   # device count) or 'shard_map' (each device computes its rows' loss with its own noise, then
   # one float32 all-reduce of the flat gradient; experiments/bench/NOTES.md, run 24).
   training.data_parallel = "auto"
+  # 'shard_map' only: the flat gradient is all-reduced in this many pieces, each as soon as the
+  # backward pass has computed its parameters' gradients (1: one all-reduce after the backward).
+  training.allreduce_buckets = 1
 
   # --- sampling ---------------------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

@@ -156,6 +156,9 @@ def data_parallel_mode(config) -> str:
   if mode not in DATA_PARALLEL_MODES:
     raise ValueError(f"config.training.data_parallel must be one of {DATA_PARALLEL_MODES}, got "
                      f"{mode!r}")
+  buckets = config.training.get("allreduce_buckets", 1)
+  if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
+    raise ValueError(f"config.training.allreduce_buckets must be a positive int, got {buckets!r}")
   coupling = config.training.get("coupling", "independent")
   if mode == "shard_map" and coupling != "independent":
     raise ValueError(f"config.training.data_parallel='shard_map' computes the loss on each "
@@ -454,12 +457,26 @@ class Setup:
                        "config.optim.flat_update=True")
     ravel, unravel = self.flat_layout()
     axis = parallel.DATA_AXIS
+    buckets = self.allreduce_buckets()
+
+    def reduce_grads(grads):
+      if len(buckets) == 1:
+        return jax.lax.pmean(ravel(grads), axis)  # the step's one gradient all-reduce
+      leaves = [jnp.ravel(g).astype(jnp.float32) for g in jax.tree_util.tree_leaves(grads)]
+      out = [None] * len(leaves)
+      for bucket in buckets:
+        reduced = jax.lax.pmean(jnp.concatenate([leaves[i] for i in bucket]), axis)
+        offset = 0
+        for i in bucket:
+          out[i] = reduced[offset:offset + leaves[i].size]
+          offset += leaves[i].size
+      return jnp.concatenate(out)
 
     def step(state: TrainState, batch):
       params = parallel.to_varying(unravel(state.params) if flat_carry else state.params, axis)
       loss, grads = self._loss_and_grads(state, batch, params, jax.lax.axis_index(axis))
       loss = jax.lax.pmean(loss, axis)
-      flat_grads = jax.lax.pmean(ravel(grads), axis)  # the step's one gradient all-reduce
+      flat_grads = reduce_grads(grads)
       if flat_carry:
         return self._flat_carry_update(state, loss, flat_grads)
       if self.flat_update:
@@ -467,6 +484,46 @@ class Setup:
       return self._tree_update(state, loss, unravel(flat_grads))
 
     return step
+
+  def backward_order(self):
+    """Indices of the parameter leaves (tree-flatten order), last used by the forward pass first.
+
+    The backward pass computes gradients roughly in this order; it is read from the jaxpr of one
+    forward call (the equation that first reads each leaf).
+    """
+    abstract = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+    kwargs = {"y": jnp.zeros((1,), jnp.int32)} if self.config.model.get("num_classes", 0) else {}
+
+    def forward(params):
+      return self.model.apply({"params": params}, jnp.zeros((1,) + self.shape, jnp.float32),
+                              jnp.ones((1,), jnp.float32), train=False, **kwargs)
+
+    jaxpr = jax.make_jaxpr(forward)(abstract).jaxpr
+    position = {v: i for i, v in enumerate(jaxpr.invars)}
+    first_use = [len(jaxpr.eqns)] * len(jaxpr.invars)
+    for k, eqn in enumerate(jaxpr.eqns):
+      for v in eqn.invars:
+        i = None if type(v).__name__ == "Literal" else position.get(v)
+        if i is not None and first_use[i] > k:
+          first_use[i] = k
+    return sorted(range(len(first_use)), key=lambda i: (-first_use[i], i))
+
+  def allreduce_buckets(self):
+    """At most ``training.allreduce_buckets`` groups of parameter-leaf indices, in backward
+    order, of about equal size (a leaf is never split): ``data_parallel='shard_map'`` all-reduces each group as soon as its
+    gradients exist (one group: one all-reduce of the whole flat gradient after the backward)."""
+    n = int(self.config.training.get("allreduce_buckets", 1))
+    sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(
+        jax.eval_shape(self._init_params, jax.random.PRNGKey(0)))]
+    if n <= 1:
+      return [list(range(len(sizes)))]
+    total, groups, acc = sum(sizes), [[]], 0
+    for i in self.backward_order():
+      if acc >= total * len(groups) / n and len(groups) < n:
+        groups.append([])
+      groups[-1].append(i)
+      acc += sizes[i]
+    return [g for g in groups if g]
 
   def make_eval_loss(self) -> Callable:
     """``eval_loss(params, key, batch) -> mean loss`` (no dropout)."""

@@ -412,15 +412,18 @@ def test_scaling_communication_profile_counts_overlap(tmp_path, monkeypatch):
   assert gpu["categories"] == {"loop_fusion": [4.0, 0], "other": [5.0, 0]}
 
 
-@pytest.mark.parametrize("flat_update,flat_carry", [(True, True), (True, False), (False, False)])
-def test_shard_map_step_is_the_mean_of_per_device_steps(flat_update, flat_carry):
+@pytest.mark.parametrize("flat_update,flat_carry,buckets",
+                         [(True, True, 1), (True, False, 1), (False, False, 1), (True, True, 3)])
+def test_shard_map_step_is_the_mean_of_per_device_steps(flat_update, flat_carry, buckets):
   """`training.data_parallel='shard_map'` on 8 devices: device d takes rows [2d, 2d + 2) of the
   batch with the step's keys and d folded in; the update is that of the mean of the 8 devices'
-  losses and gradients, computed here one device at a time."""
+  losses and gradients, computed here one device at a time (also with the gradient all-reduced
+  in 3 buckets)."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.optim.flat_update = flat_update
   config.training.data_parallel = "shard_map"
+  config.training.allreduce_buckets = buckets
   setup = train.Setup(config)
   mesh = parallel.make_mesh()
   n = mesh.devices.size
@@ -457,34 +460,49 @@ def test_shard_map_step_is_the_mean_of_per_device_steps(flat_update, flat_carry)
   assert float(same_noise[0]) != float(same_noise[1])
 
 
-def test_shard_map_step_all_reduces_one_float32_vector():
-  """The per-device step's only gradient collective is one all-reduce of the flat float32
-  gradient (n_params values), also when the network computes in bfloat16; the 'auto' step
-  of the same bfloat16 config compiles to a different program."""
+def _all_reduce_sizes(hlo):
+  """(dtype, number of elements) of every operand of every all-reduce in compiled HLO text."""
+  sizes = []
+  for line in hlo.splitlines():
+    if re.search(r"= .*\ball-reduce(-start)?\(", line):
+      result = line.split("=", 1)[1].split("all-reduce")[0]
+      for dtype, dims in re.findall(r"(\w+)\[([0-9,]*)\]", result):
+        sizes.append((dtype, int(np.prod([int(v) for v in dims.split(",") if v]))))
+  return sizes
+
+
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_shard_map_step_all_reduces_float32_gradient_vectors(buckets):
+  """The per-device step's gradient collectives are (at most) `allreduce_buckets` all-reduces of
+  float32 vectors that together hold every parameter once, also when the network computes in bfloat16;
+  the only other one is the loss (a scalar). The buckets follow the backward pass: the output
+  layer's gradients in the first, the input layer's in the last."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.optim.flat_update = True
   config.model.dtype = "bfloat16"
   config.training.data_parallel = "shard_map"
+  config.training.allreduce_buckets = buckets
   setup = train.Setup(config)
   mesh = parallel.make_mesh()
   step, to_carry, _ = train.make_sharded_train_step(setup, mesh)
   carry = to_carry(setup.init_state(jax.random.PRNGKey(0)))
   batch = parallel.host_local_to_global({"image": np.zeros((16, 2), np.float32)}, mesh)
-  hlo = step.lower(carry, batch).compile().as_text()
+  lowered = step.lower(carry, batch)
+  # The program asks for one all-reduce per bucket and one for the loss (XLA may then combine
+  # small ones, as the CPU does).
+  groups = setup.allreduce_buckets()
+  assert (len(groups) == 1) == (buckets == 1) and len(groups) <= buckets
+  assert lowered.as_text().count("all_reduce") == len(groups) + 1
+  sizes = _all_reduce_sizes(lowered.compile().as_text())
   n_params = int(carry.params.shape[0])
-  reduces = [line for line in hlo.splitlines()
-             if re.search(r"= .*\ball-reduce(-start)?\(", line)]
-  assert reduces, hlo[:2000]
-  vectors = [line for line in reduces if re.search(rf"f32\[{n_params}\]", line.split("=", 1)[1]
-                                                  .split("all-reduce")[0])]
-  assert len(vectors) == 1, reduces
-  assert not any("bf16" in line.split("all-reduce")[0] for line in reduces), reduces
-  # The other collectives are scalars (the loss), nothing of parameter size.
-  for line in reduces:
-    if line not in vectors:
-      shapes = re.findall(r"\[([0-9,]*)\]", line.split("all-reduce")[0])
-      assert all(not s or int(np.prod([int(v) for v in s.split(",")])) < 16 for s in shapes), line
+  assert all(dtype == "f32" for dtype, _ in sizes), sizes
+  assert sum(n for _, n in sizes) == n_params + 1, sizes
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+      setup.from_flat_state(carry).params)]
+  assert sorted(sum(groups, [])) == list(range(len(names)))
+  order = [names[i] for i in setup.backward_order()]
+  assert order[0].startswith("['Dense_5']") and order[-1].startswith("['Dense_0']"), order
 
 
 def test_data_parallel_option_is_checked():
