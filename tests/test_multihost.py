@@ -200,7 +200,8 @@ def test_two_processes_train_checkpoint_resume_equal_one_process(tmp_path, data_
 
 
 def test_local_multiprocess_script(tmp_path):
-  """launch/local_multiprocess.sh 2 trains a tiny config through jaxgen.main and checkpoints."""
+  """launch/local_multiprocess.sh 2 trains a tiny config through jaxgen.main and checkpoints,
+  with the per-device step (`data_parallel='shard_map'`, its all-reduces across the processes)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   # PYTHON: the interpreter running the tests, also when its environment is not activated.
   env = dict(os.environ, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs"), TIMEOUT="300",
@@ -212,8 +213,12 @@ def test_local_multiprocess_script(tmp_path):
        "--config=configs/toy/vp_mlp.py", f"--workdir={workdir}", "--config.training.n_iters=4",
        "--config.training.batch_size=16", "--config.training.log_every=2",
        "--config.training.eval_every=0", "--config.training.preemption_every=4",
-       "--config.model.hidden=(32,32)"],
+       "--config.model.hidden=(32,32)", "--config.training.data_parallel=shard_map",
+       "--config.training.allreduce_buckets=3"],
       cwd=repo, env=env, capture_output=True, text=True, timeout=360)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "with 4 device(s), steps 0 -> 4" in result.stdout
+  # 3 buckets asked; the time embedding's 128 x 128 kernel, last in backward order, holds 63 %
+  # of the parameters, so the groups are {rest} and {embedding}.
+  assert "data parallel: shard_map, the float32 gradient all-reduced in 2 piece(s)" in result.stdout
   assert os.path.isdir(workdir / "checkpoints" / "4")
