@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from jaxgen import data as data_lib
@@ -546,10 +547,11 @@ def _config_fingerprint(config) -> Dict[str, Any]:
           "optim": {"optimizer": config.optim.optimizer}}
 
 
-# Model fields that change speed only, never the parameters a checkpoint holds (``remat`` is not
-# one: flax names the rematerialized blocks differently).
+# Model fields that change speed only, never the parameter values a checkpoint holds. ``remat``
+# renames the residual blocks (flax's ``Checkpoint`` prefix); a restore converts the names
+# (:func:`restore_state`), so a run can turn it on or off when it resumes.
 _PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_barrier",
-                           "two_stage_grads", "remat_policy")
+                           "two_stage_grads", "remat_policy", "remat")
 # Model fields added after checkpoints were written, with what those checkpoints hold.
 _MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
@@ -657,6 +659,72 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
   return restored["state"], restored["meta"]
 
 
+def checkpoint_remat(manager: ocp.CheckpointManager, step: Optional[int] = None) -> Optional[bool]:
+  """Whether checkpoint ``step`` (default: the newest) holds residual blocks named as with
+  ``model.remat=True`` (``CheckpointResnetBlock...``), False if named without, None if it has
+  no residual blocks or its metadata cannot be read."""
+  step = manager.latest_step() if step is None else step
+  try:  # the tree metadata of the state item (the manager needs no handler registered for it)
+    meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(str(manager.directory)) / str(step) / "state")
+    keys = list(getattr(meta, "tree", meta)["params"].keys())
+  except Exception:  # pylint: disable=broad-except  # (the restore then names what is wrong)
+    return None
+  if any(str(k).startswith("CheckpointResnetBlock") for k in keys):
+    return True
+  return False if any(str(k).startswith("ResnetBlock") for k in keys) else None
+
+
+def convert_remat_names(source: "Setup", target: "Setup", state: TrainState) -> TrainState:
+  """``state`` of ``source``'s network with its residual blocks named as ``target`` names them
+  (the two configs differ in ``model.remat`` only). Parameters, EMA and optimizer state keep
+  their values; a flat optimizer state (``optim.flat_update``) is reordered to the target's
+  flat layout, whose tree-flatten order the renaming changes."""
+  remat = bool(target.config.model.get("remat", False))
+  rename = lambda tree: jax.tree_util.tree_map(
+      lambda d: layers.remat_param_names(d, remat) if isinstance(d, dict) else d, tree,
+      is_leaf=lambda x: isinstance(x, dict))
+  opt_state = state.opt_state
+  if source.flat_update:
+    _, unravel = source.flat_layout()
+    ravel, _ = target.flat_layout()
+    n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    opt_state = jax.tree_util.tree_map(
+        lambda v: ravel(rename(unravel(v))) if v.ndim == 1 and v.shape[0] == n else v, opt_state)
+  else:
+    opt_state = rename(opt_state)
+  return state.replace(params=rename(state.params), ema_params=rename(state.ema_params),
+                       opt_state=opt_state)
+
+
+def restore_state(manager: ocp.CheckpointManager, setup: "Setup", mesh,
+                  step: Optional[int] = None) -> Tuple[TrainState, Dict[str, Any]]:
+  """:func:`restore_checkpoint` of ``setup``'s replicated state on ``mesh``; a checkpoint
+  written with the other ``model.remat`` setting is restored with its own block names and
+  converted (:func:`convert_remat_names`), so that a run can resume with remat turned on (less
+  memory) or off (faster)."""
+  step = manager.latest_step() if step is None else step
+  repl = parallel.replicated(mesh)
+
+  def abstract(s):
+    shapes = jax.eval_shape(s.init_state, jax.random.PRNGKey(s.config.seed))
+    return jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), shapes)
+
+  remat = bool(setup.config.model.get("remat", False))
+  saved = checkpoint_remat(manager, step)
+  if saved is None or saved == remat:
+    return restore_checkpoint(manager, abstract(setup), step)
+  config = ml_collections.ConfigDict(setup.config.to_dict())
+  config.model.remat = saved
+  source = Setup(config)
+  state, meta = restore_checkpoint(manager, abstract(source), step)
+  state = jax.jit(lambda st: convert_remat_names(source, setup, st), out_shardings=repl)(state)
+  log(f"checkpoint {step} was written with model.remat={saved}: its residual blocks are renamed "
+      f"for model.remat={remat}")
+  return state, meta
+
+
 # --------------------------------------------------------------------------------------------------
 # metrics
 # --------------------------------------------------------------------------------------------------
@@ -745,16 +813,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_ds = data_lib.get_dataset(config.data, config.data.train_split, seed=config.seed)
 
   repl = parallel.replicated(mesh)
-  abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
-  abstract = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
   manager = make_checkpoint_manager(workdir, config)
   writer = None
   # The checkpoint manager (its async threads) and the metric writer are closed on every exit:
   # a failed restore, a raised NonFiniteLossError or an interrupt included.
   try:
     if manager.latest_step() is not None:
-      state, meta = restore_checkpoint(manager, abstract)
+      state, meta = restore_state(manager, setup, mesh)
       log(f"resumed from {manager.directory} at step {int(state.step)}")
     else:
       state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
@@ -875,11 +940,7 @@ def load_state(config, workdir: str, mesh=None, step: Optional[int] = None) -> T
   try:  # closed on the error paths too, as in train_and_evaluate
     if manager.latest_step() is None:
       raise CheckpointError(f"no checkpoints in {ckpt_dir}: train first (--mode=train)")
-    repl = parallel.replicated(mesh)
-    abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(config.seed))
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
-    state, _ = restore_checkpoint(manager, abstract, step)
+    state, _ = restore_state(manager, setup, mesh, step)
   finally:
     manager.close()
   return setup, state

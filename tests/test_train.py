@@ -357,8 +357,8 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   """A workdir written before `kernel_layout` existed holds HWIO kernels: with the OHWI default
   it is refused naming `model.kernel_layout`; with `kernel_layout=HWIO` it is compatible.
   Speed-only fields (fast_dropout, fused_norm, temb_barrier, two_stage_grads, remat_policy; the
-  last three absent from older workdirs) never make a workdir incompatible; remat renames the
-  blocks' parameters, so it does."""
+  last three absent from older workdirs) never make a workdir incompatible, nor does remat (its
+  renamed blocks are converted on restore: test_resume_turns_remat_on_and_off)."""
   config = base.get_base_config()
   config.model.name = "ncsnpp"
   old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
@@ -377,10 +377,8 @@ def test_workdir_of_an_older_layout_is_named_and_loads_with_hwio(tmp_path):
   config.model.two_stage_grads = not config.model.two_stage_grads
   config.model.remat_policy = "save_convs"
   train.check_workdir_compatible(str(tmp_path), config)
-  config.model.remat = not config.model.remat
-  with pytest.raises(train.CheckpointError, match="model.remat"):
-    train.check_workdir_compatible(str(tmp_path), config)
-  config.model.remat = not config.model.remat
+  config.model.remat = not config.model.remat  # renamed blocks, converted on restore
+  train.check_workdir_compatible(str(tmp_path), config)
   config.model.nf = 64
   with pytest.raises(train.CheckpointError, match="model.nf"):
     train.check_workdir_compatible(str(tmp_path), config)
@@ -534,3 +532,59 @@ def test_shard_map_training_resumes_bit_identically(tmp_path):
   assert second["start_step"] == 3 and second["final_step"] == 6
   for a, b in zip(_params(full), _params(second["state"])):
     np.testing.assert_array_equal(a, b)
+
+
+def _remat_digits_config(n_iters, remat, flat_update=True):
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  c = vp_unet.get_config()
+  c.model.nf = 8
+  c.model.remat = remat
+  c.optim.flat_update = flat_update
+  c.training.batch_size = c.eval.batch_size = 16
+  c.training.n_iters = n_iters
+  c.training.log_every, c.training.eval_every, c.training.preemption_every = 2, 0, 2
+  return c
+
+
+def test_resume_turns_remat_on_and_off(tmp_path, capsys):
+  """`model.remat` renames the residual blocks (`CheckpointResnetBlock...`); a run resumes with
+  it turned on, then off again, and continues the uninterrupted run's trajectory (parameters,
+  EMA and the flat optimizer state, whose order the names decide)."""
+  config = _remat_digits_config
+  full = train.train_and_evaluate(config(6, False), str(tmp_path / "full"))["state"]
+  train.train_and_evaluate(config(2, False), str(tmp_path / "split"))
+  capsys.readouterr()
+  on = train.train_and_evaluate(config(4, True), str(tmp_path / "split"))
+  assert "checkpoint 2 was written with model.remat=False" in capsys.readouterr().out
+  assert on["start_step"] == 2 and any(k.startswith("CheckpointResnetBlock")
+                                       for k in on["state"].params)
+  off = train.train_and_evaluate(config(6, False), str(tmp_path / "split"))
+  assert "checkpoint 4 was written with model.remat=True" in capsys.readouterr().out
+  assert off["start_step"] == 4 and not any(k.startswith("Checkpoint") for k in off["state"].params)
+  for a, b in zip(_params(full), _params(off["state"])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flat_update", [True, False])
+def test_convert_remat_names_round_trips(flat_update):
+  """`convert_remat_names` between the remat and plain networks gives the target's tree
+  structure (per-leaf or flat optimizer state) and converts back to the same values."""
+  plain = train.Setup(_remat_digits_config(2, False, flat_update))
+  remat = train.Setup(_remat_digits_config(2, True, flat_update))
+  state = plain.init_state(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  state = jax.tree_util.tree_map(  # distinct values everywhere, the optimizer moments included
+      lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype)
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+  there = train.convert_remat_names(plain, remat, state)
+  assert (jax.tree_util.tree_structure(there)
+          == jax.tree_util.tree_structure(remat.init_state(jax.random.PRNGKey(0))))
+  back = train.convert_remat_names(remat, plain, there)
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(a, b)
+  # The remat network computes the plain one's function from the converted parameters.
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.float32)
+  t = jnp.array([0.2, 0.7])
+  np.testing.assert_allclose(remat.model.apply({"params": there.params}, x, t, train=False),
+                             plain.model.apply({"params": state.params}, x, t, train=False),
+                             rtol=1e-5, atol=1e-5)
