@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from jaxgen import models, train
+from conftest import FAST_COMPILE  # pylint: disable=wrong-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(
@@ -46,9 +47,6 @@ def fake_batch(config, batch):
   return out
 
 
-# The real step runs once at a batch of 2: XLA's cheapest CPU code generation halves its compile
-# time (the NCSN++ config: 46 s -> 23 s) and costs nothing measurable in the step itself.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def test_there_are_configs():

@@ -15,6 +15,7 @@ import pytest
 
 from jaxgen import data as data_lib
 from jaxgen import likelihood, parallel, processes
+from conftest import FAST_COMPILE  # pylint: disable=wrong-import-order
 
 NUM_DEVICES = 8
 
@@ -257,9 +258,6 @@ def _batch_for(config, seed=0):
       np.uint8), "label": rng.integers(0, 10, (b,)).astype(np.int32)}
 
 
-# Steps of tiny batches: XLA's cheapest CPU code generation halves the compile time of a
-# convolutional step and costs nothing measurable at these sizes.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _run_steps(setup, mesh, batches, init_state):

@@ -15,11 +15,9 @@ import pytest
 from configs import base
 from jaxgen import models
 from jaxgen.models import layers
+from conftest import FAST_COMPILE  # pylint: disable=wrong-import-order
 
 
-# The networks here are tiny: XLA's cheapest CPU code generation halves their compile time and
-# costs nothing measurable when they run. Both sides of every comparison compile alike.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _jit(fn, **kwargs):
