@@ -511,8 +511,9 @@ class Setup:
 
   def allreduce_buckets(self):
     """At most ``training.allreduce_buckets`` groups of parameter-leaf indices, in backward
-    order, of about equal size (a leaf is never split): ``data_parallel='shard_map'`` all-reduces each group as soon as its
-    gradients exist (one group: one all-reduce of the whole flat gradient after the backward)."""
+    order, of about equal size (a leaf is never split): ``data_parallel='shard_map'``
+    all-reduces each group as soon as its gradients exist (one group: one all-reduce of the
+    whole flat gradient after the backward pass)."""
     n = int(self.config.training.get("allreduce_buckets", 1))
     sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(
         jax.eval_shape(self._init_params, jax.random.PRNGKey(0)))]

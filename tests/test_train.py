@@ -1,4 +1,5 @@
 """The train loop: bit-identical resume, preemption, non-finite losses, bad configs, checkpoints."""
+import functools
 import json
 import os
 import re
@@ -430,32 +431,31 @@ def test_shard_map_step_is_the_mean_of_per_device_steps(flat_update, flat_carry,
   carry = to_carry(jax.tree_util.tree_map(jnp.copy, state))  # the step donates its carry
   assert isinstance(carry.params, jax.Array) == flat_carry
 
+  # pylint: disable=protected-access
   @jax.jit
   def reference(state, batch):
     rows = batch["image"].shape[0] // n
-    out = [setup._loss_and_grads(state, {"image": batch["image"][d * rows:(d + 1) * rows]},  # pylint: disable=protected-access
+    out = [setup._loss_and_grads(state, {"image": batch["image"][d * rows:(d + 1) * rows]},
                                  state.params, d) for d in range(n)]
     loss = sum(o[0] for o in out) / n
     grads = jax.tree_util.tree_map(lambda *g: sum(g) / n, *[o[1] for o in out])
     if flat_update:
-      return setup._flat_tree_update(state, loss, setup.flat_layout()[0](grads))  # pylint: disable=protected-access
-    return setup._tree_update(state, loss, grads)  # pylint: disable=protected-access
+      return setup._flat_tree_update(state, loss, setup.flat_layout()[0](grads))
+    return setup._tree_update(state, loss, grads)
 
   rng = np.random.default_rng(4)
-  losses = []
   for _ in range(3):
     batch = {"image": rng.normal(size=(16, 2)).astype(np.float32)}
     carry, m = step(carry, parallel.host_local_to_global(batch, mesh))
     state, m_ref = reference(state, batch)
     np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], m_ref["grad_norm"], rtol=1e-5)
-    losses.append(float(m["loss"]))
   for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(as_tree(carry))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-  # Each device draws its own noise: the same rows on every device would give other losses.
-  same_noise = [setup._loss_and_grads(state, {"image": np.ones((2, 2), np.float32)},  # pylint: disable=protected-access
-                                      state.params, d)[0] for d in range(2)]
-  assert float(same_noise[0]) != float(same_noise[1])
+  # Each device draws its own noise: the same rows on two devices give two losses.
+  rows = {"image": np.ones((2, 2), np.float32)}
+  same_rows = [float(setup._loss_and_grads(state, rows, state.params, d)[0]) for d in range(2)]
+  assert same_rows[0] != same_rows[1]
 
 
 def _all_reduce_sizes(hlo):
@@ -472,9 +472,9 @@ def _all_reduce_sizes(hlo):
 @pytest.mark.parametrize("buckets", [1, 3])
 def test_shard_map_step_all_reduces_float32_gradient_vectors(buckets):
   """The per-device step's gradient collectives are (at most) `allreduce_buckets` all-reduces of
-  float32 vectors that together hold every parameter once, also when the network computes in bfloat16;
-  the only other one is the loss (a scalar). The buckets follow the backward pass: the output
-  layer's gradients in the first, the input layer's in the last."""
+  float32 vectors that together hold every parameter once, also when the network computes in
+  bfloat16; the only other one is the loss (a scalar). The buckets follow the backward pass:
+  the output layer's gradients in the first, the input layer's in the last."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.optim.flat_update = True
@@ -542,7 +542,8 @@ def _remat_digits_config(n_iters, remat, flat_update=True):
   c.optim.flat_update = flat_update
   c.training.batch_size = c.eval.batch_size = 16
   c.training.n_iters = n_iters
-  c.training.log_every, c.training.eval_every, c.training.preemption_every = 2, 0, 2
+  # Checkpoints only where each run ends (the split runs' resume points).
+  c.training.log_every, c.training.eval_every, c.training.preemption_every = 2, 0, 1000
   return c
 
 
@@ -571,20 +572,21 @@ def test_convert_remat_names_round_trips(flat_update):
   structure (per-leaf or flat optimizer state) and converts back to the same values."""
   plain = train.Setup(_remat_digits_config(2, False, flat_update))
   remat = train.Setup(_remat_digits_config(2, True, flat_update))
-  state = plain.init_state(jax.random.PRNGKey(0))
+  state = jax.jit(plain.init_state)(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   state = jax.tree_util.tree_map(  # distinct values everywhere, the optimizer moments included
       lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype)
       if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-  there = train.convert_remat_names(plain, remat, state)
+  there = jax.jit(lambda s: train.convert_remat_names(plain, remat, s))(state)
   assert (jax.tree_util.tree_structure(there)
-          == jax.tree_util.tree_structure(remat.init_state(jax.random.PRNGKey(0))))
-  back = train.convert_remat_names(remat, plain, there)
+          == jax.tree_util.tree_structure(jax.eval_shape(remat.init_state, jax.random.PRNGKey(0))))
+  back = jax.jit(lambda s: train.convert_remat_names(remat, plain, s))(there)
   for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(back)):
     np.testing.assert_array_equal(a, b)
   # The remat network computes the plain one's function from the converted parameters.
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 1)), jnp.float32)
   t = jnp.array([0.2, 0.7])
-  np.testing.assert_allclose(remat.model.apply({"params": there.params}, x, t, train=False),
-                             plain.model.apply({"params": state.params}, x, t, train=False),
+  apply = lambda setup, params: jax.jit(functools.partial(setup.model.apply, train=False))(
+      {"params": params}, x, t)
+  np.testing.assert_allclose(apply(remat, there.params), apply(plain, state.params),
                              rtol=1e-5, atol=1e-5)
