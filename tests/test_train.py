@@ -520,7 +520,7 @@ def test_data_parallel_option_is_checked():
 
 def test_shard_map_training_resumes_bit_identically(tmp_path):
   """The training loop with `data_parallel='shard_map'` (8 devices, 4 gradient buckets) resumes
-  from its checkpoint to bitwise the same state as an uninterrupted run."""
+  from its checkpoint to bitwise the same state as an uninterrupted run; 'auto' resumes it too."""
   def config(n_iters):
     c = tiny_config(n_iters)
     c.training.data_parallel = "shard_map"
@@ -532,6 +532,10 @@ def test_shard_map_training_resumes_bit_identically(tmp_path):
   assert second["start_step"] == 3 and second["final_step"] == 6
   for a, b in zip(_params(full), _params(second["state"])):
     np.testing.assert_array_equal(a, b)
+  auto = config(8)  # the other mode resumes the same checkpoint
+  auto.training.data_parallel = "auto"
+  third = train.train_and_evaluate(auto, str(tmp_path / "split"))
+  assert third["start_step"] == 6 and third["final_step"] == 8
 
 
 def _remat_digits_config(n_iters, remat, flat_update=True):
