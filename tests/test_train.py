@@ -350,6 +350,7 @@ def test_scaling_benchmark_runs_the_training_step(tmp_path, monkeypatch):
   assert all(r["loss_finite"] and r["flat_carry"] and r["images_per_s"] > 0
              for r in report["results"])
   assert json.loads(out.read_text())["results"][1]["scaling_efficiency"] > 0
+  assert report["data_parallel"] == "auto" and report["allreduce_buckets"] == 1
   with pytest.raises(ValueError, match="--devices entry '9'"):
     scaling.main(["--config", "configs/toy/vp_mlp.py", "--devices", "9", "--out", str(out)])
 

@@ -262,7 +262,8 @@ def main(argv=None):
   counts = parse_device_counts(args.devices, len(devices))
   print(f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), jax {jax.__version__}; "
         f"config {args.config} (model {config.model.name}, dtype {config.model.dtype}), "
-        f"{args.per_device_batch} images per device", flush=True)
+        f"{args.per_device_batch} images per device, data_parallel "
+        f"{config.training.get('data_parallel', 'auto')}", flush=True)
 
   results = []
   for n in counts:
@@ -286,9 +287,12 @@ def main(argv=None):
           f"{r['compile_and_first_step_s']:>11.1f}")
 
   report = {
-      "benchmark": "data-parallel training throughput (jaxgen.train.Setup.make_train_step)",
+      "benchmark": "data-parallel training throughput (jaxgen.train.make_sharded_train_step)",
       "config": args.config, "overrides": args.set, "model": config.model.name,
-      "dtype": str(config.model.dtype), "per_device_batch": args.per_device_batch,
+      "dtype": str(config.model.dtype),
+      "data_parallel": config.training.get("data_parallel", "auto"),
+      "allreduce_buckets": config.training.get("allreduce_buckets", 1),
+      "per_device_batch": args.per_device_batch,
       "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "input": "device-resident batch" if args.device_resident else
