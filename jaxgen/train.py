@@ -286,6 +286,12 @@ class Setup:
                              **kwargs)["params"]
     return jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), params)
 
+  def abstract_params(self):
+    """Shapes and dtypes of the parameter tree (``jax.ShapeDtypeStruct`` leaves; traced once)."""
+    if getattr(self, "_abstract_params", None) is None:
+      self._abstract_params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+    return self._abstract_params
+
   def flat_layout(self):
     """``(ravel, unravel)`` between the parameter tree and one float32 vector.
 
@@ -293,8 +299,7 @@ class Setup:
     ravel of ``make_train_step`` and the flat carry of ``make_flat_train_step``.
     """
     if getattr(self, "_flat_layout", None) is None:
-      abstract = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
-      leaves, treedef = jax.tree_util.tree_flatten(abstract)
+      leaves, treedef = jax.tree_util.tree_flatten(self.abstract_params())
       shapes = [leaf.shape for leaf in leaves]
       sizes = [int(np.prod(shape)) for shape in shapes]
       offsets = np.cumsum([0] + sizes)
@@ -492,7 +497,7 @@ class Setup:
     The backward pass computes gradients roughly in this order; it is read from the jaxpr of one
     forward call (the equation that first reads each leaf).
     """
-    abstract = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))
+    abstract = self.abstract_params()
     kwargs = {"y": jnp.zeros((1,), jnp.int32)} if self.config.model.get("num_classes", 0) else {}
 
     def forward(params):
@@ -515,8 +520,8 @@ class Setup:
     all-reduces each group as soon as its gradients exist (one group: one all-reduce of the
     whole flat gradient after the backward pass)."""
     n = int(self.config.training.get("allreduce_buckets", 1))
-    sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(
-        jax.eval_shape(self._init_params, jax.random.PRNGKey(0)))]
+    sizes = [int(np.prod(leaf.shape))
+             for leaf in jax.tree_util.tree_leaves(self.abstract_params())]
     if n <= 1:
       return [list(range(len(sizes)))]
     total, groups, acc = sum(sizes), [[]], 0
