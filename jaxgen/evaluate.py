@@ -168,7 +168,7 @@ def _make_nll_fn(setup, eval_config) -> Callable:
     else:
       x = data_lib.preprocess(k_deq, batch["image"], data_config, train=False)
     p = setup.inference_params(params)  # kernels cast once, not on every network call
-    model = lambda y, t: setup.model_fn(p, y, t)
+    model = lambda y, t: setup.eval_model_fn(p, y, t)  # jvp-able (model.fused_norm)
     drift_fn = predictions.as_drift_fn(process, model, setup.prediction)
     logp, _, nfe = likelihood.ode_log_likelihood(
         drift_fn, x, key=k_probe, prior_logp=process.prior_logp, t0=t0, t1=process.T,

@@ -217,6 +217,19 @@ class Setup:
     self.prediction = "x0" if config.method == "edm" else config.model.prediction
     self.model_fn = losses.make_model_fn(self.model.apply, self.process, self.prediction,
                                          edm_preconditioning=config.method == "edm")
+    # model.fused_norm's GroupNorm has a hand-written backward pass (a custom VJP), which has no
+    # forward-mode derivative. The likelihood's divergence is a jvp, so it runs the same
+    # function and parameters with XLA's GroupNorm (fused_norm is a speed-only field).
+    self.eval_model_fn = self.model_fn
+    if config.model.get("fused_norm", False) is True:
+      if config.method == "cnf":
+        raise ValueError("config.model.fused_norm=True: its GroupNorm has no forward-mode "
+                         "derivative, which a CNF's divergence needs; set it to False")
+      eval_model_config = ml_collections.ConfigDict(config.model.to_dict())
+      eval_model_config.fused_norm = False
+      self.eval_model_fn = losses.make_model_fn(
+          models.get_model(eval_model_config, config.data).apply, self.process,
+          self.prediction, edm_preconditioning=config.method == "edm")
     if config.method == "cnf":
       from jaxgen import cnf  # pylint: disable=import-outside-toplevel
       self.loss_fn = cnf.make_loss_fn(config, self)

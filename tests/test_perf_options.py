@@ -627,3 +627,41 @@ def test_remat_policy_is_checked_by_name():
     _tiny(remat=True, remat_policy="convs")
   with pytest.raises(ValueError, match="model.remat_policy='convs'"):
     layers.maybe_remat(layers.ResnetBlockDDPM, False, "convs")
+
+
+def test_fused_norm_likelihood_runs_with_xla_group_norm():
+  """``model.fused_norm``'s custom VJP has no jvp; the bits/dim evaluation (a jvp divergence)
+  runs the same function through ``Setup.eval_model_fn`` and gives the plain network's
+  result. A CNF with it is refused by name."""
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate, train  # pylint: disable=import-outside-toplevel
+  config = vp_unet.get_config()
+  config.model.name = "ncsnpp"
+  m = config.model
+  m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.dropout = 8, (1, 2), 1, (4,), 0.0
+  config.eval.rtol = config.eval.atol = 1e-3
+  params = jax.jit(train.Setup(config).init_state)(jax.random.PRNGKey(0)).params
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = tree.unflatten([p + 0.2 * jax.random.normal(k, p.shape) / np.sqrt(p.shape[0])
+                           for p, k in zip(leaves, keys)])
+  batch = {"image": np.random.default_rng(2).integers(0, 256, (2, 8, 8, 1)).astype(np.uint8)}
+  fused = config.copy_and_resolve_references()
+  fused.model.fused_norm = True
+  setup = train.Setup(fused)
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 1))
+  t = jnp.array([0.3, 0.8])
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(lambda y: setup.model_fn(params, y, t), (x,), (x,))
+  out, tangent = jax.jvp(lambda y: setup.eval_model_fn(params, y, t), (x,), (x,))
+  np.testing.assert_allclose(out, setup.model_fn(params, x, t), rtol=1e-4, atol=1e-5)
+  assert bool(jnp.all(jnp.isfinite(tangent)))
+  key = jax.random.PRNGKey(3)
+  got = jax.jit(evaluate.make_nll_fn(setup, fused.eval))(params, key, batch)[0]
+  ref = jax.jit(evaluate.make_nll_fn(train.Setup(config), config.eval))(params, key, batch)[0]
+  assert np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+  cnf_config = fused.copy_and_resolve_references()
+  cnf_config.method = "cnf"
+  with pytest.raises(ValueError, match="config.model.fused_norm"):
+    train.Setup(cnf_config)

@@ -72,6 +72,11 @@ VARIANTS = {
                           temb_barrier=True, two_stage_grads=True, pallas_norm=True),
     "bf16_ts": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
                     temb_barrier=False, two_stage_grads=True),
+    # run 25: the defaults with the hand-written GroupNorm+swish backward (model.fused_norm)
+    "bf16_tb_ts_fn": dict(dtype="bfloat16", kernel_layout="OHWI", fast_dropout=True,
+                          temb_barrier=True, two_stage_grads=True, fused_norm=True),
+    "fp32_tb_ts_fn": dict(dtype="float32", kernel_layout="OHWI", fast_dropout=True,
+                          temb_barrier=True, two_stage_grads=True, fused_norm=True),
 }
 OPTIONS = {
     "": None,
