@@ -38,9 +38,10 @@ def get_base_config():
   # for the first time skips most convolution autotuning (jaxgen.parallel.autotune_options).
   training.autotune_results = "shipped"
   # How the batch is split over devices: 'auto' (XLA partitions the global-batch step and
-  # all-reduces each gradient where it is computed; the step's randomness does not depend on the
-  # device count) or 'shard_map' (each device computes its rows' loss with its own noise, then
-  # one float32 all-reduce of the flat gradient; experiments/bench/NOTES.md, run 24).
+  # all-reduces each gradient where it is computed) or 'shard_map' (each device computes its
+  # rows' loss, then one float32 all-reduce of the flat gradient; experiments/bench/NOTES.md,
+  # runs 24-25). Both draw the global batch's randomness: a run does not depend on the mode or
+  # the device count (up to float32 summation order).
   training.data_parallel = "auto"
   # 'shard_map' only: the flat gradient is all-reduced in this many pieces, each as soon as the
   # backward pass has computed its parameters' gradients (1: one all-reduce after the backward).

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen import predictions
+from jaxgen import parallel, predictions
 from jaxgen.processes import EDMPath, LinearPath, Process, VESDE, VPSDE, broadcast_to
 
 Array = jax.Array
@@ -129,6 +129,16 @@ def sample_time(key: Array, batch: int, eps: float, T: float, kind: str = "unifo
   raise ValueError(f"unknown time_sampling {kind!r}; expected 'uniform' or 'logit_normal'")
 
 
+def _normal(key: Array, shape) -> Array:
+  return jax.random.normal(key, shape, jnp.float32)
+
+
+# A loss's per-example randomness is drawn for the global batch: inside a per-device train step
+# (``training.data_parallel='shard_map'``) each device keeps its rows of that draw, so the step
+# sees the same noise as a ``jit`` of the whole batch (``parallel.global_batch_draw``).
+_rows = parallel.global_batch_draw
+
+
 def _reduce(values: Array, reduce_mean: bool) -> Array:
   flat = values.reshape(values.shape[0], -1)
   return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
@@ -152,10 +162,11 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
     if likelihood_weighting and importance_sampling:
-      t, z_norm = importance_sample_time(k_t, process, n, eps)
+      z_norm = importance_sample_time(k_t, process, 1, eps)[1]
+      t = _rows(lambda k, s: importance_sample_time(k, process, s[0], eps)[0], k_t, (n,))
     else:
-      t = sample_time(k_t, n, eps, process.T)
-    z = jax.random.normal(k_z, x0.shape, jnp.float32)
+      t = _rows(lambda k, s: sample_time(k, s[0], eps, process.T), k_t, (n,))
+    z = _rows(_normal, k_z, x0.shape)
     mean, std = process.marginal(x0, t)
     x_t = mean + broadcast_to(std, x0) * z
     out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
@@ -183,8 +194,8 @@ def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
     x0 = batch["image"]
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
-    idx = jax.random.randint(k_t, (n,), 0, process.N)
-    z = jax.random.normal(k_z, x0.shape, jnp.float32)
+    idx = _rows(lambda k, s: jax.random.randint(k, s, 0, process.N), k_t, (n,))
+    z = _rows(_normal, k_z, x0.shape)
     t = idx.astype(jnp.float32) / (process.N - 1) * process.T
     if isinstance(process, VPSDE):
       alphas_cumprod = jnp.cumprod(1.0 - process.discrete_betas)
@@ -217,8 +228,8 @@ def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std
     x0 = batch["image"]
     n = x0.shape[0]
     k_s, k_z, k_drop = jax.random.split(key, 3)
-    sigma = jnp.exp(p_mean + p_std * jax.random.normal(k_s, (n,)))
-    z = jax.random.normal(k_z, x0.shape, jnp.float32)
+    sigma = jnp.exp(p_mean + p_std * _rows(_normal, k_s, (n,)))
+    z = _rows(_normal, k_z, x0.shape)
     x_t = x0 + broadcast_to(sigma, x0) * z
     denoised = model_fn(params, x_t, sigma, train=train, key=k_drop, labels=batch.get("label"))
     weight = predictions.edm_loss_weight(sigma, process.sigma_data)
@@ -242,14 +253,14 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
     x0 = batch["image"]
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
-    t = sample_time(k_t, n, eps, process.T - (eps if isinstance(process, LinearPath) else 0.0),
-                    time_sampling)
+    t_max = process.T - (eps if isinstance(process, LinearPath) else 0.0)
+    t = _rows(lambda k, s: sample_time(k, s[0], eps, t_max, time_sampling), k_t, (n,))
     if "noise" in batch:
       z = batch["noise"]
     elif isinstance(process, LinearPath):  # the noise end is the prior (N(0, I) or a source)
-      z = process.prior_sample(k_z, x0.shape)
+      z = _rows(process.prior_sample, k_z, x0.shape)
     else:
-      z = jax.random.normal(k_z, x0.shape, jnp.float32)
+      z = _rows(_normal, k_z, x0.shape)
     alpha, sigma = broadcast_to(process.alpha(t), x0), broadcast_to(process.sigma(t), x0)
     x_t = alpha * x0 + sigma * z
     target = (broadcast_to(process.alpha_dot(t), x0) * x0

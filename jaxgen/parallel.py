@@ -245,6 +245,44 @@ def to_varying(tree: Any, axis: str = DATA_AXIS) -> Any:
   return tree if cast is None else cast(tree, axis)
 
 
+def batch_rows(rows: int, axis: str = DATA_AXIS):
+  """``(offset, total)``: where a device's ``rows`` batch rows sit in the global batch.
+
+  Inside :func:`shard_map` over ``axis`` with the batch split on its leading axis, device ``i``
+  of ``n`` holds rows ``[i rows, (i + 1) rows)`` of ``n rows``: ``(i rows, n rows)``, ``offset``
+  a traced int32 scalar. Anywhere else (a ``jit`` of the global batch, or no mapping at all) the
+  rows are the whole batch: ``(0, rows)``.
+  """
+  try:
+    index = jax.lax.axis_index(axis)
+  except NameError:  # ``axis`` is not bound: not inside a shard_map over it
+    return 0, rows
+  size = jax.lax.axis_size(axis) if hasattr(jax.lax, "axis_size") else jax.lax.psum(1, axis)
+  return index * rows, int(size) * rows
+
+
+def global_batch_draw(draw, key, shape: Sequence[int]):
+  """``draw(key, shape)`` as the rows of the global batch's draw that this device holds.
+
+  ``draw(key, shape) -> array`` of leading axis ``shape[0]`` (e.g. ``jax.random.normal``).
+  Outside a :func:`shard_map` over :data:`DATA_AXIS` this is ``draw(key, shape)``. Inside one,
+  each device draws for the whole global batch (``shape[0]`` times the number of devices) and
+  keeps its own rows (:func:`batch_rows`), so that a per-device train step draws exactly the
+  noise a ``jit`` of the global batch draws, whatever the number of devices. That costs the
+  global batch's draw on every device, which is small next to a network for per-example noise
+  (an image's worth per row); dropout masks use :func:`batch_rows` directly and draw only
+  their own rows.
+  """
+  shape = tuple(int(d) for d in shape)
+  if not shape:
+    return draw(key, shape)
+  offset, total = batch_rows(shape[0])
+  if total == shape[0]:
+    return draw(key, shape)
+  full = draw(key, (total,) + shape[1:])
+  return jax.lax.dynamic_slice_in_dim(full, offset, shape[0], axis=0)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   """Number of batch shards (size of the ``data`` axis)."""
   return mesh.shape[DATA_AXIS]

@@ -165,6 +165,11 @@ def data_parallel_mode(config) -> str:
     raise ValueError(f"config.training.data_parallel='shard_map' computes the loss on each "
                      f"device's rows alone, but config.training.coupling={coupling!r} pairs noise "
                      f"and data across the whole batch: use data_parallel='auto'")
+  if mode == "shard_map" and config.get("method") == "cnf":
+    raise ValueError("config.training.data_parallel='shard_map' computes the loss on each "
+                     "device's rows alone, but config.method='cnf' integrates the whole batch "
+                     "as one ODE (its adaptive steps depend on every row): use "
+                     "data_parallel='auto'")
   return mode
 
 
@@ -181,9 +186,10 @@ def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = N
 
   ``training.data_parallel`` picks how the batch is split: ``'auto'`` (default) jits the
   global-batch step and lets XLA partition it (it all-reduces each gradient where it is
-  computed; a step's randomness does not depend on the number of devices);
-  ``'shard_map'`` runs :meth:`Setup.make_per_device_train_step` in ``parallel.shard_map``: one
-  float32 all-reduce of the flat gradient per step, each device drawing its own noise.
+  computed); ``'shard_map'`` runs :meth:`Setup.make_per_device_train_step` in
+  ``parallel.shard_map``: one float32 all-reduce of the flat gradient per step. Both draw the
+  global batch's randomness, so a run's losses do not depend on the mode or the number of
+  devices (up to float32 summation order).
   """
   mode = data_parallel_mode(setup.config)
   flat = setup.flat_update if flat_carry is None else bool(flat_carry) and setup.flat_update
@@ -367,14 +373,12 @@ class Setup:
 
     return train_step
 
-  def _loss_and_grads(self, state: TrainState, batch, params, device_index=None):
+  def _loss_and_grads(self, state: TrainState, batch, params):
     """The step's loss and parameter gradients; its randomness comes from ``state.key`` and
-    ``state.step`` (and ``device_index``, folded in, when each device draws its own)."""
+    ``state.step``. Inside a ``shard_map`` over ``parallel.DATA_AXIS`` each device draws its rows
+    of the global batch's randomness (``parallel.global_batch_draw``)."""
     step_key = jax.random.fold_in(state.key, state.step)
     k_data, k_loss = jax.random.split(step_key)
-    if device_index is not None:
-      k_data, k_loss = (jax.random.fold_in(k_data, device_index),
-                        jax.random.fold_in(k_loss, device_index))
     batch = self.preprocess(k_data, batch, train=True)
     (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, k_loss, batch)
     return loss, grads
@@ -463,11 +467,12 @@ class Setup:
   def make_per_device_train_step(self, flat_carry: bool = False) -> Callable:
     """``step(state, batch_shard) -> (state, metrics)`` to run inside ``parallel.shard_map``.
 
-    Each device computes the loss and gradients of its own rows of the batch, with its own
-    randomness (the step's keys with the device's index on ``parallel.DATA_AXIS`` folded in),
-    ravels its gradients into one float32 vector and averages it over the devices with one
-    ``pmean``: a single all-reduce of ``n_params`` float32 values per step, in float32 also when
-    the network computes in bfloat16. The optimizer, EMA and non-finite guard then run the same
+    Each device computes the loss and gradients of its own rows of the batch, with its rows of
+    the global batch's randomness (the time, noise, flips, dequantization and dropout masks
+    that a ``jit`` of the whole batch draws: the step is the ``'auto'`` step up to float32
+    summation order, on any number of devices), ravels its gradients into one float32 vector
+    and averages it over the devices with one ``pmean``: a single all-reduce of ``n_params``
+    float32 values per step, in float32 also when the network computes in bfloat16. The optimizer, EMA and non-finite guard then run the same
     on every device. ``flat_carry``: the state's parameters and EMA are flat vectors
     (:meth:`make_flat_train_step`'s carry; needs ``optim.flat_update``).
     """
@@ -493,7 +498,7 @@ class Setup:
 
     def step(state: TrainState, batch):
       params = parallel.to_varying(unravel(state.params) if flat_carry else state.params, axis)
-      loss, grads = self._loss_and_grads(state, batch, params, jax.lax.axis_index(axis))
+      loss, grads = self._loss_and_grads(state, batch, params)
       loss = jax.lax.pmean(loss, axis)
       flat_grads = reduce_grads(grads)
       if flat_carry:

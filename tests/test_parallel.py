@@ -59,6 +59,36 @@ def test_mesh_covers_devices_host_major(mesh8):
     parallel.make_mesh([])
 
 
+def test_global_batch_draw_gives_each_device_its_rows(mesh8):
+  """Inside a shard_map over the data axis, `global_batch_draw` is the device's rows of the global
+  batch's draw (also a dropout keep mask through `batch_rows`); outside, the plain draw."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from jaxgen.models import layers  # pylint: disable=import-outside-toplevel
+  key = jax.random.PRNGKey(7)
+  normal = lambda k, s: jax.random.normal(k, s)
+  shape = (16, 3, 5)
+  ref = normal(key, shape)
+  np.testing.assert_array_equal(parallel.global_batch_draw(normal, key, shape), ref)
+  assert parallel.batch_rows(16) == (0, 16)
+  assert parallel.global_batch_draw(normal, key, ()).shape == ()
+  ref_mask = layers.dropout_keep_mask(key, shape, 0.3)[0]
+
+  def per_device(x):
+    offset, total = parallel.batch_rows(x.shape[0])
+    draw = parallel.global_batch_draw(normal, key, x.shape)
+    mask = layers.dropout_keep_mask(key, x.shape, 0.3)[0]
+    return draw, mask, jnp.broadcast_to(offset, (x.shape[0],)), jnp.full((x.shape[0],), total)
+
+  out = jax.jit(parallel.shard_map(per_device, mesh8, in_specs=P(parallel.DATA_AXIS),
+                                   out_specs=P(parallel.DATA_AXIS)))(jnp.zeros(shape))
+  draw, mask, offsets, totals = (np.asarray(o) for o in out)
+  np.testing.assert_array_equal(draw, ref)
+  np.testing.assert_array_equal(mask, ref_mask)
+  np.testing.assert_array_equal(offsets, np.repeat(np.arange(8) * 2, 2))
+  assert set(totals.tolist()) == {16}
+  assert 0.2 < 1 - mask.mean() < 0.4
+
+
 def test_host_local_to_global_round_trip(mesh8):
   batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),
            "label": np.arange(16, dtype=np.int32)}

@@ -412,51 +412,88 @@ def test_scaling_communication_profile_counts_overlap(tmp_path, monkeypatch):
   assert gpu["categories"] == {"loop_fusion": [4.0, 0], "other": [5.0, 0]}
 
 
+def _compare_modes(config, steps, rows, rtol):
+  """Runs `steps` steps of the 'auto' and the 'shard_map' train step (8 devices) from one state
+  on the same batches (`rows()` draws one) and checks that loss, gradient norm and the state
+  agree to `rtol`."""
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh()
+  results = {}
+  for mode in ("auto", "shard_map"):
+    c = config.copy_and_resolve_references()
+    c.training.data_parallel = mode
+    setup = train.Setup(c)
+    step, to_carry, as_tree = train.make_sharded_train_step(setup, mesh)
+    carry = to_carry(setup.init_state(jax.random.PRNGKey(3)))
+    rng = np.random.default_rng(4)
+    metrics = []
+    for _ in range(steps):
+      carry, m = step(carry, parallel.host_local_to_global(rows(rng), mesh))
+      metrics.append((float(m["loss"]), float(m["grad_norm"])))
+    results[mode] = metrics, jax.device_get(as_tree(carry))
+  (m_auto, s_auto), (m_shard, s_shard) = results["auto"], results["shard_map"]
+  np.testing.assert_allclose(m_shard, m_auto, rtol=rtol)
+  for a, b in zip(jax.tree_util.tree_leaves(s_auto), jax.tree_util.tree_leaves(s_shard)):
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-2)
+  return m_auto
+
+
 @pytest.mark.parametrize("flat_update,flat_carry,buckets",
                          [(True, True, 1), (True, False, 1), (False, False, 1), (True, True, 3)])
-def test_shard_map_step_is_the_mean_of_per_device_steps(flat_update, flat_carry, buckets):
-  """`training.data_parallel='shard_map'` on 8 devices: device d takes rows [2d, 2d + 2) of the
-  batch with the step's keys and d folded in; the update is that of the mean of the 8 devices'
-  losses and gradients, computed here one device at a time (also with the gradient all-reduced
-  in 3 buckets)."""
+def test_shard_map_step_equals_the_auto_step(flat_update, flat_carry, buckets):
+  """`training.data_parallel='shard_map'` on 8 devices (2 rows each) takes the same steps as
+  the 'auto' step of the global batch: each device draws its rows of the global batch's time
+  and noise, and the update is that of the mean of the devices' gradients (also with the
+  gradient all-reduced in 3 buckets, and for each kind of carry)."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.optim.flat_update = flat_update
-  config.training.data_parallel = "shard_map"
   config.training.allreduce_buckets = buckets
-  setup = train.Setup(config)
   mesh = parallel.make_mesh()
-  n = mesh.devices.size
+  shard = config.copy_and_resolve_references()
+  shard.training.data_parallel = "shard_map"
+  setup = train.Setup(shard)
   step, to_carry, as_tree = train.make_sharded_train_step(setup, mesh, flat_carry=flat_carry)
+  auto = config.copy_and_resolve_references()
+  auto.training.data_parallel = "auto"
+  auto_step, auto_carry, auto_tree = train.make_sharded_train_step(train.Setup(auto), mesh,
+                                                                   flat_carry=flat_carry)
   state = setup.init_state(jax.random.PRNGKey(3))
   carry = to_carry(jax.tree_util.tree_map(jnp.copy, state))  # the step donates its carry
+  ref = auto_carry(jax.tree_util.tree_map(jnp.copy, state))
   assert isinstance(carry.params, jax.Array) == flat_carry
-
-  # pylint: disable=protected-access
-  @jax.jit
-  def reference(state, batch):
-    rows = batch["image"].shape[0] // n
-    out = [setup._loss_and_grads(state, {"image": batch["image"][d * rows:(d + 1) * rows]},
-                                 state.params, d) for d in range(n)]
-    loss = sum(o[0] for o in out) / n
-    grads = jax.tree_util.tree_map(lambda *g: sum(g) / n, *[o[1] for o in out])
-    if flat_update:
-      return setup._flat_tree_update(state, loss, setup.flat_layout()[0](grads))
-    return setup._tree_update(state, loss, grads)
-
   rng = np.random.default_rng(4)
   for _ in range(3):
-    batch = {"image": rng.normal(size=(16, 2)).astype(np.float32)}
-    carry, m = step(carry, parallel.host_local_to_global(batch, mesh))
-    state, m_ref = reference(state, batch)
+    batch = parallel.host_local_to_global(
+        {"image": rng.normal(size=(16, 2)).astype(np.float32)}, mesh)
+    carry, m = step(carry, batch)
+    ref, m_ref = auto_step(ref, batch)
     np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], m_ref["grad_norm"], rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(as_tree(carry))):
+  for a, b in zip(jax.tree_util.tree_leaves(auto_tree(ref)),
+                  jax.tree_util.tree_leaves(as_tree(carry))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-  # Each device draws its own noise: the same rows on two devices give two losses.
-  rows = {"image": np.ones((2, 2), np.float32)}
-  same_rows = [float(setup._loss_and_grads(state, rows, state.params, d)[0]) for d in range(2)]
-  assert same_rows[0] != same_rows[1]
+
+
+@pytest.mark.parametrize("fast_dropout,weighting", [(True, False), (False, True)])
+def test_shard_map_draws_the_global_batch_noise_for_images(fast_dropout, weighting):
+  """A digits NCSN++ with dropout, random flips and dequantization (and, once, importance-
+  sampled likelihood weighting): the 'shard_map' step equals the 'auto' step, so every draw
+  (flips, dequantization noise, time, noise, both kinds of dropout mask) is the global batch's;
+  a per-device draw would give each device's two rows other noise and another loss."""
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  config = vp_unet.get_config()
+  config.model.name = "ncsnpp"
+  m = config.model
+  m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions = 8, (1, 2), 1, (4,)
+  m.dropout, m.fast_dropout = 0.3, fast_dropout
+  config.data.random_flip = True
+  config.training.batch_size = 16
+  config.training.likelihood_weighting = config.training.importance_sampling = weighting
+  config.optim.flat_update = True
+  images = lambda rng: {"image": rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8)}
+  losses = _compare_modes(config, 2, images, rtol=2e-5)
+  assert losses[0][0] != losses[1][0]
 
 
 def _all_reduce_sizes(hlo):
@@ -516,6 +553,11 @@ def test_data_parallel_option_is_checked():
   config.training.coupling = "minibatch_ot"
   config.training.data_parallel = "shard_map"
   with pytest.raises(ValueError, match="training.coupling"):
+    train.validate_config(config)
+  from configs.cnf import toy  # pylint: disable=import-outside-toplevel
+  config = toy.get_config()
+  config.training.data_parallel = "shard_map"
+  with pytest.raises(ValueError, match="config.method='cnf'"):
     train.validate_config(config)
 
 

@@ -12,6 +12,8 @@ convention); without it `x = k / (num_levels - 1)` in `[0, 1]`. Centered data is
 import jax
 import jax.numpy as jnp
 
+from jaxgen import parallel
+
 
 def _is_toy(data_config):
   return str(data_config.dataset).startswith("toy_")
@@ -31,7 +33,9 @@ def uniform_dequantize(key, levels, num_levels):
   if num_levels < 2:
     raise ValueError(f"num_levels must be at least 2, got {num_levels}")
   levels = jnp.asarray(levels).astype(jnp.float32)
-  noise = jax.random.uniform(key, levels.shape, dtype=jnp.float32)
+  # (inside a per-device train step: this device's rows of the global batch's draw)
+  noise = parallel.global_batch_draw(
+      lambda k, s: jax.random.uniform(k, s, dtype=jnp.float32), key, levels.shape)
   return (levels + noise) / num_levels
 
 
@@ -39,7 +43,8 @@ def random_flip_left_right(key, images):
   """Flips each image of (b, H, W, C) `images` horizontally with probability 1/2."""
   if images.ndim != 4:
     raise ValueError(f"random flips need images of shape (b, H, W, C), got shape {images.shape}")
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+  flip = parallel.global_batch_draw(lambda k, s: jax.random.bernoulli(k, 0.5, s), key,
+                                    (images.shape[0], 1, 1, 1))
   return jnp.where(flip, images[:, :, ::-1, :], images)
 
 

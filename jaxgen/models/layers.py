@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import parallel
+
 Array = jax.Array
 PARAM_DTYPE = jnp.float32
 SQRT2 = math.sqrt(2.0)  # a Python float keeps the compute dtype
@@ -387,7 +389,9 @@ def dropout_keep_mask(rng: Array, shape: Sequence[int], rate: float) -> Tuple[Ar
   ``b W ... b W + W - 1`` and its fields are the four quarters of its own words. Every operation
   keeps the batch axis, so under a batch-sharded ``jit`` each device draws its own rows with no
   communication (a flat draw split into halves and reshaped needed all-gathers and
-  collective-permutes on every dropout layer: NOTES.md, run 20).
+  collective-permutes on every dropout layer: NOTES.md, run 20). Inside a ``shard_map`` over
+  ``parallel.DATA_AXIS`` (a per-device train step) ``b`` is the row's index in the global batch
+  (``parallel.batch_rows``), so each device draws exactly its rows of the global batch's mask.
 
   Args: ``rng`` a threefry key (raw ``uint32[2]`` or typed), ``shape`` of the mask, ``rate`` in
   ``[0, 1)``. Returns ``(keep, scale)``: a boolean ``shape`` array and a Python float.
@@ -403,15 +407,44 @@ def dropout_keep_mask(rng: Array, shape: Sequence[int], rate: float) -> Tuple[Ar
   rows = shape[0] if shape else 1
   per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
   words = -(-per_row // 4)  # threefry evaluations per row; each gives four 16-bit fields
-  if rows * words >= 2**32:
+  offset, total = parallel.batch_rows(rows) if shape else (0, 1)
+  if total * words >= 2**32:
     raise ValueError(f"dropout mask of shape {shape} needs more than 2**32 threefry counters")
-  counter = (jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 0) * jnp.uint32(words)
-             + jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 1))
+  row = jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 0)
+  if total != rows:  # this device's rows of the global batch
+    row = row + jnp.asarray(offset).astype(jnp.uint32)
+  counter = row * jnp.uint32(words) + jax.lax.broadcasted_iota(jnp.uint32, (rows, words), 1)
   hi, lo = jex_random.threefry2x32_p.bind(data[0], data[1], jnp.zeros_like(counter), counter)
   hi, lo = jax.lax.optimization_barrier((hi, lo))
   fields = jnp.concatenate([hi & jnp.uint32(0xFFFF), hi >> 16, lo & jnp.uint32(0xFFFF), lo >> 16],
                            axis=1)[:, :per_row]
   return fields.reshape(shape) >= jnp.uint32(threshold), scale
+
+
+class Dropout(nn.Dropout):
+  """``nn.Dropout`` (same name, rng and mask), whose mask inside a ``shard_map`` over
+  ``parallel.DATA_AXIS`` is this device's rows of the global batch's mask
+  (``parallel.global_batch_draw``), so a per-device train step drops what a ``jit`` of the whole
+  batch drops."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: Optional[bool] = None, rng=None):
+    deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    if self.rate == 1.0:
+      return jnp.zeros_like(inputs)
+    keep_prob = 1.0 - self.rate
+    if rng is None:
+      rng = self.make_rng(self.rng_collection)
+    shape = list(inputs.shape)
+    for dim in self.broadcast_dims:
+      shape[dim] = 1
+    draw = lambda k, s: jax.random.bernoulli(k, p=keep_prob, shape=s)
+    per_row = bool(shape) and 0 not in [d % inputs.ndim for d in self.broadcast_dims]
+    mask = parallel.global_batch_draw(draw, rng, shape) if per_row else draw(rng, shape)
+    mask = jnp.broadcast_to(mask, inputs.shape)
+    return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
@@ -425,7 +458,7 @@ def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool,
   if deterministic or rate == 0.0:
     return x
   if not fast:
-    return nn.Dropout(rate)(x, deterministic=False)
+    return Dropout(rate)(x, deterministic=False)
   keep, scale = dropout_keep_mask(module.make_rng("dropout"), x.shape, rate)
   return jax.lax.select(keep, x * jnp.asarray(scale, x.dtype), jnp.zeros_like(x))
 
