@@ -37,15 +37,17 @@ def get_base_config():
   # GPU kind and jaxlib, if any; '': none; or a file of one's own), so that a machine compiling
   # for the first time skips most convolution autotuning (jaxgen.parallel.autotune_options).
   training.autotune_results = "shipped"
-  # How the batch is split over devices: 'auto' (XLA partitions the global-batch step and
-  # all-reduces each gradient where it is computed) or 'shard_map' (each device computes its
-  # rows' loss, then one float32 all-reduce of the flat gradient; experiments/bench/NOTES.md,
-  # runs 24-25). Both draw the global batch's randomness: a run does not depend on the mode or
-  # the device count (up to float32 summation order).
+  # How the batch is split over devices: 'gspmd' (XLA partitions the global-batch step and
+  # all-reduces each gradient where it is computed), 'shard_map' (each device computes its rows'
+  # loss, then one float32 all-reduce of the flat gradient; 1.7-2.4 % faster on two H200s,
+  # experiments/bench/NOTES.md runs 24-25), or 'auto': shard_map on two or more GPUs when the
+  # loss is per example, gspmd elsewhere (train.data_parallel_mode). All draw the global batch's
+  # randomness: a run does not depend on the mode or the device count (up to float32 sums).
   training.data_parallel = "auto"
   # 'shard_map' only: the flat gradient is all-reduced in this many pieces, each as soon as the
-  # backward pass has computed its parameters' gradients (1: one all-reduce after the backward).
-  training.allreduce_buckets = 1
+  # backward pass has computed its parameters' gradients (1: one all-reduce after the backward;
+  # 8 pieces ran 0.3-0.8 % faster than 1 on two H200s, runs 24-25).
+  training.allreduce_buckets = 8
 
   # --- sampling ---------------------------------------------------------------------------------
   config.sampling = sampling = ml_collections.ConfigDict()

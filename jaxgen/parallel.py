@@ -6,9 +6,11 @@ Data parallelism, as every jitted computation of jaxgen uses it:
   ``model`` axis (size 1 for now, room for model parallelism later), see :func:`make_mesh`;
 * the train state is replicated (:func:`replicated`), batches are split on their leading axis over
   ``data`` (:func:`batch_sharded`); ``jax.jit(f, in_shardings=..., out_shardings=...)`` then
-  inserts the gradient all-reduce itself (with ``training.data_parallel='shard_map'`` the train
-  step runs per device in :func:`shard_map` with one explicit all-reduce of the flat float32
-  gradient instead, see ``jaxgen.train.make_sharded_train_step``);
+  inserts the gradient all-reduce itself (``training.data_parallel='gspmd'``). With
+  ``'shard_map'`` (what ``'auto'`` picks on two or more GPUs) the train step runs per device in
+  :func:`shard_map` with one explicit all-reduce of the flat float32 gradient instead, each
+  device drawing its rows of the global batch's randomness (:func:`global_batch_draw`); see
+  ``jaxgen.train.make_sharded_train_step``;
 * each host reads its own slice of the global batch and :func:`host_local_to_global` assembles the
   global array. The mesh orders devices host by host, so host ``i`` of ``n`` feeds rows
   ``[i b, (i + 1) b)`` of a global batch of ``n b`` rows (:func:`host_batch_rows`);

@@ -148,11 +148,20 @@ def train_compiler_options(config) -> Optional[Dict[str, Any]]:
                                    autotune_results=config.training.get("autotune_results", ""))
 
 
-DATA_PARALLEL_MODES = ("auto", "shard_map")
+DATA_PARALLEL_MODES = ("auto", "gspmd", "shard_map")
 
 
-def data_parallel_mode(config) -> str:
-  """``config.training.data_parallel`` ('auto' when absent), checked against the config."""
+def data_parallel_mode(config, mesh=None, backend: Optional[str] = None) -> str:
+  """The train step's data parallelism, ``'gspmd'`` or ``'shard_map'``, from
+  ``config.training.data_parallel`` (checked against the config; ``'auto'`` when absent).
+
+  ``'auto'`` resolves to ``'shard_map'`` on GPUs when the batch is split over more than one
+  device (``mesh``'s data axis; all devices when None) and the loss is per example (no
+  minibatch coupling, not a CNF): its one float32 all-reduce of the flat gradient made two H200s
+  1.7-2.4 % faster than XLA's partitioning, with the same losses (experiments/bench/NOTES.md,
+  runs 24-25). Elsewhere (one device, CPUs, TPUs, whose all-reduces XLA schedules itself) it
+  resolves to ``'gspmd'``.
+  """
   mode = config.training.get("data_parallel", "auto")
   if mode not in DATA_PARALLEL_MODES:
     raise ValueError(f"config.training.data_parallel must be one of {DATA_PARALLEL_MODES}, got "
@@ -161,16 +170,21 @@ def data_parallel_mode(config) -> str:
   if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
     raise ValueError(f"config.training.allreduce_buckets must be a positive int, got {buckets!r}")
   coupling = config.training.get("coupling", "independent")
+  per_example = coupling == "independent" and config.get("method") != "cnf"
   if mode == "shard_map" and coupling != "independent":
     raise ValueError(f"config.training.data_parallel='shard_map' computes the loss on each "
                      f"device's rows alone, but config.training.coupling={coupling!r} pairs noise "
-                     f"and data across the whole batch: use data_parallel='auto'")
+                     f"and data across the whole batch: use data_parallel='gspmd' or 'auto'")
   if mode == "shard_map" and config.get("method") == "cnf":
     raise ValueError("config.training.data_parallel='shard_map' computes the loss on each "
                      "device's rows alone, but config.method='cnf' integrates the whole batch "
                      "as one ODE (its adaptive steps depend on every row): use "
-                     "data_parallel='auto'")
-  return mode
+                     "data_parallel='gspmd' or 'auto'")
+  if mode != "auto":
+    return mode
+  shards = jax.device_count() if mesh is None else parallel.data_parallel_size(mesh)
+  backend = backend or jax.default_backend()
+  return "shard_map" if backend == "gpu" and shards > 1 and per_example else "gspmd"
 
 
 def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = None):
@@ -184,14 +198,14 @@ def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = N
   a :class:`TrainState` and the carry (identities otherwise). :func:`train_and_evaluate` and the
   benchmarks in ``experiments/bench`` all run this one step.
 
-  ``training.data_parallel`` picks how the batch is split: ``'auto'`` (default) jits the
-  global-batch step and lets XLA partition it (it all-reduces each gradient where it is
-  computed); ``'shard_map'`` runs :meth:`Setup.make_per_device_train_step` in
-  ``parallel.shard_map``: one float32 all-reduce of the flat gradient per step. Both draw the
-  global batch's randomness, so a run's losses do not depend on the mode or the number of
-  devices (up to float32 summation order).
+  ``training.data_parallel`` picks how the batch is split (:func:`data_parallel_mode`):
+  ``'gspmd'`` jits the global-batch step and lets XLA partition it (it all-reduces each gradient
+  where it is computed); ``'shard_map'`` runs :meth:`Setup.make_per_device_train_step` in
+  ``parallel.shard_map``: one float32 all-reduce of the flat gradient per step; ``'auto'``
+  (default) picks one. Both draw the global batch's randomness, so a run's losses do not depend
+  on the mode or the number of devices (up to float32 summation order).
   """
-  mode = data_parallel_mode(setup.config)
+  mode = data_parallel_mode(setup.config, mesh)
   flat = setup.flat_update if flat_carry is None else bool(flat_carry) and setup.flat_update
   repl = parallel.replicated(mesh)
   if mode == "shard_map":
@@ -862,9 +876,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start = int(carry.step)
     log(f"training {config.model.name} ({n_params:,} parameters) on "
         f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
-    if data_parallel_mode(config) == "shard_map":
+    if data_parallel_mode(config, mesh) == "shard_map":
       log(f"data parallel: shard_map, the float32 gradient all-reduced in "
           f"{len(setup.allreduce_buckets())} piece(s)")
+    else:
+      log("data parallel: gspmd (XLA partitions the global-batch step)")
 
     summary: Dict[str, Any] = {"start_step": start}
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from

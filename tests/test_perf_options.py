@@ -538,11 +538,12 @@ def test_dropout_keep_mask_is_drawn_on_each_batch_shard_without_communication(sh
   np.testing.assert_array_equal(np.asarray(sharded), np.asarray(one))
 
 
-def test_data_parallel_ddpmpp_train_step_communicates_only_gradient_all_reduces():
+@pytest.mark.parametrize("mode", ["gspmd", "shard_map"])
+def test_data_parallel_ddpmpp_train_step_communicates_only_gradient_all_reduces(mode):
   """The training loop's step of a (tiny) DDPM++ with dropout and every speed option of the base
-  config, on a 2-device mesh: the only collectives XLA emits are all-reduces (the gradients and
-  the loss), i.e. nothing of the per-example work (dropout masks, noise, GroupNorm) crosses
-  devices."""
+  config, on a 2-device mesh, in both data-parallel modes: the only collectives XLA emits are
+  all-reduces (the gradients and the loss), i.e. nothing of the per-example work (dropout masks,
+  noise, flips, GroupNorm) crosses devices."""
   from jaxgen import parallel, train  # pylint: disable=import-outside-toplevel
   config = base.get_base_config()
   config.data.image_size, config.data.num_channels = 8, 3
@@ -551,6 +552,7 @@ def test_data_parallel_ddpmpp_train_step_communicates_only_gradient_all_reduces(
   m.dropout, m.dtype = 0.1, "bfloat16"
   assert m.fast_dropout and config.optim.flat_update
   config.training.batch_size = 4
+  config.training.data_parallel = mode
   mesh = parallel.make_mesh(jax.devices()[:2])
   setup = train.Setup(config)
   step, to_carry, _ = train.make_sharded_train_step(setup, mesh)

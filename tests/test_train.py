@@ -350,7 +350,9 @@ def test_scaling_benchmark_runs_the_training_step(tmp_path, monkeypatch):
   assert all(r["loss_finite"] and r["flat_carry"] and r["images_per_s"] > 0
              for r in report["results"])
   assert json.loads(out.read_text())["results"][1]["scaling_efficiency"] > 0
-  assert report["data_parallel"] == "auto" and report["allreduce_buckets"] == 1
+  assert report["data_parallel"] == "auto" and report["allreduce_buckets"] == 8
+  # 'auto' on CPUs: XLA partitions the global-batch step
+  assert [r["data_parallel_mode"] for r in report["results"]] == ["gspmd", "gspmd"]
   with pytest.raises(ValueError, match="--devices entry '9'"):
     scaling.main(["--config", "configs/toy/vp_mlp.py", "--devices", "9", "--out", str(out)])
 
@@ -419,7 +421,7 @@ def _compare_modes(config, steps, rows, rtol):
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   mesh = parallel.make_mesh()
   results = {}
-  for mode in ("auto", "shard_map"):
+  for mode in ("gspmd", "shard_map"):
     c = config.copy_and_resolve_references()
     c.training.data_parallel = mode
     setup = train.Setup(c)
@@ -431,7 +433,7 @@ def _compare_modes(config, steps, rows, rtol):
       carry, m = step(carry, parallel.host_local_to_global(rows(rng), mesh))
       metrics.append((float(m["loss"]), float(m["grad_norm"])))
     results[mode] = metrics, jax.device_get(as_tree(carry))
-  (m_auto, s_auto), (m_shard, s_shard) = results["auto"], results["shard_map"]
+  (m_auto, s_auto), (m_shard, s_shard) = results["gspmd"], results["shard_map"]
   np.testing.assert_allclose(m_shard, m_auto, rtol=rtol)
   for a, b in zip(jax.tree_util.tree_leaves(s_auto), jax.tree_util.tree_leaves(s_shard)):
     np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * 1e-2)
@@ -455,7 +457,7 @@ def test_shard_map_step_equals_the_auto_step(flat_update, flat_carry, buckets):
   setup = train.Setup(shard)
   step, to_carry, as_tree = train.make_sharded_train_step(setup, mesh, flat_carry=flat_carry)
   auto = config.copy_and_resolve_references()
-  auto.training.data_parallel = "auto"
+  auto.training.data_parallel = "gspmd"
   auto_step, auto_carry, auto_tree = train.make_sharded_train_step(train.Setup(auto), mesh,
                                                                    flat_carry=flat_carry)
   state = setup.init_state(jax.random.PRNGKey(3))
@@ -561,9 +563,31 @@ def test_data_parallel_option_is_checked():
     train.validate_config(config)
 
 
+def test_auto_data_parallel_picks_shard_map_on_several_gpus():
+  """'auto' is shard_map on 2+ GPUs for a per-example loss, gspmd on one device, on CPUs and TPUs,
+  for minibatch coupling and for CNFs; explicit modes are kept."""
+  from configs.cnf import toy  # pylint: disable=import-outside-toplevel
+  from configs.rectified_flow import toy_checkerboard_1rf  # pylint: disable=import-outside-toplevel
+  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  assert config.training.data_parallel == "auto"
+  mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(jax.devices()[:1])
+  mode = train.data_parallel_mode
+  assert mode(config, mesh8, backend="gpu") == "shard_map"
+  assert mode(config, mesh1, backend="gpu") == "gspmd"
+  assert mode(config, mesh8, backend="tpu") == "gspmd" and mode(config, mesh8) == "gspmd"
+  ot = toy_checkerboard_1rf.get_config()
+  ot.training.coupling = "minibatch_ot"
+  assert mode(ot, mesh8, backend="gpu") == "gspmd"
+  assert mode(toy.get_config(), mesh8, backend="gpu") == "gspmd"
+  for explicit in ("gspmd", "shard_map"):
+    config.training.data_parallel = explicit
+    assert mode(config, mesh1, backend="cpu") == explicit
+
+
 def test_shard_map_training_resumes_bit_identically(tmp_path):
   """The training loop with `data_parallel='shard_map'` (8 devices, 4 gradient buckets) resumes
-  from its checkpoint to bitwise the same state as an uninterrupted run; 'auto' resumes it too."""
+  from its checkpoint to bitwise the same state as an uninterrupted run; 'gspmd' resumes it too."""
   def config(n_iters):
     c = tiny_config(n_iters)
     c.training.data_parallel = "shard_map"
@@ -576,7 +600,7 @@ def test_shard_map_training_resumes_bit_identically(tmp_path):
   for a, b in zip(_params(full), _params(second["state"])):
     np.testing.assert_array_equal(a, b)
   auto = config(8)  # the other mode resumes the same checkpoint
-  auto.training.data_parallel = "auto"
+  auto.training.data_parallel = "gspmd"
   third = train.train_and_evaluate(auto, str(tmp_path / "split"))
   assert third["start_step"] == 6 and third["final_step"] == 8
 

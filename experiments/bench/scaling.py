@@ -221,6 +221,7 @@ def bench_one(config, devices, per_device_batch, steps, warmup, repeats, device_
       "step_s_windows": windows, "images_per_s": config.training.batch_size / step_s,
       "last_loss": loss, "loss_finite": bool(np.isfinite(loss)),
       "num_params": num_params, "flat_carry": bool(setup.flat_update),
+      "data_parallel_mode": train.data_parallel_mode(config, mesh),  # 'auto' resolved
   }
 
 
@@ -278,13 +279,13 @@ def main(argv=None):
 
   print()
   print(f"{'devices':>7} {'global batch':>12} {'step (ms)':>10} {'img/s':>10} {'speedup':>8} "
-        f"{'efficiency':>10} {'compile (s)':>11}")
+        f"{'efficiency':>10} {'compile (s)':>11} {'mode':>9}")
   for r in results:
     eff = f"{100 * r['scaling_efficiency']:.1f} %" if base else "-"
     speed = f"{r['speedup_vs_1']:.2f}x" if base else "-"
     print(f"{r['devices']:>7} {r['global_batch']:>12} {1e3 * r['step_s_median']:>10.1f} "
           f"{r['images_per_s']:>10.1f} {speed:>8} {eff:>10} "
-          f"{r['compile_and_first_step_s']:>11.1f}")
+          f"{r['compile_and_first_step_s']:>11.1f} {r['data_parallel_mode']:>9}")
 
   report = {
       "benchmark": "data-parallel training throughput (jaxgen.train.make_sharded_train_step)",
