@@ -96,6 +96,13 @@ def log_noise_to_signal(process: Process, t: Array) -> Array:
   return 2.0 * (jnp.log(process.sigma(t)) - jnp.log(process.alpha(t)))
 
 
+def _log_snr_range(process: Process, eps: float) -> Tuple[Array, Array]:
+  """``(lambda(eps), lambda(T))``; their difference is :func:`importance_sample_time`'s ``Z``."""
+  lo = log_noise_to_signal(process, jnp.asarray([eps]))[0]
+  hi = log_noise_to_signal(process, jnp.asarray([process.T]))[0]
+  return lo, hi
+
+
 def importance_sample_time(key: Array, process: Process, batch: int, eps: float
                            ) -> Tuple[Array, Array]:
   """Sample ``t`` on ``[eps, T]`` with density ``lambda'(t) / Z`` (``lambda`` = log noise/signal).
@@ -106,8 +113,7 @@ def importance_sample_time(key: Array, process: Process, batch: int, eps: float
 
   Returns ``(t (batch,), Z)``.
   """
-  lo = log_noise_to_signal(process, jnp.asarray([eps]))[0]
-  hi = log_noise_to_signal(process, jnp.asarray([process.T]))[0]
+  lo, hi = _log_snr_range(process, eps)
   target = lo + jax.random.uniform(key, (batch,)) * (hi - lo)
 
   def body(_, bounds):
@@ -162,7 +168,8 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
     if likelihood_weighting and importance_sampling:
-      z_norm = importance_sample_time(k_t, process, 1, eps)[1]
+      lo, hi = _log_snr_range(process, eps)
+      z_norm = hi - lo
       t = _rows(lambda k, s: importance_sample_time(k, process, s[0], eps)[0], k_t, (n,))
     else:
       t = _rows(lambda k, s: sample_time(k, s[0], eps, process.T), k_t, (n,))
