@@ -415,7 +415,7 @@ def test_scaling_communication_profile_counts_overlap(tmp_path, monkeypatch):
 
 
 def _compare_modes(config, steps, rows, rtol):
-  """Runs `steps` steps of the 'auto' and the 'shard_map' train step (8 devices) from one state
+  """Runs `steps` steps of the 'gspmd' and the 'shard_map' train step (8 devices) from one state
   on the same batches (`rows()` draws one) and checks that loss, gradient norm and the state
   agree to `rtol`."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
@@ -442,9 +442,9 @@ def _compare_modes(config, steps, rows, rtol):
 
 @pytest.mark.parametrize("flat_update,flat_carry,buckets",
                          [(True, True, 1), (True, False, 1), (False, False, 1), (True, True, 3)])
-def test_shard_map_step_equals_the_auto_step(flat_update, flat_carry, buckets):
+def test_shard_map_step_equals_the_gspmd_step(flat_update, flat_carry, buckets):
   """`training.data_parallel='shard_map'` on 8 devices (2 rows each) takes the same steps as
-  the 'auto' step of the global batch: each device draws its rows of the global batch's time
+  the 'gspmd' step of the global batch: each device draws its rows of the global batch's time
   and noise, and the update is that of the mean of the devices' gradients (also with the
   gradient all-reduced in 3 buckets, and for each kind of carry)."""
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
@@ -456,23 +456,23 @@ def test_shard_map_step_equals_the_auto_step(flat_update, flat_carry, buckets):
   shard.training.data_parallel = "shard_map"
   setup = train.Setup(shard)
   step, to_carry, as_tree = train.make_sharded_train_step(setup, mesh, flat_carry=flat_carry)
-  auto = config.copy_and_resolve_references()
-  auto.training.data_parallel = "gspmd"
-  auto_step, auto_carry, auto_tree = train.make_sharded_train_step(train.Setup(auto), mesh,
-                                                                   flat_carry=flat_carry)
+  gspmd = config.copy_and_resolve_references()
+  gspmd.training.data_parallel = "gspmd"
+  ref_step, ref_carry, ref_tree = train.make_sharded_train_step(train.Setup(gspmd), mesh,
+                                                                flat_carry=flat_carry)
   state = setup.init_state(jax.random.PRNGKey(3))
   carry = to_carry(jax.tree_util.tree_map(jnp.copy, state))  # the step donates its carry
-  ref = auto_carry(jax.tree_util.tree_map(jnp.copy, state))
+  ref = ref_carry(jax.tree_util.tree_map(jnp.copy, state))
   assert isinstance(carry.params, jax.Array) == flat_carry
   rng = np.random.default_rng(4)
   for _ in range(3):
     batch = parallel.host_local_to_global(
         {"image": rng.normal(size=(16, 2)).astype(np.float32)}, mesh)
     carry, m = step(carry, batch)
-    ref, m_ref = auto_step(ref, batch)
+    ref, m_ref = ref_step(ref, batch)
     np.testing.assert_allclose(m["loss"], m_ref["loss"], rtol=1e-5)
     np.testing.assert_allclose(m["grad_norm"], m_ref["grad_norm"], rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(auto_tree(ref)),
+  for a, b in zip(jax.tree_util.tree_leaves(ref_tree(ref)),
                   jax.tree_util.tree_leaves(as_tree(carry))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
@@ -480,7 +480,7 @@ def test_shard_map_step_equals_the_auto_step(flat_update, flat_carry, buckets):
 @pytest.mark.parametrize("fast_dropout,weighting", [(True, False), (False, True)])
 def test_shard_map_draws_the_global_batch_noise_for_images(fast_dropout, weighting):
   """A digits NCSN++ with dropout, random flips and dequantization (and, once, importance-
-  sampled likelihood weighting): the 'shard_map' step equals the 'auto' step, so every draw
+  sampled likelihood weighting): the 'shard_map' step equals the 'gspmd' step, so every draw
   (flips, dequantization noise, time, noise, both kinds of dropout mask) is the global batch's;
   a per-device draw would give each device's two rows other noise and another loss."""
   from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
