@@ -183,7 +183,7 @@ def data_parallel_mode(config, mesh=None, backend: Optional[str] = None) -> str:
   if mode != "auto":
     return mode
   shards = jax.device_count() if mesh is None else parallel.data_parallel_size(mesh)
-  backend = backend or jax.default_backend()
+  backend = backend or (jax.default_backend() if mesh is None else mesh.devices.flat[0].platform)
   return "shard_map" if backend == "gpu" and shards > 1 and per_example else "gspmd"
 
 
