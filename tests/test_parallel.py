@@ -88,6 +88,17 @@ def test_global_batch_draw_gives_each_device_its_rows(mesh8):
   assert set(totals.tolist()) == {16}
   assert 0.2 < 1 - mask.mean() < 0.4
 
+  # layers.Dropout: nn.Dropout's mask outside shard_map, its rows of that mask inside
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape) + 1.0
+  apply = lambda cls, y: cls(0.3).apply({}, y, deterministic=False, rngs={"dropout": key})
+  plain = apply(nn.Dropout, x)
+  np.testing.assert_array_equal(apply(layers.Dropout, x), plain)
+  rows = jax.jit(parallel.shard_map(lambda y: apply(layers.Dropout, y), mesh8,
+                                    in_specs=P(parallel.DATA_AXIS),
+                                    out_specs=P(parallel.DATA_AXIS)))(x)
+  np.testing.assert_array_equal(rows, plain)
+
 
 def test_host_local_to_global_round_trip(mesh8):
   batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),

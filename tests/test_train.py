@@ -477,12 +477,13 @@ def test_shard_map_step_equals_the_gspmd_step(flat_update, flat_carry, buckets):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("fast_dropout,weighting", [(True, False), (False, True)])
-def test_shard_map_draws_the_global_batch_noise_for_images(fast_dropout, weighting):
-  """A digits NCSN++ with dropout, random flips and dequantization (and, once, importance-
-  sampled likelihood weighting): the 'shard_map' step equals the 'gspmd' step, so every draw
-  (flips, dequantization noise, time, noise, both kinds of dropout mask) is the global batch's;
-  a per-device draw would give each device's two rows other noise and another loss."""
+def test_shard_map_draws_the_global_batch_noise_for_images():
+  """A digits NCSN++ with dropout, random flips, dequantization and importance-sampled
+  likelihood weighting: the 'shard_map' step equals the 'gspmd' step, so every draw (flips,
+  dequantization noise, time, noise, dropout masks) is the global batch's; a per-device draw
+  would give each device's two rows other noise and another loss. (`nn.Dropout`'s mask:
+  tests/test_parallel.py.)"""
+  fast_dropout = weighting = True
   from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
   config = vp_unet.get_config()
   config.model.name = "ncsnpp"
