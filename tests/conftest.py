@@ -9,3 +9,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # measurable when they run at test sizes. Both sides of every comparison compile alike.
 # (Imported by the test modules: ``from conftest import FAST_COMPILE``.)
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def perturbed_params(setup, scale, seed=0):
+  """A ``train.Setup``'s initial parameters plus ``scale * N(0, 1) / sqrt(fan)`` noise, so that
+  zero-initialised output layers do not hide the network's arithmetic (for likelihood tests)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  params = jax.jit(setup.init_state)(jax.random.PRNGKey(seed)).params
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  return tree.unflatten([p + scale * jax.random.normal(k, p.shape) / np.sqrt(p.shape[0])
+                         for p, k in zip(leaves, keys)])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxgen import closed_form, likelihood, processes
+from conftest import perturbed_params  # pylint: disable=wrong-import-order
 
 # (process, t0, t1)
 PROCESSES = {
@@ -223,12 +224,8 @@ def test_eval_precision_sets_the_likelihood_arithmetic():
   config.model.name, config.model.hidden, config.model.embedding_dim = "mlp", (32, 32), 16
   config.model.dtype = "bfloat16"
   config.eval.rtol = config.eval.atol = 1e-3
-  params = jax.jit(train.Setup(config).init_state)(jax.random.PRNGKey(0)).params
   # Zero-initialised output layers redrawn, so that the network's arithmetic shows.
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = tree.unflatten([p + 0.3 * jax.random.normal(k, p.shape) / np.sqrt(p.shape[0])
-                           for p, k in zip(leaves, keys)])
+  params = perturbed_params(train.Setup(config), 0.3)
   rng = np.random.default_rng(2)
   batch = {"image": rng.integers(0, 256, (4, 8, 8, 1)).astype(np.uint8)}
   key = jax.random.PRNGKey(3)

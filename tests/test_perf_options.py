@@ -15,7 +15,7 @@ import pytest
 from configs import base
 from jaxgen import models
 from jaxgen.models import layers
-from conftest import FAST_COMPILE  # pylint: disable=wrong-import-order
+from conftest import FAST_COMPILE, perturbed_params  # pylint: disable=wrong-import-order
 
 
 
@@ -642,11 +642,7 @@ def test_fused_norm_likelihood_runs_with_xla_group_norm():
   m = config.model
   m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.dropout = 8, (1, 2), 1, (4,), 0.0
   config.eval.rtol = config.eval.atol = 1e-2
-  params = jax.jit(train.Setup(config).init_state)(jax.random.PRNGKey(0)).params
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = tree.unflatten([p + 0.2 * jax.random.normal(k, p.shape) / np.sqrt(p.shape[0])
-                           for p, k in zip(leaves, keys)])
+  params = perturbed_params(train.Setup(config), 0.2)
   batch = {"image": np.random.default_rng(2).integers(0, 256, (2, 8, 8, 1)).astype(np.uint8)}
   fused = config.copy_and_resolve_references()
   fused.model.fused_norm = True

@@ -292,7 +292,7 @@ def main(argv=None):
       "config": args.config, "overrides": args.set, "model": config.model.name,
       "dtype": str(config.model.dtype),
       "data_parallel": config.training.get("data_parallel", "auto"),
-      "allreduce_buckets": config.training.get("allreduce_buckets", 1),
+      "allreduce_buckets": config.training.get("allreduce_buckets", 8),
       "per_device_batch": args.per_device_batch,
       "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
