@@ -97,3 +97,17 @@ def test_config_builds_and_trains_one_step(path):
   state, metrics = step(state, batch)
   assert int(state.step) == 1
   assert np.isfinite(float(metrics["loss"])), path
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "linear"])
+def test_toy_config_argument_picks_the_data_set(name):
+  """``--config=configs/toy/<name>_mlp.py:moons`` trains on moons; an unknown set is named."""
+  spec = importlib.util.spec_from_file_location(f"toy_{name}",
+                                                os.path.join(REPO, f"configs/toy/{name}_mlp.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.get_config().data.dataset == "toy_checkerboard"
+  config = module.get_config("moons")
+  assert config.data.dataset == "toy_moons" and config.process.name == name
+  with pytest.raises(ValueError, match="'moon'"):
+    module.get_config("moon")
