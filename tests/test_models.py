@@ -83,6 +83,18 @@ def test_tiny_forward_shapes_and_finite(overrides):
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
 
 
+@pytest.mark.parametrize("name", ["ddpmpp", "ncsnpp", "ddpm", "unet"])
+def test_image_networks_name_bad_input_shapes(name):
+  """A flat x, or a cond that is not one number per image, is refused with both shapes."""
+  _, model = _tiny(name=name)
+  with pytest.raises(ValueError, match=r"\(2, 192\) and \(2,\)"):
+    jax.eval_shape(lambda x, c: model.init(jax.random.PRNGKey(0), x, c),
+                   jnp.zeros((2, 192)), jnp.zeros((2,)))
+  with pytest.raises(ValueError, match=r"\(2, 8, 8, 3\) and \(3,\)"):
+    jax.eval_shape(lambda x, c: model.init(jax.random.PRNGKey(0), x, c),
+                   jnp.zeros((2, 8, 8, 3)), jnp.zeros((3,)))
+
+
 def test_scale_by_sigma_divides_by_cond():
   _, plain = _tiny(scale_by_sigma=False, embedding_type="fourier")
   _, scaled = _tiny(scale_by_sigma=True, embedding_type="fourier")

@@ -44,9 +44,7 @@ class DDPM(nn.Module):
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
                train: bool = False) -> Array:
     dtype = jnp.dtype(self.dtype)
-    if x.ndim != 4 or cond.shape != x.shape[:1]:
-      raise ValueError(f"expected x (batch, H, W, C) and cond (batch,), got {x.shape} and "
-                       f"{cond.shape}")
+    layers.check_image_input(x, cond)
     nf, num_resolutions, cs = self.nf, len(self.ch_mult), self.conv_size
     block_cls = functools.partial(
         layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),

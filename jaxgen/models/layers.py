@@ -40,6 +40,13 @@ ACTIVATIONS = {
 }
 
 
+def check_image_input(x: Array, cond: Array) -> None:
+  """Raises ValueError unless ``x`` is ``(batch, H, W, C)`` and ``cond`` is ``(batch,)``."""
+  if x.ndim != 4 or cond.shape != x.shape[:1]:
+    raise ValueError(f"expected x (batch, H, W, C) and cond (batch,), got {x.shape} and "
+                     f"{cond.shape}")
+
+
 def get_activation(name: str) -> Callable[[Array], Array]:
   """Activation function by name (swish/silu, relu, elu, lrelu, gelu, tanh, softplus)."""
   key = str(name).lower()

@@ -84,9 +84,7 @@ class NCSNpp(nn.Module):
                        f"expected one of {RESBLOCK_TYPES}")
     if self.attention_type != "ddpm":
       raise ValueError(f"unknown attention_type {self.attention_type!r}; expected 'ddpm'")
-    if x.ndim != 4 or cond.shape != x.shape[:1]:
-      raise ValueError(f"expected x (batch, H, W, C) and cond (batch,), got {x.shape} and "
-                       f"{cond.shape}")
+    layers.check_image_input(x, cond)
 
     nf, num_resolutions = self.nf, len(self.ch_mult)
     cs, fir_kernel = self.conv_size, tuple(self.fir_kernel)

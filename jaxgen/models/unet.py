@@ -46,9 +46,7 @@ class UNet(nn.Module):
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
                train: bool = False) -> Array:
     dtype = jnp.dtype(self.dtype)
-    if x.ndim != 4 or cond.shape != x.shape[:1]:
-      raise ValueError(f"expected x (batch, H, W, C) and cond (batch,), got {x.shape} and "
-                       f"{cond.shape}")
+    layers.check_image_input(x, cond)
     act = layers.get_activation(self.nonlinearity)
     # Embedding width 2 nf (ConditioningEmbedding outputs 4 * its nf).
     temb = ConditioningEmbedding(max(self.nf // 2, 1), self.embedding_type, self.fourier_scale,
