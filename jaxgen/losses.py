@@ -122,10 +122,7 @@ def importance_sample_time(key: Array, process: Process, batch: int, eps: float
     go_right = log_noise_to_signal(process, mid) < target
     return jnp.where(go_right, mid, a), jnp.where(go_right, b, mid)
 
-  # bounds made from ``target`` so they vary over devices as it does (inside a shard_map, the rows
-  # of the global draw are per device: parallel.rows_of_draw)
-  zero = jnp.zeros_like(target) * target
-  a, b = jax.lax.fori_loop(0, 50, body, (zero + eps, zero + process.T))
+  a, b = jax.lax.fori_loop(0, 50, body, (jnp.full((batch,), eps), jnp.full((batch,), process.T)))
   return 0.5 * (a + b), hi - lo
 
 

@@ -100,55 +100,6 @@ def test_global_batch_draw_gives_each_device_its_rows(mesh8):
   np.testing.assert_array_equal(rows, plain)
 
 
-DRAWS = {
-    "normal": jax.random.normal,
-    "normal_bf16": lambda k, s: jax.random.normal(k, s, jnp.bfloat16),
-    "uniform": lambda k, s: jax.random.uniform(k, s, minval=0.1, maxval=2.0),
-    "bernoulli": lambda k, s: jax.random.bernoulli(k, 0.3, s),
-    "bits8": lambda k, s: jax.random.bits(k, s, jnp.uint8),
-    "randint": lambda k, s: jax.random.randint(k, s, 0, 10),  # splits its key: whole draw
-    "under_cond": lambda k, s: jax.lax.cond(True, lambda q: jax.random.randint(q, s, 0, 3),
-                                            lambda q: jax.random.randint(q, s, 0, 4), k),
-}
-
-
-@pytest.mark.parametrize("typed", [False, True])
-@pytest.mark.parametrize("name", sorted(DRAWS))
-def test_rows_of_draw_equal_the_rows_of_the_whole_draw(name, typed):
-  """Any draw: rows [offset, offset + 4) of a 12-row draw, bit for bit, for a traced offset."""
-  draw = DRAWS[name]
-  key = jax.random.key(3) if typed else jax.random.PRNGKey(3)
-  full = np.asarray(draw(key, (12, 5, 3)))
-  rows = jax.jit(lambda o: parallel.rows_of_draw(draw, key, (4, 5, 3), o, 12))
-  for offset in (0, 4, 8):
-    np.testing.assert_array_equal(np.asarray(rows(offset)), full[offset:offset + 4])
-
-
-def test_rows_of_a_bits_draw_cost_only_the_rows(mesh8):
-  """Per device, a normal draw of the global batch's noise computes its own rows only (no array
-  of the global shape in the compiled program); a draw that splits its key draws them all."""
-  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  key = jax.random.PRNGKey(0)
-  x = jax.device_put(jnp.zeros((64, 6, 5)), parallel.batch_sharded(mesh8))
-
-  def hlo(draw):
-    fn = parallel.shard_map(lambda y: y + parallel.global_batch_draw(draw, key, y.shape), mesh8,
-                            in_specs=P(parallel.DATA_AXIS), out_specs=P(parallel.DATA_AXIS))
-    return jax.jit(fn).lower(x).compile().as_text()
-
-  normal = hlo(jax.random.normal)
-  assert "[8,6,5]" in normal and "[64,6,5]" not in normal
-  assert "[64,6,5]" in hlo(lambda k, s: jax.random.randint(k, s, 0, 3).astype(jnp.float32))
-
-
-def test_mul_u32_to_u64_is_exact():
-  a = np.array([0, 1, 2**16, 2**32 - 1, 123456789, 2**31], np.uint32)
-  for b in (1, 3072, 65537, 2**32 - 1):
-    hi, lo = parallel._mul_u32_to_u64(jnp.asarray(a), b)  # pylint: disable=protected-access
-    got = (np.asarray(hi).astype(np.uint64) << np.uint64(32)) | np.asarray(lo).astype(np.uint64)
-    np.testing.assert_array_equal(got, a.astype(np.uint64) * np.uint64(b))
-
-
 def test_host_local_to_global_round_trip(mesh8):
   batch = {"image": np.arange(16 * 3, dtype=np.float32).reshape(16, 3),
            "label": np.arange(16, dtype=np.int32)}
