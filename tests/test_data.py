@@ -412,6 +412,15 @@ def test_toy_dataset_pipeline():
   np.testing.assert_array_equal(batch["image"], hosts[0].get_batch(3, 32)["image"])
   assert not np.array_equal(batch["image"], hosts[0].get_batch(4, 32)["image"])
   assert not np.array_equal(batch["image"], hosts[1].get_batch(3, 32)["image"])
+  # the global batch and the evaluation set do not depend on the number of processes
+  one = data.get_dataset(config, "train", seed=5, process_index=0, process_count=1)
+  np.testing.assert_array_equal(
+      np.concatenate([h.get_batch(3, 32)["image"] for h in hosts]), one.get_batch(3, 64)["image"])
+  one_test = data.get_dataset(config, "test", seed=5, process_index=0, process_count=1)
+  shards = [data.get_dataset(config, "test", seed=5, process_index=i, process_count=3)
+            for i in range(3)]
+  points = lambda ds: np.concatenate([b["image"][b["mask"]] for b in ds.iterate(4000)])
+  np.testing.assert_array_equal(np.concatenate([points(d) for d in shards]), points(one_test))
   test = data.get_dataset(config, "test", seed=5, process_index=0, process_count=2)
   assert not np.array_equal(batch["image"], test.get_batch(3, 32)["image"])
   batches = list(test.iterate(3000))

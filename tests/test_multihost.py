@@ -15,6 +15,7 @@ The multi-host run trains 5 steps, writes an orbax checkpoint from both processe
 fresh processes restore it and train 5 more. The reference trains 10 steps without a break.
 """
 import collections
+import json
 import os
 import socket
 import subprocess
@@ -203,20 +204,32 @@ def test_local_multiprocess_script(tmp_path):
   """launch/local_multiprocess.sh 2 trains a tiny config through jaxgen.main and checkpoints,
   with the per-device step (`data_parallel='shard_map'`, its all-reduces across the processes)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  # PYTHON: the interpreter running the tests, also when its environment is not activated.
-  env = dict(os.environ, DEVICES_PER_PROCESS="2", LOG_DIR=str(tmp_path / "logs"), TIMEOUT="300",
-             PYTHON=sys.executable)
-  env.pop("XLA_FLAGS", None)
+
+  def launch(processes, devices_per_process, workdir):
+    # PYTHON: the interpreter running the tests, also when its environment is not activated.
+    env = dict(os.environ, DEVICES_PER_PROCESS=str(devices_per_process), TIMEOUT="300",
+               LOG_DIR=str(tmp_path / f"logs{processes}"), PYTHON=sys.executable)
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [os.path.join(repo, "launch", "local_multiprocess.sh"), str(processes),
+         "--config=configs/toy/vp_mlp.py", f"--workdir={workdir}", "--config.training.n_iters=4",
+         "--config.training.batch_size=16", "--config.training.log_every=1",
+         "--config.training.eval_every=0", "--config.training.preemption_every=4",
+         "--config.model.hidden=(32,32)", "--config.training.data_parallel=shard_map",
+         "--config.training.allreduce_buckets=3"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=360)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(workdir / "metrics.jsonl") as f:
+      rows = [json.loads(line) for line in f]
+    return result, [r["train/loss"] for r in rows if "train/loss" in r]
+
   workdir = tmp_path / "run"
-  result = subprocess.run(
-      [os.path.join(repo, "launch", "local_multiprocess.sh"), "2",
-       "--config=configs/toy/vp_mlp.py", f"--workdir={workdir}", "--config.training.n_iters=4",
-       "--config.training.batch_size=16", "--config.training.log_every=2",
-       "--config.training.eval_every=0", "--config.training.preemption_every=4",
-       "--config.model.hidden=(32,32)", "--config.training.data_parallel=shard_map",
-       "--config.training.allreduce_buckets=3"],
-      cwd=repo, env=env, capture_output=True, text=True, timeout=360)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  result, losses = launch(2, 2, workdir)
+  # one process of 4 devices trains on the same global batches (toy data are drawn per global
+  # batch, not per host) with the same noise (shard_map draws the global batch's rows)
+  _, one_process = launch(1, 4, tmp_path / "run_one_process")
+  assert len(losses) == 4
+  np.testing.assert_allclose(losses, one_process, rtol=1e-5)
   assert "with 4 device(s), steps 0 -> 4" in result.stdout
   # 3 buckets asked; the time embedding's 128 x 128 kernel, last in backward order, holds 63 %
   # of the parameters, so the groups are {rest} and {embedding}.

@@ -320,16 +320,22 @@ class ToyDataset:
     self._eval_points = None
 
   def get_batch(self, step, local_batch_size):
-    """Fresh samples from a key derived from (seed, split, step, process_index).
+    """This host's rows of the global batch of step ``step``: fresh samples drawn from a key of
+    (seed, split, step) for all ``process_count`` hosts, so the global batch does not depend on
+    the number of processes (host ``i`` takes rows ``[i b, (i + 1) b)``).
 
     Returns:
       dict(image=float32 (b, 2), label=int32 (b,) of -1).
     """
     step = _check_step(step)
     local_batch_size = _check_local_batch_size(local_batch_size)
-    key = jax.random.fold_in(jax.random.fold_in(self._split_key, step), self.process_index)
-    points = np.asarray(toy.sample_toy(self._toy_name, key, local_batch_size))
-    return {"image": points, "label": np.full((local_batch_size,), -1, np.int32)}
+    # (the trailing fold_in of 0 keeps the stream that one-process runs always had)
+    key = jax.random.fold_in(jax.random.fold_in(self._split_key, step), 0)
+    points = np.asarray(toy.sample_toy(self._toy_name, key,
+                                       local_batch_size * self.process_count))
+    rows = slice(self.process_index * local_batch_size,
+                 (self.process_index + 1) * local_batch_size)
+    return {"image": points[rows], "label": np.full((local_batch_size,), -1, np.int32)}
 
   def num_eval_batches(self, local_batch_size):
     """Batches that `iterate` yields; the same on every host."""
@@ -344,9 +350,11 @@ class ToyDataset:
       dict(image=float32 (b, 2), label=int32 (b,), mask=bool (b,)).
     """
     local_batch_size = _check_local_batch_size(local_batch_size)
-    if self._eval_points is None:
-      key = jax.random.fold_in(jax.random.fold_in(self._split_key, 2**31 - 1), self.process_index)
-      self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key, self.num_examples))
+    if self._eval_points is None:  # this host's shard of one fixed set, whatever the host count
+      key = jax.random.fold_in(jax.random.fold_in(self._split_key, 2**31 - 1), 0)
+      start, end = _shard_bounds(TOY_EVAL_EXAMPLES, self.process_index, self.process_count)
+      self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key,
+                                                    TOY_EVAL_EXAMPLES))[start:end]
     for batch in range(self.num_eval_batches(local_batch_size)):
       lo = min(batch * local_batch_size, self.num_examples)
       hi = min(lo + local_batch_size, self.num_examples)
