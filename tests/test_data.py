@@ -419,12 +419,17 @@ def test_toy_dataset_pipeline():
   one_test = data.get_dataset(config, "test", seed=5, process_index=0, process_count=1)
   shards = [data.get_dataset(config, "test", seed=5, process_index=i, process_count=3)
             for i in range(3)]
-  points = lambda ds: np.concatenate([b["image"][b["mask"]] for b in ds.iterate(4000)])
-  np.testing.assert_array_equal(np.concatenate([points(d) for d in shards]), points(one_test))
+  # the same global evaluation batches: batch k of one process = batch k of the 3 hosts
+  for k, (*parts, whole) in enumerate(zip(*[d.iterate(1000) for d in shards],
+                                          one_test.iterate(3000))):
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
+    np.testing.assert_array_equal(np.concatenate([p["mask"] for p in parts]), whole["mask"])
+  assert k + 1 == one_test.num_eval_batches(3000) == shards[0].num_eval_batches(1000) == 4
+  assert sum(d.num_host_examples(1000) for d in shards) == 10_000
   test = data.get_dataset(config, "test", seed=5, process_index=0, process_count=2)
   assert not np.array_equal(batch["image"], test.get_batch(3, 32)["image"])
-  batches = list(test.iterate(3000))
-  assert sum(int(b["mask"].sum()) for b in batches) == test.num_examples == 5000
+  batches = list(test.iterate(3000))  # global batches of 6,000: host 0 gets 3,000 + 3,000
+  assert sum(int(b["mask"].sum()) for b in batches) == test.num_host_examples(3000) == 6000
   assert len(batches) == test.num_eval_batches(3000) == 2
   with pytest.raises(ValueError, match="split 'val'"):
     data.get_dataset(config, "val", seed=0, process_index=0, process_count=1)

@@ -298,9 +298,13 @@ class ToyDataset:
 
   Attributes:
     name, split: the data set (`toy_<name>`) and split.
-    num_examples: this host's share of the fixed evaluation set of `TOY_EVAL_EXAMPLES` points that
-      `iterate` yields (`get_batch` never repeats).
+    num_examples_total: `TOY_EVAL_EXAMPLES`, the fixed evaluation set that `iterate` walks over
+      all hosts (`get_batch` never repeats); `num_host_examples(b)` is this host's share.
     image_shape: (2,), or (D,) for `gmm<D>`.
+
+  Every global batch is drawn once and split by host (host ``i`` of ``n`` holds rows
+  ``[i b, (i + 1) b)`` of ``n b``), for training and for evaluation, so a run sees the same
+  global batches whatever the number of processes.
   """
 
   def __init__(self, toy_name, *, name, split, seed, process_index, process_count):
@@ -312,8 +316,6 @@ class ToyDataset:
     self.image_shape = (toy.toy_dim(toy_name),)
     self._toy_name = toy_name
     self.num_examples_total = TOY_EVAL_EXAMPLES
-    start, end = _shard_bounds(TOY_EVAL_EXAMPLES, process_index, process_count)
-    self.num_examples = end - start
     # Independent streams per split; 2**31 keeps the folded-in value inside int32.
     self._split_key = jax.random.fold_in(jax.random.PRNGKey(self.seed),
                                          zlib.crc32(split.encode()) % 2**31)
@@ -340,24 +342,32 @@ class ToyDataset:
   def num_eval_batches(self, local_batch_size):
     """Batches that `iterate` yields; the same on every host."""
     local_batch_size = _check_local_batch_size(local_batch_size)
-    largest_shard = -(-TOY_EVAL_EXAMPLES // self.process_count)
-    return -(-largest_shard // local_batch_size)
+    return -(-TOY_EVAL_EXAMPLES // (local_batch_size * self.process_count))
+
+  def _host_rows(self, batch, local_batch_size):
+    """``(lo, hi)``: this host's rows of global evaluation batch ``batch`` in the fixed set."""
+    lo = batch * local_batch_size * self.process_count + self.process_index * local_batch_size
+    lo = min(lo, TOY_EVAL_EXAMPLES)
+    return lo, min(lo + local_batch_size, TOY_EVAL_EXAMPLES)
+
+  def num_host_examples(self, local_batch_size):
+    """Points of the fixed set that this host yields in one `iterate` pass (unpadded rows)."""
+    return sum(hi - lo for lo, hi in (self._host_rows(b, local_batch_size)
+                                      for b in range(self.num_eval_batches(local_batch_size))))
 
   def iterate(self, local_batch_size):
-    """One pass over this host's share of a fixed evaluation set, padded with `mask`.
+    """One pass over the fixed evaluation set: this host's rows of each global batch, padded
+    with `mask` (global batch ``k`` holds points ``[k n b, (k + 1) n b)`` for ``n`` hosts).
 
     Yields:
       dict(image=float32 (b, 2), label=int32 (b,), mask=bool (b,)).
     """
     local_batch_size = _check_local_batch_size(local_batch_size)
-    if self._eval_points is None:  # this host's shard of one fixed set, whatever the host count
+    if self._eval_points is None:  # one fixed set, whatever the number of hosts
       key = jax.random.fold_in(jax.random.fold_in(self._split_key, 2**31 - 1), 0)
-      start, end = _shard_bounds(TOY_EVAL_EXAMPLES, self.process_index, self.process_count)
-      self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key,
-                                                    TOY_EVAL_EXAMPLES))[start:end]
+      self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key, TOY_EVAL_EXAMPLES))
     for batch in range(self.num_eval_batches(local_batch_size)):
-      lo = min(batch * local_batch_size, self.num_examples)
-      hi = min(lo + local_batch_size, self.num_examples)
+      lo, hi = self._host_rows(batch, local_batch_size)
       chunk = {"image": self._eval_points[lo:hi], "label": np.full((hi - lo,), -1, np.int32)}
       yield _pad_batch(chunk, hi - lo, local_batch_size, self.image_shape, np.float32)
 
@@ -405,7 +415,7 @@ def get_dataset(data_config, split, *, seed, process_index=None, process_count=N
       `jax.process_index()` and `jax.process_count()`.
 
   Returns:
-    a `TfdsDataset` or `ToyDataset`: `num_examples`, `image_shape`, `get_batch(step,
+    a `TfdsDataset` or `ToyDataset`: `num_examples_total`, `image_shape`, `get_batch(step,
     local_batch_size)`, `iterate(local_batch_size)`.
   """
   if process_index is None:
