@@ -91,6 +91,7 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
 # likelihood
 # --------------------------------------------------------------------------------------------------
 def is_toy(config) -> bool:
+  """True for the toy data sets (``toy_<name>``): NLL in nats instead of bits/dim."""
   return config.data.dataset.startswith("toy_")
 
 
@@ -395,6 +396,7 @@ def make_periodic_evaluation(config) -> Callable:
 
 
 def write_json(path: str, obj: Dict[str, Any]) -> None:
+  """Writes ``obj`` as indented JSON to ``path`` (process 0 only; creates the folder)."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -43,6 +43,7 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def main(argv):
+  """``python -m jaxgen.main``: runs ``--mode`` (train, eval, sample, reflow, distill)."""
   del argv
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   parallel.configure_xla_flags()  # before the first use of a device

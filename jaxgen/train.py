@@ -365,6 +365,9 @@ class Setup:
     return self.optimizer.init(self.flat_layout()[0](params) if self.flat_update else params)
 
   def preprocess(self, key, batch: Dict[str, Array], train: bool) -> Dict[str, Array]:
+    """A batch as the model sees it: images through ``data.preprocess`` (flips when ``train``,
+    dequantization when configured), toy points and reflow pairs as float32; masks and unused
+    labels dropped."""
     out = dict(batch)
     from_pairs = train and self.config.data.get("pairs_dir", "")  # reflow pairs: model space
     if not (self.config.data.dataset.startswith("toy_") or from_pairs):
@@ -654,6 +657,7 @@ def check_workdir_compatible(workdir: str, config) -> None:
 
 
 def write_config(workdir: str, config) -> None:
+  """Writes ``workdir/config.json`` (the config and its fingerprint) once, on process 0."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
@@ -782,6 +786,7 @@ class MetricWriter:
         self.tb = None
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
+    """Appends ``scalars`` at ``step`` to metrics.jsonl (and TensorBoard when available)."""
     if not self.active:
       return
     with open(self.path, "a") as f:
@@ -792,11 +797,13 @@ class MetricWriter:
       self.tb.flush()
 
   def close(self):
+    """Closes the TensorBoard writer."""
     if self.tb is not None:
       self.tb.close()
 
 
 def log(msg: str) -> None:
+  """Prints ``msg`` on process 0, flushed."""
   if jax.process_index() == 0:
     print(msg, flush=True)
 

@@ -38,6 +38,7 @@ def _tfds():
 
 
 def prepare_local_dataset(*args, **kwargs):
+  """Builds one of `LOCAL_BUILDERS` into a TFDS data directory (`jaxgen.data.builders`)."""
   from jaxgen.data import builders  # pylint: disable=import-outside-toplevel
   return builders.prepare_local_dataset(*args, **kwargs)
 
