@@ -28,6 +28,32 @@ Array = jax.Array
 SAMPLING_METHODS = ("pc", "em", "ancestral", "ode", "euler", "heun", "ddim", "edm_heun")
 
 
+def validate_sampling_config(config, process) -> None:
+  """Rejects a bad ``config.sampling`` before training starts (ValueError naming the field):
+  the method, and the predictor-corrector options of ``'pc'`` for ``process``."""
+  if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)
+    return
+  sampling = config.sampling
+  if sampling.method not in SAMPLING_METHODS:
+    raise ValueError(f"unknown config.sampling.method {sampling.method!r}; expected one of "
+                     f"{SAMPLING_METHODS}")
+  if sampling.method == "edm_heun" and not isinstance(process, EDMPath):
+    raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
+                     f"config's process is {type(process).__name__}: use 'heun'")
+  options = {}
+  if sampling.method == "pc":
+    options = dict(predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,
+                   n_steps_each=sampling.n_steps_each)
+  elif sampling.method == "ancestral":
+    options = dict(predictor="ancestral", corrector="none")
+  if options:
+    num_steps = int(sampling.num_steps) or None
+    try:
+      solvers.check_pc_options(process, num_steps=num_steps, **options)
+    except ValueError as e:
+      raise ValueError(f"config.sampling (method {sampling.method!r}): {e}") from None
+
+
 def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[Array, Array]]:
   """``sample_fn(params, key, n) -> (samples (n, *shape), nfe)`` for ``config.sampling.method``."""
   if setup.config.method == "cnf":

@@ -119,7 +119,9 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   """Reject a bad config before anything is compiled or written (names the bad field)."""
   if config.method not in METHODS:
     raise ValueError(f"unknown config.method {config.method!r}; expected one of {METHODS}")
-  get_process(config)
+  process = get_process(config)
+  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
+  evaluate.validate_sampling_config(config, process)
   models.validate_model_config(config.model, config.data)
   models.get_model(config.model, config.data)
   if config.training.nonfinite not in ("error", "skip"):

@@ -544,6 +544,29 @@ def test_shard_map_step_all_reduces_float32_gradient_vectors(buckets):
   assert order[0].startswith("['Dense_5']") and order[-1].startswith("['Dense_0']"), order
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("method", "pcx", r"config.sampling.method 'pcx'"),
+    ("predictor", "reverse_diffusin", r"config.sampling \(method 'pc'\): unknown `predictor`"),
+    ("corrector", "ald", r"unknown `corrector` 'ald'"),
+    ("snr", 0.0, r"`snr`"),
+    ("num_steps", 10, r"`num_steps` = 10 too small"),
+])
+def test_bad_sampling_options_are_refused_before_training(tmp_path, field, value, match):
+  """A typo in config.sampling stops the run before the first step (not at the first
+  evaluation, thousands of steps later), naming the field; nothing is written."""
+  config = tiny_config()
+  config.sampling.method = "pc"
+  setattr(config.sampling, field, value)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+  config = tiny_config()
+  config.process.name = "subvp"
+  config.sampling.method = "ancestral"
+  with pytest.raises(ValueError, match=r"'ancestral' supports VPSDE and VESDE only"):
+    train.validate_config(config)
+
+
 def test_data_parallel_option_is_checked():
   config = tiny_config()
   config.training.data_parallel = "pmap"
