@@ -119,8 +119,8 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   """Reject a bad config before anything is compiled or written (names the bad field)."""
   if config.method not in METHODS:
     raise ValueError(f"unknown config.method {config.method!r}; expected one of {METHODS}")
+  from jaxgen import evaluate, likelihood  # pylint: disable=import-outside-toplevel
   process = get_process(config)
-  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.validate_sampling_config(config, process)
   models.validate_model_config(config.model, config.data)
   models.get_model(config.model, config.data)
@@ -136,8 +136,10 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
     raise ValueError(f"config.training.autotune_results must be 'shipped', '' or an existing file "
                      f"of XLA autotune results: {e}") from None
   data_parallel_mode(config)
-  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   evaluate.likelihood_precision(config.eval)
+  if config.eval.get("divergence", "rademacher") not in likelihood.DIVERGENCES:
+    raise ValueError(f"unknown config.eval.divergence {config.eval.divergence!r}; expected one "
+                     f"of {likelihood.DIVERGENCES}")
   num_devices = num_devices or jax.device_count()
   data_lib.check_batch_size(config.training.batch_size, num_devices, jax.process_count())
   data_lib.check_batch_size(config.eval.batch_size, num_devices, jax.process_count())

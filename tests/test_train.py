@@ -561,6 +561,10 @@ def test_bad_sampling_options_are_refused_before_training(tmp_path, field, value
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
   config = tiny_config()
+  config.eval.divergence = "hutchinson"
+  with pytest.raises(ValueError, match=r"config.eval.divergence 'hutchinson'"):
+    train.validate_config(config)
+  config = tiny_config()
   config.process.name = "subvp"
   config.sampling.method = "ancestral"
   with pytest.raises(ValueError, match=r"'ancestral' supports VPSDE and VESDE only"):
