@@ -28,18 +28,23 @@ Array = jax.Array
 SAMPLING_METHODS = ("pc", "em", "ancestral", "ode", "euler", "heun", "ddim", "edm_heun")
 
 
+def _check_sampling_method(method: str, process) -> None:
+  if method not in SAMPLING_METHODS:
+    raise ValueError(f"unknown config.sampling.method {method!r}; expected one of "
+                     f"{SAMPLING_METHODS}")
+  if method == "edm_heun" and not isinstance(process, EDMPath):
+    raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
+                     f"config's process is {type(process).__name__}: use 'heun' (Heun with EDM's "
+                     "time schedule for any process)")
+
+
 def validate_sampling_config(config, process) -> None:
   """Rejects a bad ``config.sampling`` before training starts (ValueError naming the field):
   the method, and the predictor-corrector options of ``'pc'`` for ``process``."""
   if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)
     return
   sampling = config.sampling
-  if sampling.method not in SAMPLING_METHODS:
-    raise ValueError(f"unknown config.sampling.method {sampling.method!r}; expected one of "
-                     f"{SAMPLING_METHODS}")
-  if sampling.method == "edm_heun" and not isinstance(process, EDMPath):
-    raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
-                     f"config's process is {type(process).__name__}: use 'heun'")
+  _check_sampling_method(sampling.method, process)
   options = {}
   if sampling.method == "pc":
     options = dict(predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,
@@ -63,14 +68,8 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
     from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
     return rectified_flow.make_distilled_sample_fn(setup, sampling_config)
   method = sampling_config.method
-  if method not in SAMPLING_METHODS:
-    raise ValueError(f"unknown config.sampling.method {method!r}; expected one of "
-                     f"{SAMPLING_METHODS}")
   process, prediction, model_fn = setup.process, setup.prediction, setup.model_fn
-  if method == "edm_heun" and not isinstance(process, EDMPath):
-    raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
-                     f"config's process is {type(process).__name__}: use 'heun' (Heun with EDM's "
-                     "time schedule for any process)")
+  _check_sampling_method(method, process)
   eps = float(sampling_config.eps)
   if isinstance(process, EDMPath):
     eps = max(eps, process.sigma_min)

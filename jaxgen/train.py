@@ -153,6 +153,8 @@ def train_compiler_options(config) -> Optional[Dict[str, Any]]:
 
 
 DATA_PARALLEL_MODES = ("auto", "gspmd", "shard_map")
+# training.allreduce_buckets for configs without the field (configs/base.py sets the same).
+DEFAULT_ALLREDUCE_BUCKETS = 8
 
 
 def data_parallel_mode(config, mesh=None, backend: Optional[str] = None) -> str:
@@ -170,7 +172,7 @@ def data_parallel_mode(config, mesh=None, backend: Optional[str] = None) -> str:
   if mode not in DATA_PARALLEL_MODES:
     raise ValueError(f"config.training.data_parallel must be one of {DATA_PARALLEL_MODES}, got "
                      f"{mode!r}")
-  buckets = config.training.get("allreduce_buckets", 8)
+  buckets = config.training.get("allreduce_buckets", DEFAULT_ALLREDUCE_BUCKETS)
   if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
     raise ValueError(f"config.training.allreduce_buckets must be a positive int, got {buckets!r}")
   coupling = config.training.get("coupling", "independent")
@@ -494,8 +496,9 @@ class Setup:
     summation order, on any number of devices), ravels its gradients into one float32 vector
     and averages it over the devices with one ``pmean``: a single all-reduce of ``n_params``
     float32 values per step, in float32 also when the network computes in bfloat16. The
-    optimizer, EMA and non-finite guard then run the same on every device. ``flat_carry``: the state's parameters and EMA are flat vectors
-    (:meth:`make_flat_train_step`'s carry; needs ``optim.flat_update``).
+    optimizer, EMA and non-finite guard then run the same on every device. ``flat_carry``: the
+    state's parameters and EMA are flat vectors (:meth:`make_flat_train_step`'s carry; needs
+    ``optim.flat_update``).
     """
     if flat_carry and not self.flat_update:
       raise ValueError("make_per_device_train_step(flat_carry=True) needs "
@@ -558,7 +561,7 @@ class Setup:
     order, of about equal size (a leaf is never split): ``data_parallel='shard_map'``
     all-reduces each group as soon as its gradients exist (one group: one all-reduce of the
     whole flat gradient after the backward pass)."""
-    n = int(self.config.training.get("allreduce_buckets", 8))
+    n = int(self.config.training.get("allreduce_buckets", DEFAULT_ALLREDUCE_BUCKETS))
     sizes = [int(np.prod(leaf.shape))
              for leaf in jax.tree_util.tree_leaves(self.abstract_params())]
     if n <= 1:

@@ -253,7 +253,7 @@ def main(argv=None):
   import jax  # pylint: disable=import-outside-toplevel
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-  from jaxgen import parallel  # pylint: disable=import-outside-toplevel
+  from jaxgen import parallel, train  # pylint: disable=import-outside-toplevel
   if not args.no_default_xla_flags:  # before the backend starts, as jaxgen.main does
     parallel.configure_xla_flags()
   parallel.initialize_distributed()
@@ -292,7 +292,8 @@ def main(argv=None):
       "config": args.config, "overrides": args.set, "model": config.model.name,
       "dtype": str(config.model.dtype),
       "data_parallel": config.training.get("data_parallel", "auto"),
-      "allreduce_buckets": config.training.get("allreduce_buckets", 8),
+      "allreduce_buckets": config.training.get("allreduce_buckets",
+                                               train.DEFAULT_ALLREDUCE_BUCKETS),
       "per_device_batch": args.per_device_batch,
       "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
