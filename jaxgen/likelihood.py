@@ -142,13 +142,24 @@ def divergence(drift_fn: DriftFn, x: Array, t: Array, method: str = "exact",
 # --------------------------------------------------------------------------------------------------
 # the augmented ODE
 # --------------------------------------------------------------------------------------------------
-def _validate(x, t0, t1, divergence_name, solver, rtol, atol, num_probes, num_steps):
+def _as_time(value, name: str) -> float:
+  """A concrete finite non-negative time (Python, NumPy or 0-d JAX scalar) as a float."""
+  try:
+    v = float(value)
+  except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+    raise ValueError(f"`{name}` must be a concrete finite non-negative number (not traced), got "
+                     f"{value!r}") from None
+  if isinstance(value, bool) or jnp.ndim(value) != 0 or not math.isfinite(v) or v < 0:
+    raise ValueError(f"`{name}` must be a finite non-negative number, got {value!r}")
+  return v
+
+
+def _validate(x, t0, t1, divergence_name, solver, rtol, atol, num_probes, num_steps,
+              max_steps):
   if not hasattr(x, "shape") or len(x.shape) < 2:
     raise ValueError(f"`x` must have shape (batch, ...) with at least one data axis, got shape "
                      f"{getattr(x, 'shape', None)}")
-  for name, value in (("t0", t0), ("t1", t1)):
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-      raise ValueError(f"`{name}` must be a finite non-negative float, got {value!r}")
+  t0, t1 = _as_time(t0, "t0"), _as_time(t1, "t1")
   if not t0 < t1:
     raise ValueError(f"need t0 < t1 (data at t0, prior at t1), got t0={t0!r}, t1={t1!r}")
   if divergence_name not in DIVERGENCES:
@@ -165,6 +176,9 @@ def _validate(x, t0, t1, divergence_name, solver, rtol, atol, num_probes, num_st
                      f"got {num_steps!r}")
   if not (isinstance(num_probes, int) and num_probes > 0):
     raise ValueError(f"`num_probes` must be a positive int, got {num_probes!r}")
+  if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
+    raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
+  return t0, t1
 
 
 def ode_log_likelihood(drift_fn: DriftFn,
@@ -200,7 +214,7 @@ def ode_log_likelihood(drift_fn: DriftFn,
     x: data ``(batch, ...)``.
     key: PRNG key for Hutchinson probes (needed unless ``divergence='exact'`` or ``probes`` given).
     prior_logp: ``prior_logp(z) -> (batch,)``, the log-density at ``t1``.
-    t0, t1: integration interval, ``0 <= t0 < t1`` (Python floats).
+    t0, t1: integration interval, ``0 <= t0 < t1`` (concrete scalars).
     divergence: ``exact``, ``rademacher`` or ``gaussian``.
     num_probes: Hutchinson probes per example (averaged); drawn once per solve.
     solver: adaptive ``dopri5``/``tsit5`` or fixed-step
@@ -211,7 +225,8 @@ def ode_log_likelihood(drift_fn: DriftFn,
     adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint``). A ``BacksolveAdjoint``
       needs its own ``stepsize_controller`` for adaptive solvers (the forward error norm reads the
       ``(x, delta)`` state, not the adjoint's augmented one); see ``jaxgen.cnf``.
-    probes: explicit probes ``(num_probes, batch, ...)`` (overrides ``key``).
+    probes: explicit probes ``(num_probes, batch, ...)`` or ``(batch, ...)`` for a Hutchinson
+      divergence (overrides ``key`` and ``num_probes``).
     error_norm: ``per_example`` (each example meets rtol/atol on its own, the default) or ``rms``
       (one RMS over the whole batch, as scipy's solver in score_sde; fewer steps, looser);
       ``mixed_rms``: ``max(RMS(x), RMS(delta))``, torchdiffeq's (FFJORD's) convention.
@@ -246,15 +261,21 @@ def ode_log_likelihood(drift_fn: DriftFn,
     (int32 scalar) — then the integrals ``(batch, k)`` if ``extra_fn`` is given — plus ``stats``
     if ``return_stats``. ``logp`` is float32, or float64 for float64 ``x``.
   """
-  _validate(x, t0, t1, divergence, solver, rtol, atol, num_probes, num_steps)
+  t0, t1 = _validate(x, t0, t1, divergence, solver, rtol, atol, num_probes, num_steps,
+                     max_steps)
+  if probes is not None and divergence == "exact":
+    raise ValueError("`probes` are Hutchinson probes, but divergence='exact' uses none: pass "
+                     "divergence='rademacher' or 'gaussian', or drop `probes`")
   if divergence != "exact" and probes is None:
     if key is None:
       raise ValueError(f"divergence={divergence!r} needs a PRNG `key` (or explicit `probes`)")
     probes = sample_probes(key, x.shape, divergence, num_probes, x.dtype)
   if error_norm not in ERROR_NORMS:
     raise ValueError(f"unknown error_norm {error_norm!r}; expected one of {sorted(ERROR_NORMS)}")
-  if probes is not None and probes.shape[-x.ndim:] != x.shape:
-    raise ValueError(f"`probes` must have shape (num_probes,) + {x.shape}, got {probes.shape}")
+  if probes is not None and (probes.ndim not in (x.ndim, x.ndim + 1)
+                             or probes.shape[-x.ndim:] != x.shape):
+    raise ValueError(f"`probes` must have shape (num_probes,) + {x.shape} or {x.shape}, got "
+                     f"{probes.shape}")
   if adjoint is not None:
     adjoint = _Static(adjoint)
   if divergence_baseline is not None and not callable(getattr(divergence_baseline, "integral",

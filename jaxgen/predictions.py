@@ -16,13 +16,20 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen.processes import Process, broadcast_to
+from jaxgen.processes import Process, _check_batch, broadcast_to
 
 Array = jax.Array
 PREDICTION_TYPES = ("score", "eps", "x0", "velocity")
 
 
+def _time(t: Array) -> Array:
+  """``t`` in at least float32: bf16 times would round the coefficients by up to ~1 %."""
+  t = jnp.asarray(t)
+  return t.astype(jnp.promote_types(t.dtype, jnp.float32))
+
+
 def _coefficients(process: Process, t: Array, x: Array):
+  t = _time(t)
   return (broadcast_to(process.alpha(t), x), broadcast_to(process.sigma(t), x),
           broadcast_to(process.alpha_dot(t), x), broadcast_to(process.sigma_dot(t), x))
 
@@ -73,16 +80,28 @@ def convert(process: Process, x: Array, t: Array, prediction: Array, source: str
             target: str) -> Array:
   """Convert a ``source``-type prediction at ``(x, t)`` into a ``target``-type one.
 
-  ``x``, ``prediction``: ``(batch, ...)``; ``t``: ``(batch,)``. Returns ``(batch, ...)``.
-  Score and eps convert without dividing by ``alpha`` (safe at ``alpha = 0``).
+  ``x``, ``prediction``: ``(batch, ...)``; ``t``: ``(batch,)``. Returns ``(batch, ...)``: the
+  prediction itself when ``source == target``, otherwise computed with coefficients in at least
+  float32. Score and eps convert without dividing by ``alpha`` (safe at ``alpha = 0``); a score
+  becomes a velocity as the probability-flow drift ``f x - g^2 / 2 score`` (finite at ``t = 0``
+  for VP / sub-VP, where ``sigma'`` is infinite).
   """
+  for name in (source, target):
+    if name not in PREDICTION_TYPES:
+      raise ValueError(f"unknown prediction_type {name!r}; expected one of {PREDICTION_TYPES}")
+  _check_batch(x, t)
+  if jnp.shape(prediction) != jnp.shape(x):
+    raise ValueError(f"prediction has shape {jnp.shape(prediction)} but x has shape {jnp.shape(x)}")
   if source == target:
-    if source not in PREDICTION_TYPES:
-      raise ValueError(f"unknown prediction_type {source!r}; expected one of {PREDICTION_TYPES}")
     return prediction
+  t = _time(t)
   sigma = broadcast_to(process.sigma(t), x)
   if {source, target} == {"score", "eps"}:
     return -sigma * prediction if source == "score" else -prediction / sigma
+  if source == "score" and target == "velocity":
+    f = broadcast_to(process.drift_coefficient(t), x)
+    g2 = broadcast_to(process.diffusion_squared(t), x)
+    return f * x - 0.5 * g2 * prediction
   x0, eps = to_x0_eps(process, x, t, prediction, source)
   return from_x0_eps(process, x, t, x0, eps, target)
 

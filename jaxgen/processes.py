@@ -47,8 +47,24 @@ def _check_batch(x: Array, t: Array, name: str = "t") -> None:
 def _standard_normal_logp(z: Array, scale: float = 1.0) -> Array:
   """log N(z; 0, scale^2 I) summed over all but the leading axis -> (batch,)."""
   d = math.prod(z.shape[1:])
-  sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)).astype(jnp.float32) ** 2, axis=-1)
+  # At least float32 (bf16 inputs), float64 kept for float64 likelihoods.
+  dtype = jnp.promote_types(jnp.result_type(z), jnp.float32)
+  sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)).astype(dtype) ** 2, axis=-1)
   return -0.5 * d * math.log(2 * math.pi * scale**2) - 0.5 * sq / scale**2
+
+
+def _require(condition: bool, process: str, message: str) -> None:
+  if not condition:
+    raise ValueError(f"{process}: {message}")
+
+
+def discrete_step(t: Array, N: int, T: float) -> Array:
+  """Index ``i`` of the grid time ``i T / (N - 1)`` at or just below ``t``, clipped to ``[0, N)``.
+
+  +1e-4: float32 rounding must not move an exact grid time down to step ``i - 1``.
+  """
+  step = jnp.floor(t * (N - 1) / T + 1e-4).astype(jnp.int32)
+  return jnp.clip(step, 0, N - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +154,13 @@ class VPSDE(Process):
   beta_max: float = 20.0
   N: int = 1000
 
+  def __post_init__(self):
+    name = type(self).__name__
+    _require(0.0 <= self.beta_min <= self.beta_max and self.beta_max > 0.0, name,
+             f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={self.beta_min!r}, "
+             f"beta_max={self.beta_max!r}")
+    _require(int(self.N) == self.N and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
+
   def beta(self, t: Array) -> Array:
     return self.beta_min + t * (self.beta_max - self.beta_min)
 
@@ -167,8 +190,7 @@ class VPSDE(Process):
   def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """DDPM discretization ``x_{i+1} = x_i + f_i + G_i z``: -> (f ``(batch, ...)``, G ``(batch,)``)."""
     _check_batch(x, t)
-    # +1e-4: float32 rounding must not move an exact grid time i/(N-1) down to step i-1.
-    timestep = jnp.floor(t * (self.N - 1) / self.T + 1e-4).astype(jnp.int32)
+    timestep = discrete_step(t, self.N, self.T)
     beta = self.discrete_betas[timestep]
     f = broadcast_to(jnp.sqrt(1.0 - beta), x) * x - x
     return f, jnp.sqrt(beta)
@@ -190,7 +212,9 @@ class SubVPSDE(VPSDE):
     return -2.0 * self.alpha_dot(t) * self.alpha(t)
 
   def discretize(self, x, t):
-    raise NotImplementedError("score_sde defines no discretization of the sub-VP SDE")
+    raise NotImplementedError(
+        "the sub-VP SDE has no DDPM-style discretization (score_sde falls back to Euler-Maruyama "
+        "for it; so do jaxgen's reverse-diffusion and ancestral samplers)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +228,12 @@ class VESDE(Process):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   N: int = 1000
+
+  def __post_init__(self):
+    _require(0.0 < self.sigma_min < self.sigma_max, "VESDE",
+             f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min!r}, "
+             f"sigma_max={self.sigma_max!r}")
+    _require(int(self.N) == self.N and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
 
   @property
   def prior_std(self):
@@ -235,8 +265,7 @@ class VESDE(Process):
   def discretize(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """SMLD discretization: -> (f = 0 ``(batch, ...)``, G ``(batch,)``)."""
     _check_batch(x, t)
-    # +1e-4: float32 rounding must not move an exact grid time i/(N-1) down to step i-1.
-    timestep = jnp.floor(t * (self.N - 1) / self.T + 1e-4).astype(jnp.int32)
+    timestep = discrete_step(t, self.N, self.T)
     sigma = self.discrete_sigmas[timestep]
     adjacent = jnp.where(timestep == 0, 0.0, self.discrete_sigmas[jnp.maximum(timestep - 1, 0)])
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
@@ -270,6 +299,12 @@ class EDMPath(Process):
   sigma_min: float = 0.002
   sigma_max: float = 80.0
   sigma_data: float = 0.5
+
+  def __post_init__(self):
+    _require(0.0 < self.sigma_min < self.sigma_max, "EDMPath",
+             f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min!r}, "
+             f"sigma_max={self.sigma_max!r}")
+    _require(self.sigma_data > 0.0, "EDMPath", f"sigma_data must be > 0, got {self.sigma_data!r}")
 
   @property
   def T(self):

@@ -154,6 +154,10 @@ def test_gradients_flow_through_the_solver():
     (dict(solver="euler"), "num_steps"),
     (dict(divergence="rademacher"), "key"),
     (dict(num_probes=0, divergence="gaussian", key=jax.random.PRNGKey(0)), "num_probes"),
+    (dict(max_steps=0), "max_steps"),
+    (dict(probes=jnp.ones((4, 2))), "probes.*exact"),
+    (dict(divergence="rademacher", probes=jnp.ones((1, 1, 4, 2))), "probes"),
+    (dict(t0=jnp.ones((2,)) * 1e-5), "t0"),
 ])
 def test_bad_arguments_raise_named_errors(kwargs, match):
   x = jnp.ones((4, 2))
@@ -163,6 +167,16 @@ def test_bad_arguments_raise_named_errors(kwargs, match):
     likelihood.ode_log_likelihood(lambda y, t: y, x, **args)
   with pytest.raises(ValueError, match="x"):
     likelihood.ode_log_likelihood(lambda y, t: y, jnp.ones((4,)), prior_logp=lambda z: z)
+
+
+def test_numpy_and_0d_times_are_accepted():
+  """t0 / t1 given as NumPy or 0-d JAX scalars give the same answer as Python floats."""
+  x = jnp.ones((4, 2))
+  args = dict(prior_logp=processes.VPSDE().prior_logp, divergence="exact")
+  ref = likelihood.ode_log_likelihood(lambda y, t: -y, x, t0=1e-3, t1=1.0, **args)[0]
+  for t0, t1 in ((np.float32(1e-3), np.float64(1.0)), (jnp.float32(1e-3), jnp.asarray(1.0))):
+    out = likelihood.ode_log_likelihood(lambda y, t: -y, x, t0=t0, t1=t1, **args)[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
 
 
 def test_bits_per_dim_convention_on_uniform_discrete_data():

@@ -513,7 +513,11 @@ def _bad_calls():
       ("ts", lambda: solvers.solve_ode(_linear_drift, x, solver="heun", ts=[0.0, 0.5, 0.2])),
       ("ts", lambda: solvers.solve_ode(_linear_drift, x, solver="dopri5", ts=[0.0, 1.0])),
       ("x", lambda: solvers.solve_ode(_linear_drift, jnp.float32(1.0), 0.0, 1.0)),
-      ("solver", lambda: solvers.ode_sample(KEY, vp, s, (2, 2), solver="midpoint")),
+      ("solver", lambda: solvers.ode_sample(KEY, vp, s, (2, 2), solver="rk45")),
+      ("eps", lambda: solvers.pc_sample(KEY, vp, s, (2, 2), eps=0.0)),
+      ("eps", lambda: solvers.euler_maruyama_sample(KEY, PROCESSES["subvp"], s, (2, 2),
+                                                    eps=0.0)),
+      ("eta", lambda: solvers.ddim_sample(KEY, vp, s, (2, 2), eta=1.5)),
       ("num_steps", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), num_steps=0)),
       ("sigma_max", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), sigma_max=0.001)),
       ("S_churn", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), S_churn=-1.0)),
@@ -532,3 +536,25 @@ def test_bad_arguments_raise_value_error(index):
   name, call = _bad_calls()[index]
   with pytest.raises(ValueError, match=f"`{name}`"):
     call()
+
+
+@pytest.mark.parametrize("predictor", ["reverse_diffusion", "euler_maruyama"])
+def test_reverse_sde_samplers_refuse_a_path_singular_at_T(predictor):
+  """The linear path has alpha(T) = 0 (drift coefficient -inf, g^2 +inf at T): the reverse-SDE
+  samplers used to return all-NaN samples with a normal NFE; they now refuse it by name."""
+  lin = PROCESSES["linear"]
+  with pytest.raises(ValueError, match="LinearPath has alpha\\(T\\) = 0"):
+    solvers.pc_sample(KEY, lin, lambda x, t: -x, (4, 2), predictor=predictor, num_steps=10)
+
+
+@pytest.mark.parametrize("solver", ["midpoint", "ralston"])
+def test_second_order_fixed_step_solvers_converge_at_second_order(solver):
+  """midpoint / ralston (shared with the likelihood's table) on dx/dt = -x: the error of
+  x(1) = e^-1 x(0) falls ~4x when the steps double, and nfe = 2 per step."""
+  x = jnp.ones((3, 2))
+  errors = []
+  for n in (8, 16):
+    out, nfe = solvers.solve_ode(lambda y, t: -y, x, 0.0, 1.0, solver=solver, num_steps=n)
+    assert int(nfe) == 2 * n
+    errors.append(float(jnp.max(jnp.abs(out - jnp.exp(-1.0)))))
+  assert 3.5 < errors[0] / errors[1] < 4.5, errors

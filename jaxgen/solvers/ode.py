@@ -37,17 +37,18 @@ Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
 
 ADAPTIVE_SOLVERS = ("dopri5", "tsit5")
-FIXED_STEP_SOLVERS = ("euler", "heun", "rk4")
+FIXED_STEP_SOLVERS = ("euler", "heun", "midpoint", "ralston", "rk4")
 SOLVERS = ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS
 # Network evaluations per step of the fixed-step solvers.
-EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
+EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "ralston": 2, "rk4": 4}
 # Adaptive FSAL Runge-Kutta pairs (7 stages, the last reused as the next step's first): 2
 # evaluations choose the initial step (:func:`_initial_step`), diffrax spends 1 on the first stage
 # of the first step, then 6 per attempted (accepted or rejected) step.
 _ADAPTIVE_EVALS = {"dopri5": (3, 6), "tsit5": (3, 6)}
 _ADAPTIVE_ORDER = {"dopri5": 5, "tsit5": 5}
 _DIFFRAX_SOLVERS = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5, "euler": diffrax.Euler,
-                    "heun": diffrax.Heun}
+                    "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
+                    "ralston": diffrax.Ralston}
 SCHEDULES = ("edm", "uniform")
 PREDICTION_TYPES = predictions.PREDICTION_TYPES
 
@@ -190,7 +191,9 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     x: state at ``t0``, ``(batch, ...)``.
     t0, t1: start and end times (scalars, ``t0 != t1``); may be omitted when ``ts`` is given.
     solver: ``dopri5`` / ``tsit5`` (adaptive, diffrax + ``PIDController(rtol, atol)``) or
-      ``euler`` / ``heun`` (diffrax, fixed grid) / ``rk4`` (fixed grid).
+      ``euler`` / ``heun`` / ``midpoint`` / ``ralston`` (diffrax, fixed grid) / ``rk4`` (fixed
+      grid). The likelihood (:func:`jaxgen.likelihood.ode_log_likelihood`) takes the same names
+      except ``rk4``.
     num_steps: steps of the fixed-step solvers on the uniform grid ``linspace(t0, t1,
       num_steps + 1)``.
     rtol, atol: tolerances of the adaptive solvers.
@@ -199,7 +202,7 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     max_steps: cap on adaptive steps (diffrax raises if it is reached).
   Returns:
     ``(x_t1, nfe)``: ``x_t1`` ``(batch, ...)``; ``nfe`` int32 scalar, calls of ``drift_fn``
-    (``num_steps``, ``2 num_steps``, ``4 num_steps`` for Euler, Heun, RK4; for the adaptive
+    (``EVALS_PER_STEP[solver] * num_steps`` for the fixed-step solvers; for the adaptive
     solvers ``3 + 6 * (accepted + rejected steps)`` from diffrax's statistics).
   """
   _check_choice(solver, SOLVERS, "solver")
@@ -572,7 +575,7 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
     eps_fn: ``eps_fn(x, t) -> (batch, ...)`` predicting ``prediction_type`` (by default the noise).
     shape: ``(batch, ...)``.
     num_steps: number of network evaluations (``num_steps - 1`` DDIM steps, then ``x0_hat``).
-    eta: DDIM's stochasticity, ``>= 0``.
+    eta: DDIM's stochasticity, in ``[0, 1]``.
     eps: final time in ``[process.t_min, T)``; ``None`` -> ``max(1e-3, t_min)``.
     schedule, rho: the grid (:func:`time_grid`): ``'uniform'`` in ``t`` (DDIM's) or ``'edm'``
       (advisable on the EDM path, whose ``t`` spans ``[0.002, 80]``).
@@ -585,8 +588,9 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
   shape = _check_shape(shape)
   _check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
   v = _concrete(eta)
-  if v is None or not v >= 0:
-    raise ValueError(f"`eta` must be a non-negative number, got {eta!r}")
+  if v is None or not 0 <= v <= 1:
+    raise ValueError(f"`eta` must be a number in [0, 1] (1 is DDPM's ancestral noise; more would "
+                     f"exceed the posterior's std), got {eta!r}")
   times = time_grid(process, num_steps, schedule, eps, rho)
   if prediction_type in ("eps", "score"):
     with jax.ensure_compile_time_eval():  # host arithmetic, also when traced inside jit

@@ -31,9 +31,10 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen.processes import Process, SubVPSDE, VESDE, VPSDE, broadcast_to, reverse_sde
+from jaxgen.processes import (Process, SubVPSDE, VESDE, VPSDE, broadcast_to, discrete_step,
+                              reverse_sde)
 from jaxgen.solvers.ode import (_check_choice, _check_positive, _check_positive_int, _check_shape,
-                                _full, _resolve_eps)
+                                _concrete, _full, _resolve_eps)
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -44,8 +45,9 @@ DEFAULT_NUM_STEPS = 1000  # for processes without a discretization size ``N``
 
 
 def _discrete_index(process: Process, t: Array) -> Array:
-  """score_sde's ``timestep = int(t (N - 1) / T)``, ``(batch,)`` int32."""
-  return (t * (process.N - 1) / process.T).astype(jnp.int32)
+  """score_sde's ``timestep = int(t (N - 1) / T)``, ``(batch,)`` int32: the same step as
+  ``process.discretize`` picks (float32 rounding of a grid time cannot move it one step down)."""
+  return discrete_step(t, process.N, process.T)
 
 
 def has_discretize(process: Process) -> bool:
@@ -187,6 +189,12 @@ def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
   num_steps = _check_positive_int(num_steps, "num_steps")
   n_steps_each = _check_positive_int(n_steps_each, "n_steps_each")
   _check_positive(snr, "snr")
+  with jax.ensure_compile_time_eval():  # host arithmetic, also when traced under jit
+    alpha_T = float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
+  if not alpha_T > 0:
+    raise ValueError(f"{type(process).__name__} has alpha(T) = {alpha_T}: its reverse SDE is "
+                     f"singular at t = T, so the predictor-corrector / Euler-Maruyama samplers "
+                     f"cannot start there; use ode_sample, heun_sample or ddim_sample")
   if predictor == "ancestral" and (isinstance(process, SubVPSDE)
                                    or not isinstance(process, (VPSDE, VESDE))):
     raise ValueError(f"`predictor` 'ancestral' supports VPSDE and VESDE only, got "
@@ -228,13 +236,19 @@ def pc_sample(key: Array, process: Process, score_fn: ScoreFn, shape, *,
       num_steps=num_steps)
   shape = _check_shape(shape)
   eps = _resolve_eps(process, eps)
+  eps_value = _concrete(eps)
+  with jax.ensure_compile_time_eval():
+    sigma_eps = None if eps_value is None else float(process.sigma(jnp.asarray([eps_value]))[0])
+  if sigma_eps is not None and not sigma_eps > 0:
+    raise ValueError(f"`eps` = {eps!r}: sigma(eps) = 0 for {type(process).__name__}, where a "
+                     f"score is infinite; the last grid time must be > {process.t_min}")
   process = _with_num_steps(process, num_steps)
   samples = _pc_sample(key, jnp.asarray(snr, jnp.float32), jnp.asarray(eps, jnp.float32),
                        process=process, score_fn=score_fn, shape=shape, predictor=predictor,
                        corrector=corrector, n_steps_each=n_steps_each, num_steps=num_steps,
                        denoise=bool(denoise))
   nfe = num_steps * (int(predictor != "none") + n_steps_each * int(corrector != "none"))
-  return samples, nfe
+  return samples, jnp.asarray(nfe, jnp.int32)
 
 
 def euler_maruyama_sample(key: Array, process: Process, score_fn: ScoreFn, shape, *,
