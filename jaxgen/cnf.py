@@ -82,7 +82,12 @@ def default_cnf_config() -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SolveOptions:
-  """How one CNF block is solved (hashable; built once per loss / nll function)."""
+  """How one CNF block is solved (hashable; built once per loss / nll function).
+
+  ``throw``: raise when an adaptive solve fails (``max_steps`` exhausted, non-finite state), as
+  diffrax does (training); ``False`` gives that batch NaN log-densities instead, which the
+  evaluation counts in ``num_failed`` (:func:`jaxgen.evaluate.evaluate_likelihood`).
+  """
   divergence: str = "exact"
   num_probes: int = 1
   solver: str = "dopri5"
@@ -94,6 +99,7 @@ class SolveOptions:
   adjoint: str = "backprop"
   backsolve_norm: str = "rms"
   checkpoints: int = 0
+  throw: bool = True
 
   def __post_init__(self):
     if self.divergence not in likelihood.DIVERGENCES:
@@ -111,6 +117,22 @@ class SolveOptions:
       raise ValueError(f"cnf num_probes must be a positive int, got {self.num_probes!r}")
     if not (isinstance(self.max_steps, int) and self.max_steps > 0):
       raise ValueError(f"cnf max_steps must be a positive int, got {self.max_steps!r}")
+    # The likelihood routine's solver tables (its own check runs only when a solve is traced).
+    if self.solver in likelihood.ADAPTIVE_SOLVERS:
+      for name in ("rtol", "atol"):
+        value = getattr(self, name)
+        if isinstance(value, (bool, str)) or not value > 0:
+          raise ValueError(f"cnf {name} must be > 0 for the adaptive solver {self.solver!r}, "
+                           f"got {value!r}")
+    elif self.solver in likelihood.FIXED_SOLVERS:
+      if isinstance(self.num_steps, bool) or not (isinstance(self.num_steps, int)
+                                                  and self.num_steps > 0):
+        raise ValueError(f"cnf solver {self.solver!r} is fixed-step: it needs num_steps >= 1, "
+                         f"got {self.num_steps!r}")
+    else:
+      raise ValueError(f"unknown cnf solver {self.solver!r}; expected one of "
+                       f"{sorted(likelihood.ADAPTIVE_SOLVERS)} (adaptive) or "
+                       f"{sorted(likelihood.FIXED_SOLVERS)} (fixed-step, with num_steps)")
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> "SolveOptions":
@@ -203,7 +225,8 @@ def cnf_block(vector_field: VectorField, params: Any, x: Array, *, end_time=1.0,
     regularize: also integrate RNODE's kinetic energy and Jacobian norm.
   Returns:
     ``(z (batch, ...), log_det (batch,), nfe (int32), regs (batch, 2) or None)`` where
-    ``log p(x) = log p(z) + log_det`` and ``regs[:, 0]``/``[:, 1]`` are ``K``/``B``.
+    ``log p(x) = log p(z) + log_det`` and ``regs[:, 0]``/``[:, 1]`` are ``K``/``B``. A failed
+    solve with ``options.throw=False`` gives ``log_det`` NaN for the whole batch.
   """
   drift = _unit_interval_drift(vector_field)
   end_time = jnp.asarray(end_time, jnp.promote_types(x.dtype, jnp.float32))
@@ -215,7 +238,7 @@ def cnf_block(vector_field: VectorField, params: Any, x: Array, *, end_time=1.0,
       divergence=options.divergence, num_probes=options.num_probes, solver=options.solver,
       rtol=options.rtol, atol=options.atol, num_steps=options.num_steps,
       max_steps=options.max_steps, adjoint=_adjoint(options), error_norm=options.error_norm,
-      drift_args=(params, end_time), extra_fn=extra_fn)
+      drift_args=(params, end_time), extra_fn=extra_fn, throw=options.throw)
   if regularize:
     log_det, z, nfe, regs = out
   else:
@@ -510,14 +533,57 @@ def flow_from_setup(setup) -> Flow:
   return make_flow(setup.model, _shape(setup), time_length)
 
 
+def eval_solve_options(config, eval_config) -> SolveOptions:
+  """The :class:`SolveOptions` of a CNF's evaluation (likelihood and held-out loss):
+  ``eval_config``'s divergence, probes, solver and tolerances, the rest (``max_steps``,
+  ``num_steps``, ``error_norm``) from ``config.cnf``; backpropagation, and ``throw=False`` (a
+  failed solve is NaN and counted in ``num_failed``, not an error)."""
+  return SolveOptions.from_config(
+      _cnf_config(config), divergence=eval_config.divergence,
+      num_probes=int(eval_config.num_probes), solver=eval_config.solver,
+      rtol=float(eval_config.rtol), atol=float(eval_config.atol), adjoint="backprop",
+      throw=False)
+
+
+RNODE_WEIGHTS = ("kinetic_energy", "jacobian_norm2")
+
+
+def validate_config(config) -> None:
+  """Rejects a bad ``config.cnf`` (and the CNF's use of ``config.eval``) before training, naming
+  the field: the solve options of training and evaluation (:class:`SolveOptions`), the RNODE
+  weights (finite, ``>= 0``) and ``loss_units``."""
+  cnf_cfg = _cnf_config(config)
+  for name in RNODE_WEIGHTS:
+    value = cnf_cfg.get(name, 0.0)
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+        or not math.isfinite(value) or value < 0):
+      raise ValueError(f"config.cnf.{name} must be a finite number >= 0 (an RNODE penalty "
+                       f"weight), got {value!r}")
+  units = str(cnf_cfg.get("loss_units", "auto"))
+  if units not in LOSS_UNITS:
+    raise ValueError(f"unknown config.cnf.loss_units {units!r}; expected one of {LOSS_UNITS}")
+  try:
+    SolveOptions.from_config(cnf_cfg)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.cnf: {e}") from None
+  try:
+    eval_solve_options(config, config.eval)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.eval (the CNF's evaluation solve; max_steps, num_steps and "
+                     f"error_norm come from config.cnf): {e}") from None
+
+
 def make_loss_fn(config, setup) -> Callable:
   """``loss(params, key, batch, train=True) -> (loss, aux)``: mean NLL (nats, or bits/dim for
-  images) plus RNODE's weighted ``K`` and ``B``; ``aux`` holds ``nll``, ``nfe``, ``kinetic``,
-  ``jacobian`` and ``end_time`` (mean over blocks).
+  images) plus RNODE's weighted ``K`` and ``B``; ``aux`` holds the scalars ``nll``, ``nfe``,
+  ``kinetic``, ``jacobian`` and ``end_time`` (mean over blocks), which the train loop logs, and
+  ``loss_per_example`` ``(batch,)`` (whose mean is the loss; the held-out loss averages it over
+  the real rows of a padded batch).
 
   ``batch['image']`` is the preprocessed data (``(b, D)`` vectors, or ``(b, H, W, C)`` images in
   ``[0, 1]``, dequantized by the train loop's preprocessing when ``data.uniform_dequantization``).
-  Training uses ``config.cnf``; ``train=False`` (held-out loss) uses ``config.eval``'s solver.
+  Training uses ``config.cnf``; ``train=False`` (held-out loss) uses ``config.eval``'s solver
+  (:func:`eval_solve_options`: a failed solve gives NaN rather than an error).
   """
   cnf_cfg = _cnf_config(config)
   units = str(cnf_cfg.get("loss_units", "auto"))
@@ -525,10 +591,7 @@ def make_loss_fn(config, setup) -> Callable:
     raise ValueError(f"unknown cnf.loss_units {units!r}; expected one of {LOSS_UNITS}")
   flow = flow_from_setup(setup)
   train_options = SolveOptions.from_config(cnf_cfg)
-  eval_options = SolveOptions.from_config(
-      cnf_cfg, divergence=config.eval.divergence, num_probes=int(config.eval.num_probes),
-      solver=config.eval.solver, rtol=float(config.eval.rtol), atol=float(config.eval.atol),
-      adjoint="backprop")
+  eval_options = eval_solve_options(config, config.eval)
   lam_k, lam_j = float(cnf_cfg.kinetic_energy), float(cnf_cfg.jacobian_norm2)
   regularize = lam_k > 0 or lam_j > 0
   shape = _shape(setup)
@@ -542,15 +605,19 @@ def make_loss_fn(config, setup) -> Callable:
                               options=train_options if train else eval_options,
                               regularize=regularize and train)
     if bits:
-      nll = jnp.mean(likelihood.bits_per_dim(out["logp"], shape, num_levels=num_levels,
-                                             data_range=data_range))
+      nll_per_example = likelihood.bits_per_dim(out["logp"], shape, num_levels=num_levels,
+                                                data_range=data_range)
+      nll = jnp.mean(nll_per_example)
     else:
+      nll_per_example = -out["logp"]
       nll = -jnp.mean(out["logp"])
     kinetic, jac = jnp.mean(out["kinetic"]), jnp.mean(out["jacobian"])
     loss = nll + lam_k * kinetic + lam_j * jac
     end_times = jnp.stack([flow.end_time(params, s[1]) for s in flow.steps if s[0] == "cnf"])
     aux = {"nll": nll, "nfe": out["nfe"], "kinetic": kinetic, "jacobian": jac,
-           "end_time": jnp.mean(end_times)}
+           "end_time": jnp.mean(end_times),
+           "loss_per_example": nll_per_example + lam_k * out["kinetic"]
+                               + lam_j * out["jacobian"]}
     return loss, aux
 
   return loss_fn
@@ -559,14 +626,14 @@ def make_loss_fn(config, setup) -> Callable:
 def make_nll_fn(setup, eval_config) -> Callable:
   """``nll_fn(params, key, batch) -> (values (batch,), nfe)``: nats for vector data, bits/dim
   for images (uniformly dequantized, :func:`jaxgen.likelihood.bits_per_dim`), solved with
-  ``eval_config``'s divergence, solver and tolerances."""
+  ``eval_config``'s divergence, solver and tolerances (:func:`eval_solve_options`). A solve that
+  fails (``config.cnf.max_steps`` reached) gives its batch NaN values instead of raising, as the
+  probability-flow likelihood does: :func:`jaxgen.evaluate.evaluate_likelihood` counts them in
+  ``num_failed``."""
   from jaxgen import data as data_lib  # pylint: disable=import-outside-toplevel
   config = setup.config
   flow = flow_from_setup(setup)
-  options = SolveOptions.from_config(
-      _cnf_config(config), divergence=eval_config.divergence,
-      num_probes=int(eval_config.num_probes), solver=eval_config.solver,
-      rtol=float(eval_config.rtol), atol=float(eval_config.atol), adjoint="backprop")
+  options = eval_solve_options(config, eval_config)
   shape = _shape(setup)
   images = len(shape) == 3
   data_config = config.data.copy_and_resolve_references()

@@ -386,16 +386,23 @@ def make_periodic_evaluation(config) -> Callable:
                                               "config.eval.batch_size")
     if "loss" not in cache:
       repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-      cache["loss"] = parallel.jit(setup.make_eval_loss(), xla_options(config),
-                                   in_shardings=(repl, repl, sharded))
-    held_out = []
+      cache["loss"] = parallel.jit(setup.make_eval_loss(per_example=True), xla_options(config),
+                                   in_shardings=(repl, repl, sharded), out_shardings=sharded)
+    # The mean of the per-example losses over the real rows of the first two batches (the last
+    # batch of a split is padded; ``mask`` marks its real rows, on every host).
+    total, count = 0.0, 0
     for i, batch in enumerate(ds.iterate(local_batch)):
       if i >= 2:
         break
+      mask = batch["mask"]
       batch = {"image": batch["image"], "label": batch["label"]}
-      held_out.append(float(cache["loss"](state.ema_params, jax.random.PRNGKey(i),
-                                          parallel.host_local_to_global(batch, mesh))))
-    results["held_out_loss"] = float(np.mean(held_out))
+      rows = cache["loss"](state.ema_params, jax.random.PRNGKey(i),
+                           parallel.host_local_to_global(batch, mesh))
+      real = parallel.to_host(rows)[
+          parallel.to_host(parallel.host_local_to_global({"m": mask}, mesh))["m"]]
+      total += float(np.sum(real, dtype=np.float64))
+      count += int(real.size)
+    results["held_out_loss"] = total / count if count else float("nan")
     if config.eval.num_bpd_batches:
       lik = evaluate_likelihood(setup, state.ema_params, mesh,
                                 max_batches=int(config.eval.num_bpd_batches), progress=False)

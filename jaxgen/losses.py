@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import parallel, predictions
-from jaxgen.processes import EDMPath, LinearPath, Process, VESDE, VPSDE, broadcast_to
+from jaxgen.processes import (EDMPath, LinearPath, Process, SubVPSDE, VESDE, VPSDE, broadcast_to,
+                              discrete_step)
 
 Array = jax.Array
 ModelFn = Callable[..., Array]
@@ -31,30 +32,88 @@ ModelFn = Callable[..., Array]
 # --------------------------------------------------------------------------------------------------
 # the network as a prediction
 # --------------------------------------------------------------------------------------------------
-def noise_conditioning(process: Process, t: Array) -> Array:
+def noise_conditioning(process: Process, t: Array, discrete: bool = False) -> Array:
   """What the network is told about the noise level, as in score_sde / EDM; ``(batch,)``.
 
   VE: ``sigma(t)`` (NCSN++'s Fourier embedding takes its log); EDM: ``log(sigma) / 4``;
-  VP, sub-VP, linear path: ``999 t`` (score_sde's continuous-time labels).
+  VP, sub-VP, linear path: ``999 t`` (score_sde's continuous-time labels), or with ``discrete``
+  (DDPM-trained VP) the step ``t (N - 1) / T``, an integer on the DDPM grid.
   """
   if isinstance(process, VESDE):
     return process.sigma(t)
   if isinstance(process, EDMPath):
     return jnp.log(t) / 4.0
+  if discrete and is_discrete_vp(process):
+    return t * (process.N - 1) / process.T
   return 999.0 * t
 
 
+def is_discrete_vp(process: Process) -> bool:
+  """Whether discrete-time (DDPM) training of ``process`` has its own coefficients (VP, not sub-VP)."""
+  return isinstance(process, VPSDE) and not isinstance(process, SubVPSDE)
+
+
+def discrete_vp_coefficients(process: VPSDE, t: Array) -> Tuple[Array, Array]:
+  """DDPM's ``(sqrt(alpha_bar_i), sqrt(1 - alpha_bar_i))`` at the grid step of ``t``; ``(batch,)``.
+
+  They differ from the continuous ``alpha(t), sigma(t)`` of the same time (by 41 % in ``sigma`` at
+  step 1): a DDPM-trained network's output is converted with these, as score_sde does.
+  """
+  alphas_cumprod = jnp.cumprod(1.0 - process.discrete_betas)
+  bar = alphas_cumprod[discrete_step(t, process.N, process.T)]
+  return jnp.sqrt(bar), jnp.sqrt(1.0 - bar)
+
+
+def _check_ddpm_betas(process: VPSDE) -> None:
+  """DDPM's betas ``beta_max / N`` must stay under 1 (else ``alpha_bar`` turns negative)."""
+  if not process.beta_max / process.N < 1.0:
+    raise ValueError(f"process N = {process.N} too small for DDPM's discretization of "
+                     f"{type(process).__name__}: its betas reach beta_max / N = "
+                     f"{process.beta_max / process.N:.3g} >= 1")
+
+
+def _discrete_eps(process: VPSDE, x: Array, t: Array, out: Array, prediction: str) -> Array:
+  """The eps of DDPM's ``x = a_i x0 + s_i eps`` that a ``prediction``-type output stands for."""
+  a, s = (broadcast_to(c, x) for c in discrete_vp_coefficients(process, t))
+  if prediction == "eps":
+    return out
+  if prediction == "score":
+    return -s * out
+  if prediction == "x0":
+    return (x - a * out) / s
+  raise ValueError(f"discrete-time (DDPM) training of a VP process cannot use model.prediction "
+                   f"{prediction!r}: a velocity needs continuous time; use 'eps', 'x0' or 'score'")
+
+
+def model_output_type(process: Process, prediction: str, *, edm_preconditioning: bool = False,
+                      discrete: bool = False) -> str:
+  """The prediction type that :func:`make_model_fn`'s ``model_fn`` returns for these options."""
+  if edm_preconditioning:
+    return "x0"
+  if discrete and is_discrete_vp(process):
+    return "score"
+  return prediction
+
+
 def make_model_fn(apply_fn: Callable[..., Array], process: Process, prediction: str,
-                  edm_preconditioning: bool = False) -> ModelFn:
+                  edm_preconditioning: bool = False, discrete: bool = False) -> ModelFn:
   """Wrap a Flax ``apply_fn(variables, x, cond, y=..., train=..., rngs=...)`` into
   ``model_fn(params, x, t, *, train=False, key=None, labels=None) -> (batch, ...)`` float32.
 
   With ``edm_preconditioning`` the network is EDM's ``F`` and the output is the denoiser
-  ``D = c_skip x + c_out F(c_in x, c_noise)`` (an ``x0`` prediction).
+  ``D = c_skip x + c_out F(c_in x, c_noise)`` (an ``x0`` prediction). With ``discrete`` on a VP
+  process (DDPM training, ``training.continuous=False``) the network gets the integer step and
+  its ``prediction`` is read with DDPM's coefficients; the output is then the score, which every
+  sampler and likelihood can use (see :func:`model_output_type`).
   """
   if prediction not in predictions.PREDICTION_TYPES:
     raise ValueError(f"unknown model prediction {prediction!r}; expected one of "
                      f"{predictions.PREDICTION_TYPES}")
+  discrete_vp = discrete and is_discrete_vp(process) and not edm_preconditioning
+  if discrete_vp:
+    _check_ddpm_betas(process)
+    if prediction == "velocity":
+      _discrete_eps(process, jnp.zeros((1,)), jnp.zeros((1,)), jnp.zeros((1,)), prediction)
 
   def model_fn(params, x, t, *, train: bool = False, key: Optional[Array] = None,
                labels: Optional[Array] = None):
@@ -67,9 +126,13 @@ def make_model_fn(apply_fn: Callable[..., Array], process: Process, prediction: 
       raw = apply_fn({"params": params}, broadcast_to(c_in, x) * x, c_noise, train=train,
                      rngs=rngs, **kwargs).astype(jnp.float32)
       return broadcast_to(c_skip, x) * x + broadcast_to(c_out, x) * raw
-    cond = noise_conditioning(process, t)
-    return apply_fn({"params": params}, x, cond, train=train, rngs=rngs,
-                    **kwargs).astype(jnp.float32)
+    cond = noise_conditioning(process, t, discrete=discrete_vp)
+    out = apply_fn({"params": params}, x, cond, train=train, rngs=rngs,
+                   **kwargs).astype(jnp.float32)
+    if discrete_vp:
+      s = broadcast_to(discrete_vp_coefficients(process, t)[1], x)
+      return -_discrete_eps(process, x, t, out, prediction) / s
+    return out
 
   return model_fn
 
@@ -145,9 +208,19 @@ def _normal(key: Array, shape) -> Array:
 _rows = parallel.global_batch_draw
 
 
-def _reduce(values: Array, reduce_mean: bool) -> Array:
+def _reduce(values: Array, reduce_mean: bool, half_sum: bool = False) -> Array:
+  """Per-example mean, or sum (``half_sum``: ``0.5 * sum``, score_sde's score-matching losses)."""
   flat = values.reshape(values.shape[0], -1)
-  return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
+  if reduce_mean:
+    return jnp.mean(flat, axis=-1)
+  return (0.5 if half_sum else 1.0) * jnp.sum(flat, axis=-1)
+
+
+def _check_eps(process: Process, eps: float, T: float) -> None:
+  """The smallest training time must lie in ``[process.t_min, T)``."""
+  if not process.t_min <= eps < T:
+    raise ValueError(f"training eps={eps!r} must satisfy t_min <= eps < T, i.e. "
+                     f"{process.t_min} <= eps < {T}, for {type(process).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,9 +232,22 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
   """Continuous-time denoising score matching (score_sde's ``get_sde_loss_fn``).
 
   Weighting ``sigma^2`` gives ``|sigma score + z|^2``; likelihood weighting gives
-  ``g^2 |score + z / sigma|^2`` (a bound on the negative log-likelihood), optionally with
-  importance-sampled time.
+  ``g^2 |score + z / sigma|^2``, optionally with importance-sampled time. Over data dimensions
+  the per-example loss is their mean (``reduce_mean``) or, as in score_sde, half their sum. With
+  likelihood weighting and half sums both estimators have the expectation
+  ``1/2 int_eps^T g^2 E|score - grad log p_t|^2 dt`` up to a constant, the score term of the
+  likelihood bound (Song et al. 2021).
   """
+  _check_eps(process, eps, process.T)
+  if likelihood_weighting and importance_sampling:
+    with jax.ensure_compile_time_eval():  # host arithmetic, also when built under a trace
+      lo, hi = (float(v) for v in _log_snr_range(process, eps))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+      raise ValueError(
+          f"importance-sampled likelihood weighting needs a finite log noise-to-signal ratio on "
+          f"[eps, T] = [{eps}, {process.T}], but {type(process).__name__} has "
+          f"log(sigma^2/alpha^2) = {lo} at eps and {hi} at T (alpha or sigma is 0 there)")
+  half_sum = True
 
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]
@@ -179,12 +265,13 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
     out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
     score = predictions.convert(process, x_t, t, out, prediction, "score")
     if not likelihood_weighting:
-      losses = _reduce(jnp.square(score * broadcast_to(std, x0) + z), reduce_mean)
+      losses = _reduce(jnp.square(score * broadcast_to(std, x0) + z), reduce_mean, half_sum)
     elif importance_sampling:
-      losses = _reduce(jnp.square(score * broadcast_to(std, x0) + z), reduce_mean) * z_norm
-    else:
-      g2 = process.diffusion_squared(t)
-      losses = _reduce(jnp.square(score + z / broadcast_to(std, x0)), reduce_mean) * g2
+      losses = _reduce(jnp.square(score * broadcast_to(std, x0) + z), reduce_mean,
+                       half_sum) * z_norm
+    else:  # uniform t: times (T - eps), so that it estimates the same integral
+      g2 = process.diffusion_squared(t) * (process.T - eps)
+      losses = _reduce(jnp.square(score + z / broadcast_to(std, x0)), reduce_mean, half_sum) * g2
     return jnp.mean(losses), {"loss_per_example": losses}
 
   return loss_fn
@@ -193,9 +280,18 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
 def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
                       reduce_mean: bool = False) -> Callable:
   """Discrete-time DDPM (VP) or SMLD (VE) loss, as score_sde's ``get_ddpm_loss_fn`` /
-  ``get_smld_loss_fn``; the network gets the integer step (DDPM) or sigma (SMLD)."""
-  if not isinstance(process, (VPSDE, VESDE)) or type(process).__name__ == "SubVPSDE":
+  ``get_smld_loss_fn``; the network gets the integer step (DDPM) or sigma (SMLD).
+
+  For VP, ``model_fn`` is best built with ``make_model_fn(..., discrete=True)`` (then
+  ``prediction`` is ``'score'``); an ``eps``/``x0``/``score`` output is read with DDPM's discrete
+  coefficients, the ones that made ``x_t``. Per example: mean or half sum over dimensions.
+  """
+  if not isinstance(process, (VPSDE, VESDE)) or isinstance(process, SubVPSDE):
     raise ValueError(f"discrete-time training needs a VP or VE process, got {type(process).__name__}")
+  if isinstance(process, VPSDE):
+    _check_ddpm_betas(process)
+    if prediction == "velocity":
+      _discrete_eps(process, jnp.zeros((1,)), jnp.zeros((1,)), jnp.zeros((1,)), prediction)
 
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]
@@ -205,20 +301,18 @@ def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
     z = _rows(_normal, k_z, x0.shape)
     t = idx.astype(jnp.float32) / (process.N - 1) * process.T
     if isinstance(process, VPSDE):
-      alphas_cumprod = jnp.cumprod(1.0 - process.discrete_betas)
-      a = jnp.sqrt(alphas_cumprod[idx])
-      s = jnp.sqrt(1.0 - alphas_cumprod[idx])
+      a, s = discrete_vp_coefficients(process, t)
       x_t = broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * z
       out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
-      eps_hat = predictions.convert(process, x_t, t, out, prediction, "eps")
-      losses = _reduce(jnp.square(eps_hat - z), reduce_mean)
+      eps_hat = _discrete_eps(process, x_t, t, out, prediction)
+      losses = _reduce(jnp.square(eps_hat - z), reduce_mean, half_sum=True)
     else:
       sigma = process.discrete_sigmas[idx]
       x_t = x0 + broadcast_to(sigma, x0) * z
       out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
       score = predictions.convert(process, x_t, t, out, prediction, "score")
       target = -z / broadcast_to(sigma, x0)
-      losses = _reduce(jnp.square(score - target), reduce_mean) * sigma**2
+      losses = _reduce(jnp.square(score - target), reduce_mean, half_sum=True) * sigma**2
     return jnp.mean(losses), {"loss_per_example": losses}
 
   return loss_fn
@@ -256,11 +350,13 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
   prior (``N(0, I)``, or the source distribution of :func:`jaxgen.rectified_flow.source_path`).
   """
 
+  t_max = process.T - (eps if isinstance(process, LinearPath) else 0.0)
+  _check_eps(process, eps, t_max)
+
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
-    t_max = process.T - (eps if isinstance(process, LinearPath) else 0.0)
     t = _rows(lambda k, s: sample_time(k, s[0], eps, t_max, time_sampling), k_t, (n,))
     if "noise" in batch:
       z = batch["noise"]
@@ -280,10 +376,21 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
   return loss_fn
 
 
+def is_discrete_training(config) -> bool:
+  """Whether ``config`` trains in discrete time (score_sde's DDPM / SMLD losses)."""
+  return config.method == "score" and not config.training.continuous
+
+
 def get_loss_fn(config, model_fn: ModelFn, process: Process) -> Callable:
-  """The loss named by ``config.method`` / ``config.training`` (see ``configs/base.py``)."""
-  training, prediction = config.training, config.model.prediction
-  method = config.method
+  """The loss named by ``config.method`` / ``config.training`` (see ``configs/base.py``).
+
+  ``model_fn`` is :func:`make_model_fn`'s for the same config (its output type is
+  :func:`model_output_type`'s).
+  """
+  training, method = config.training, config.method
+  prediction = model_output_type(process, config.model.prediction,
+                                 edm_preconditioning=method == "edm",
+                                 discrete=is_discrete_training(config))
   if method == "score":
     if training.continuous:
       return dsm_loss(model_fn, process, prediction, reduce_mean=training.reduce_mean,
@@ -299,3 +406,18 @@ def get_loss_fn(config, model_fn: ModelFn, process: Process) -> Callable:
                               time_sampling=training.get("time_sampling", "uniform"),
                               eps=training.eps, reduce_mean=training.reduce_mean)
   raise ValueError(f"unknown config.method {method!r}; expected 'score', 'edm', 'flow'")
+
+
+def validate_loss_config(config, process: Process) -> None:
+  """Build the config's loss once (without a network) so that its options are checked before
+  training: ``training.eps``, importance sampling, a discrete-time prediction; names the field."""
+  if config.method not in ("score", "edm", "flow", "rectified_flow"):
+    return
+  no_network = lambda *args, **kwargs: None
+  try:
+    make_model_fn(no_network, process, config.model.prediction,
+                  edm_preconditioning=config.method == "edm",
+                  discrete=is_discrete_training(config))
+    get_loss_fn(config, no_network, process)
+  except ValueError as e:
+    raise ValueError(f"config.training / config.model: {e}") from None

@@ -640,28 +640,31 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
   of the run in ``init_workdir``; a fresh optimizer state. The train loop then starts from it.
 
   Does nothing (returns False) if ``workdir`` already holds a checkpoint, so a resumed run
-  continues. Raises ValueError if the two parameter trees differ.
+  continues. The config (:func:`jaxgen.train.validate_config`), the workdir and the teacher's
+  network are checked before anything is written: a bad config or another network (ValueError)
+  leaves no checkpoint, ``config.json`` or empty ``checkpoints/`` behind.
   """
   from jaxgen import train  # pylint: disable=import-outside-toplevel
+  train.validate_config(config)
+  if train.latest_checkpoint_step(workdir) is not None:
+    return False
+  train.check_workdir_compatible(workdir, config, resume_training=True)
+  mesh = parallel.make_mesh()
+  repl = parallel.replicated(mesh)
+  _, teacher = train.load_state(load_workdir_config(init_workdir), init_workdir, mesh)
+  setup = train.Setup(config)
+  state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
+  mine = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state.params)
+  theirs = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), teacher.ema_params)
+  if jax.tree_util.tree_structure(mine) != jax.tree_util.tree_structure(theirs) or (
+      jax.tree_util.tree_leaves(mine) != jax.tree_util.tree_leaves(theirs)):
+    raise ValueError(f"the model of {init_workdir!r} does not match config.model "
+                     f"({config.model.name!r}); a warm start needs the same network")
+  params = teacher.ema_params
+  state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
+                        opt_state=jax.jit(setup.init_opt_state, out_shardings=repl)(params))
   manager = train.make_checkpoint_manager(workdir, config)
   try:
-    if manager.latest_step() is not None:
-      return False
-    mesh = parallel.make_mesh()
-    repl = parallel.replicated(mesh)
-    _, teacher = train.load_state(load_workdir_config(init_workdir), init_workdir, mesh)
-    setup = train.Setup(config)
-    state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
-    mine = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state.params)
-    theirs = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), teacher.ema_params)
-    if jax.tree_util.tree_structure(mine) != jax.tree_util.tree_structure(theirs) or (
-        jax.tree_util.tree_leaves(mine) != jax.tree_util.tree_leaves(theirs)):
-      raise ValueError(f"the model of {init_workdir!r} does not match config.model "
-                       f"({config.model.name!r}); a warm start needs the same network")
-    params = teacher.ema_params
-    state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                          opt_state=jax.jit(setup.init_opt_state, out_shardings=repl)(params))
-    train.check_workdir_compatible(workdir, config)
     train.write_config(workdir, config)
     train.save_checkpoint(manager, state, 0, force=True)
     manager.wait_until_finished()
@@ -691,6 +694,10 @@ def run_distill(config, workdir: str) -> Dict[str, Any]:
     if not config.data.get("pairs_dir", ""):
       config.data.pairs_dir = os.path.join(init, PAIRS_SUBDIR)
   pairs_lib.read_meta(config.data.pairs_dir)  # fails early, naming the directory, if absent
+  # Before the warm start writes its step-0 checkpoint and config.json: a bad config, or pairs
+  # of another shape or noise source, leave the workdir untouched.
+  train.validate_config(config)
+  train.check_pairs_compatible(config)
   warm_start(config, workdir, init)
   summary = train.train_and_evaluate(config, workdir,
                                      evaluate_fn=evaluate.make_periodic_evaluation(config))

@@ -122,6 +122,7 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   from jaxgen import evaluate, likelihood  # pylint: disable=import-outside-toplevel
   process = get_process(config)
   evaluate.validate_sampling_config(config, process)
+  losses.validate_loss_config(config, process)
   models.validate_model_config(config.model, config.data)
   models.get_model(config.model, config.data)
   if config.training.nonfinite not in ("error", "skip"):
@@ -140,9 +141,58 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if config.eval.get("divergence", "rademacher") not in likelihood.DIVERGENCES:
     raise ValueError(f"unknown config.eval.divergence {config.eval.divergence!r}; expected one "
                      f"of {likelihood.DIVERGENCES}")
+  _validate_eval_solver(config)
+  _validate_time_sampling(config)
+  if config.method == "cnf":
+    from jaxgen import cnf  # pylint: disable=import-outside-toplevel
+    cnf.validate_config(config)
   num_devices = num_devices or jax.device_count()
-  data_lib.check_batch_size(config.training.batch_size, num_devices, jax.process_count())
-  data_lib.check_batch_size(config.eval.batch_size, num_devices, jax.process_count())
+  for name in ("training", "eval"):
+    try:
+      data_lib.check_batch_size(config[name].batch_size, num_devices, jax.process_count())
+    except ValueError as e:
+      raise ValueError(f"config.{name}.batch_size: {e}") from None
+
+
+def _validate_eval_solver(config) -> None:
+  """``config.eval.solver`` (one of the likelihood routine's solvers), ``rtol`` and ``atol``
+  (``> 0``): the likelihood of the periodic and final evaluation."""
+  from jaxgen import likelihood  # pylint: disable=import-outside-toplevel
+  evaluation = config.eval
+  solver = evaluation.get("solver", "dopri5")
+  adaptive, fixed = sorted(likelihood.ADAPTIVE_SOLVERS), sorted(likelihood.FIXED_SOLVERS)
+  if solver not in likelihood.ADAPTIVE_SOLVERS and solver not in likelihood.FIXED_SOLVERS:
+    raise ValueError(f"unknown config.eval.solver {solver!r}; expected one of {adaptive} "
+                     f"(adaptive) or, for a CNF, {fixed} (fixed-step, config.cnf.num_steps)")
+  if solver in likelihood.FIXED_SOLVERS and config.method != "cnf":
+    raise ValueError(f"config.eval.solver {solver!r} is a fixed-step solver; the "
+                     f"probability-flow likelihood takes an adaptive one: {adaptive}")
+  for name in ("rtol", "atol"):
+    value = evaluation.get(name, 1e-5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+      raise ValueError(f"config.eval.{name} must be a number > 0, got {value!r}")
+
+
+def _validate_time_sampling(config) -> None:
+  """``config.training.time_sampling`` checked by the loss's own time sampler
+  (:func:`jaxgen.losses.sample_time`), traced once without running."""
+  kind = config.training.get("time_sampling", "uniform")
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  try:
+    jax.eval_shape(lambda k: losses.sample_time(k, 1, 0.0, 1.0, kind), key)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.training.time_sampling: {e}") from None
+
+
+def check_pairs_compatible(config) -> None:
+  """With ``config.data.pairs_dir`` (reflow pairs as the training split): refuse pairs whose
+  ``meta.json`` records another example shape or another noise source (the process's prior,
+  ``config.data.source``) than the config (ValueError; see
+  :func:`jaxgen.data.pairs.check_pairs_fit`)."""
+  directory = str(config.data.get("pairs_dir", "") or "")
+  if directory:
+    from jaxgen.data import pairs  # pylint: disable=import-outside-toplevel
+    pairs.check_pairs_fit(directory, shape=data_shape(config), process=get_process(config))
 
 
 def train_compiler_options(config) -> Optional[Dict[str, Any]]:
@@ -228,6 +278,20 @@ def make_sharded_train_step(setup: "Setup", mesh, flat_carry: Optional[bool] = N
           jax.jit(setup.from_flat_state, out_shardings=repl))
 
 
+def _aux_scalars(aux) -> Dict[str, Array]:
+  """The scalar entries of a loss's ``aux`` dict as float32 (per-example arrays dropped)."""
+  if not isinstance(aux, dict):
+    return {}
+  return {str(k): jnp.asarray(v, jnp.float32) for k, v in aux.items()
+          if hasattr(v, "shape") and jnp.ndim(v) == 0}
+
+
+def _with_aux(step_out, aux):
+  """``(state, metrics)`` with the loss's scalar aux values as ``metrics['aux']`` (if any)."""
+  state, metrics = step_out
+  return (state, {**metrics, "aux": aux}) if aux else (state, metrics)
+
+
 # (module name prefix, parameter) of the vectors that the layers use only after a cast to the
 # compute dtype (``Setup.inference_params`` casts them once).
 _COMPUTE_DTYPE_VECTORS = (("Conv", "bias"), ("Dense", "bias"), ("NIN", "b"))
@@ -240,9 +304,14 @@ class Setup:
     self.config = config
     self.process = get_process(config)
     self.model = models.get_model(config.model, config.data)
-    self.prediction = "x0" if config.method == "edm" else config.model.prediction
-    self.model_fn = losses.make_model_fn(self.model.apply, self.process, self.prediction,
-                                         edm_preconditioning=config.method == "edm")
+    edm = config.method == "edm"
+    discrete = losses.is_discrete_training(config)
+    # What model_fn returns: the config's prediction, EDM's denoiser (x0), or for DDPM-trained VP
+    # the score (its output read with DDPM's discrete coefficients).
+    self.prediction = losses.model_output_type(self.process, config.model.prediction,
+                                               edm_preconditioning=edm, discrete=discrete)
+    self.model_fn = losses.make_model_fn(self.model.apply, self.process, config.model.prediction,
+                                         edm_preconditioning=edm, discrete=discrete)
     # model.fused_norm's GroupNorm has a hand-written backward pass (a custom VJP), which has no
     # forward-mode derivative. The likelihood's divergence is a jvp, so it runs the same
     # function and parameters with XLA's GroupNorm (fused_norm is a speed-only field).
@@ -255,7 +324,7 @@ class Setup:
       eval_model_config.fused_norm = False
       self.eval_model_fn = losses.make_model_fn(
           models.get_model(eval_model_config, config.data).apply, self.process,
-          self.prediction, edm_preconditioning=config.method == "edm")
+          config.model.prediction, edm_preconditioning=edm, discrete=discrete)
     if config.method == "cnf":
       from jaxgen import cnf  # pylint: disable=import-outside-toplevel
       self.loss_fn = cnf.make_loss_fn(config, self)
@@ -389,22 +458,23 @@ class Setup:
     """``train_step(state, batch) -> (state, metrics)``; pure, to be jitted with shardings."""
 
     def train_step(state: TrainState, batch):
-      loss, grads = self._loss_and_grads(state, batch, state.params)
+      loss, grads, aux = self._loss_and_grads(state, batch, state.params)
       if self.flat_update:
-        return self._flat_tree_update(state, loss, self.flat_layout()[0](grads))
-      return self._tree_update(state, loss, grads)
+        return _with_aux(self._flat_tree_update(state, loss, self.flat_layout()[0](grads)), aux)
+      return _with_aux(self._tree_update(state, loss, grads), aux)
 
     return train_step
 
   def _loss_and_grads(self, state: TrainState, batch, params):
-    """The step's loss and parameter gradients; its randomness comes from ``state.key`` and
-    ``state.step``. Inside a ``shard_map`` over ``parallel.DATA_AXIS`` each device draws its rows
-    of the global batch's randomness (``parallel.global_batch_draw``)."""
+    """The step's loss, parameter gradients and the loss's scalar ``aux`` values (float32; e.g.
+    a CNF's NLL, NFE, RNODE terms and end time), logged with the loss. Its randomness comes from
+    ``state.key`` and ``state.step``. Inside a ``shard_map`` over ``parallel.DATA_AXIS`` each
+    device draws its rows of the global batch's randomness (``parallel.global_batch_draw``)."""
     step_key = jax.random.fold_in(state.key, state.step)
     k_data, k_loss = jax.random.split(step_key)
     batch = self.preprocess(k_data, batch, train=True)
-    (loss, _), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, k_loss, batch)
-    return loss, grads
+    (loss, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, k_loss, batch)
+    return loss, grads, _aux_scalars(aux)
 
   def _tree_update(self, state: TrainState, loss, grads):
     """Optimizer, EMA and the non-finite guard, leaf by leaf (``optim.flat_update=False``)."""
@@ -482,8 +552,8 @@ class Setup:
     def step(state: TrainState, batch):
       # Differentiate with respect to the tree, not the flat vector: the transpose of ~560
       # slices would be ~560 full-length pads (on an H100: 89 ms/step and +3 GiB, NOTES.md run 9).
-      loss, grads = self._loss_and_grads(state, batch, unravel(state.params))
-      return self._flat_carry_update(state, loss, ravel(grads))
+      loss, grads, aux = self._loss_and_grads(state, batch, unravel(state.params))
+      return _with_aux(self._flat_carry_update(state, loss, ravel(grads)), aux)
 
     return step
 
@@ -522,14 +592,15 @@ class Setup:
 
     def step(state: TrainState, batch):
       params = parallel.to_varying(unravel(state.params) if flat_carry else state.params, axis)
-      loss, grads = self._loss_and_grads(state, batch, params)
+      loss, grads, aux = self._loss_and_grads(state, batch, params)
       loss = jax.lax.pmean(loss, axis)
+      aux = jax.lax.pmean(aux, axis) if aux else aux
       flat_grads = reduce_grads(grads)
       if flat_carry:
-        return self._flat_carry_update(state, loss, flat_grads)
+        return _with_aux(self._flat_carry_update(state, loss, flat_grads), aux)
       if self.flat_update:
-        return self._flat_tree_update(state, loss, flat_grads)
-      return self._tree_update(state, loss, unravel(flat_grads))
+        return _with_aux(self._flat_tree_update(state, loss, flat_grads), aux)
+      return _with_aux(self._tree_update(state, loss, unravel(flat_grads)), aux)
 
     return step
 
@@ -574,13 +645,21 @@ class Setup:
       acc += sizes[i]
     return [g for g in groups if g]
 
-  def make_eval_loss(self) -> Callable:
-    """``eval_loss(params, key, batch) -> mean loss`` (no dropout)."""
+  def make_eval_loss(self, per_example: bool = False) -> Callable:
+    """``eval_loss(params, key, batch) -> mean loss`` (no dropout); with ``per_example``, the
+    losses of the rows, ``(batch,)`` (the loss's ``aux['loss_per_example']``; a loss without one
+    gives its mean on every row), so that a padded batch can be averaged over its real rows."""
 
     def eval_loss(params, key, batch):
       k_data, k_loss = jax.random.split(key)
       batch = self.preprocess(k_data, batch, train=False)
-      return self.loss_fn(params, k_loss, batch, train=False)[0]
+      loss, aux = self.loss_fn(params, k_loss, batch, train=False)
+      if not per_example:
+        return loss
+      rows = batch["image"].shape[0]
+      if isinstance(aux, dict) and "loss_per_example" in aux:
+        return jnp.reshape(aux["loss_per_example"], (rows,))
+      return jnp.broadcast_to(loss, (rows,))
 
     return eval_loss
 
@@ -588,11 +667,29 @@ class Setup:
 # --------------------------------------------------------------------------------------------------
 # checkpoints
 # --------------------------------------------------------------------------------------------------
+def _source_name(data_config) -> str:
+  """``data.source`` with its two spellings of N(0, I) (``''``, ``'normal'``) made one."""
+  source = str(data_config.get("source", "") or "")
+  return "" if source == "normal" else source
+
+
 def _config_fingerprint(config) -> Dict[str, Any]:
-  """The parts of a config that a checkpoint must agree with to be restored."""
+  """The parts of a config that a checkpoint must agree with to be restored.
+
+  ``data.dataset`` and ``data.source`` (the rectified flow's ``t = 1`` end, part of the process)
+  decide what the parameters model; ``training.batch_size`` decides the data order of a resumed
+  run, so it is compared only when a run resumes training (:func:`check_workdir_compatible`).
+  """
   return {"model": config.model.to_dict(), "process": config.process.to_dict(),
           "method": config.method, "data_shape": list(data_shape(config)),
-          "optim": {"optimizer": config.optim.optimizer}}
+          "optim": {"optimizer": config.optim.optimizer},
+          "data": {"dataset": str(config.data.dataset), "source": _source_name(config.data)},
+          "training": {"batch_size": int(config.training.batch_size)}}
+
+
+# Fingerprint sections added after workdirs were written: ``{section: fields}``. A config.json
+# without one is completed from its saved config, or else the section is not compared.
+_SECTIONS_ADDED = {"data": ("dataset", "source"), "training": ("batch_size",)}
 
 
 # Model fields that change speed only, never the parameter values a checkpoint holds. ``remat``
@@ -639,8 +736,38 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options, item_names=("state", "meta"))
 
 
-def check_workdir_compatible(workdir: str, config) -> None:
-  """Raise :class:`CheckpointError` if the workdir holds a run of an incompatible config."""
+def _added_sections(fingerprint: Dict[str, Any], saved_config: Any) -> Dict[str, Any]:
+  """An older fingerprint with the sections of :data:`_SECTIONS_ADDED` filled in from the
+  saved config where it has them."""
+  fingerprint = dict(fingerprint)
+  for section, fields in _SECTIONS_ADDED.items():
+    if section in fingerprint:
+      continue
+    saved = saved_config.get(section) if isinstance(saved_config, dict) else None
+    if not isinstance(saved, dict) or not all(f in saved or f == "source" for f in fields):
+      continue
+    values = {f: saved.get(f, "") for f in fields}
+    if section == "data":
+      values = {"dataset": str(values["dataset"]),
+                "source": "" if values["source"] in ("normal", None) else str(values["source"])}
+    fingerprint[section] = values
+  return fingerprint
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  """Whether ``workdir/checkpoints`` holds a finished checkpoint (a step directory)."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints")
+  return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+
+
+def check_workdir_compatible(workdir: str, config, resume_training: bool = False) -> None:
+  """Raise :class:`CheckpointError` if the workdir holds a run of an incompatible config.
+
+  Compared: the model (but its speed-only fields), process, method, data shape, data set,
+  ``data.source`` and optimizer; with ``resume_training`` (the train loop, a warm start) and a
+  checkpoint in the workdir also ``training.batch_size``, on which a resumed run's data order
+  depends (evaluating or sampling with another batch size is fine).
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -651,29 +778,54 @@ def check_workdir_compatible(workdir: str, config) -> None:
     raise CheckpointError(f"{path} is unreadable ({e}); refusing to touch this workdir") from e
   mine = _comparable(_jsonable(_config_fingerprint(config)))
   theirs = saved.get("fingerprint", {})
-  theirs = _comparable(theirs) if theirs else theirs
-  if theirs and theirs != mine:
-    diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if "model" in diffs:  # name the model fields
-      a, b = mine.get("model", {}), theirs.get("model", {})
-      diffs = [d for d in diffs if d != "model"] + sorted(
-          f"model.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
-    raise CheckpointError(
-        f"workdir {workdir} holds a run with a different {', '.join(diffs)} config; it cannot be "
-        f"resumed with this config and is left untouched (use another --workdir)")
+  if not theirs:
+    return
+  theirs = _comparable(_added_sections(theirs, saved.get("config")))
+  for section in _SECTIONS_ADDED:  # not recorded by the run that wrote config.json
+    if section not in theirs:
+      mine.pop(section, None)
+  if not (resume_training and _has_checkpoints(workdir)):
+    mine.pop("training", None)
+    theirs.pop("training", None)
+  if theirs == mine:
+    return
+  diffs = []
+  for key in sorted(set(mine) | set(theirs)):
+    a, b = mine.get(key), theirs.get(key)
+    if a == b:
+      continue
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+      diffs.append(key)
+      continue
+    for field in sorted(set(a) | set(b)):
+      if a.get(field) != b.get(field):
+        diffs.append(f"{key}.{field}" if key == "model" else
+                     f"{key}.{field} ({b.get(field)!r} there, {a.get(field)!r} now)")
+  hint = ""
+  if any(d.startswith("training.batch_size") for d in diffs):
+    hint = (" A resumed run reads the data in the order of its batch size; resume with the "
+            "batch size it was started with.")
+  raise CheckpointError(
+      f"workdir {workdir} holds a run with a different {', '.join(diffs)} config; it cannot be "
+      f"resumed with this config and is left untouched (use another --workdir).{hint}")
 
 
 def write_config(workdir: str, config) -> None:
-  """Writes ``workdir/config.json`` (the config and its fingerprint) once, on process 0."""
+  """Writes ``workdir/config.json`` (the config and its fingerprint) on process 0, atomically.
+
+  Called when a run starts training, after :func:`check_workdir_compatible` passed: the file
+  then describes the latest run (a failed first attempt's config does not stay behind).
+  """
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    return
-  with open(path, "w") as f:
-    json.dump({"fingerprint": _jsonable(_config_fingerprint(config)),
-               "config": json.loads(config.to_json_best_effort())}, f, indent=1)
+  text = json.dumps({"fingerprint": _jsonable(_config_fingerprint(config)),
+                     "config": json.loads(config.to_json_best_effort())}, indent=1)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, data_step: int,
@@ -861,7 +1013,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   local_batch = parallel.check_global_batch(config.training.batch_size, mesh,
                                             "config.training.batch_size")
   setup = Setup(config)
-  check_workdir_compatible(workdir, config)
+  check_workdir_compatible(workdir, config, resume_training=True)
+  check_pairs_compatible(config)
   train_ds = data_lib.get_dataset(config.data, config.data.train_split, seed=config.seed)
 
   repl = parallel.replicated(mesh)
@@ -903,7 +1056,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       log("compiling the train step (its first call)")
     t_start = time.time()
     t_last, step_last = time.time(), start
-    losses_since = []
+    losses_since, aux_since = [], []
     step = start
     stopped_early = False
     with _Preemption() as preemption:
@@ -917,6 +1070,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           log(f"first train step (compile and run): {summary['first_step_seconds']:.1f} s")
         step += 1
         losses_since.append(metrics["loss"])
+        if "aux" in metrics:
+          aux_since.append(metrics["aux"])
         at_log = step % training.log_every == 0 or step == n_iters
         at_save = step % training.preemption_every == 0 or step == n_iters
         if at_log or at_save:
@@ -930,19 +1085,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if at_log:
           now = time.time()
           loss_mean = float(jnp.mean(jnp.stack(losses_since)))
-          losses_since = []
+          # The loss's scalar aux values (a CNF: nll, nfe, kinetic, jacobian, end_time), averaged
+          # over the steps since the last log line as the loss is.
+          aux_means = {f"train/{k}": float(jnp.mean(jnp.stack([a[k] for a in aux_since])))
+                       for k in (aux_since[0] if aux_since else {})}
+          losses_since, aux_since = [], []
           rate = (step - step_last) * config.training.batch_size / max(now - t_last, 1e-9)
           eta = (n_iters - step) * (now - t_last) / max(step - step_last, 1)
           log(f"step {step:>7d}/{n_iters}  loss {loss_mean:.4f}  {rate:,.0f} img/s  "
               f"ETA {_fmt_seconds(eta)}")
           writer.write(step, {"train/loss": loss_mean, "train/images_per_second": rate,
-                              "train/grad_norm": float(metrics["grad_norm"])})
+                              "train/grad_norm": float(metrics["grad_norm"]), **aux_means})
           t_last, step_last = now, step
           summary["train_loss"] = loss_mean
         tree = None
+        saved_now = False
         if at_save:
           tree = as_tree(carry)
-          save_checkpoint(manager, tree, step)
+          saved_now = save_checkpoint(manager, tree, step)
         if evaluate_fn is not None and training.eval_every and (
             step % training.eval_every == 0 or step == n_iters):
           tree = as_tree(carry) if tree is None else tree
@@ -955,8 +1115,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         check_now = jax.process_count() == 1 or at_log
         if check_now and _sync_flag(preemption.requested or bool(too_long)):
           why = "preemption signal" if preemption.requested else "time limit"
-          log(f"stopping at step {step} ({why}); saving a checkpoint")
-          save_checkpoint(manager, as_tree(carry), step, force=True)
+          # A step just saved (n_iters, a preemption_every multiple) is not saved again: orbax
+          # refuses a second save of a step (StepAlreadyExistsError).
+          if saved_now or manager.latest_step() == step:
+            log(f"stopping at step {step} ({why}); its checkpoint is already saved")
+          else:
+            log(f"stopping at step {step} ({why}); saving a checkpoint")
+            save_checkpoint(manager, as_tree(carry), step, force=True)
           stopped_early = True
           break
         del tree
@@ -975,6 +1140,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _fmt_seconds(s: float) -> str:
   s = int(max(s, 0))
   return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def latest_checkpoint_step(workdir: str) -> Optional[int]:
+  """The newest checkpoint step in ``workdir`` (None if there is none); creates nothing."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    return None
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True), item_names=("state", "meta"))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 def load_state(config, workdir: str, mesh=None, step: Optional[int] = None) -> Tuple["Setup", TrainState]:

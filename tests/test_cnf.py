@@ -315,3 +315,49 @@ def test_multiscale_sample_then_likelihood_round_trip():
   bpd, nfe = cnf.make_nll_fn(setup, config.eval)(params, jax.random.PRNGKey(0),
                                                  {"image": images})
   assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and int(nfe) > 0
+
+
+def test_failed_likelihood_solve_is_counted_in_num_failed_not_raised():
+  """A CNF likelihood solve that reaches ``config.cnf.max_steps`` gives its batch NaN values,
+  which ``evaluate_likelihood`` counts in ``num_failed`` (as for the probability-flow ODE),
+  instead of aborting the evaluation with diffrax's EquinoxRuntimeError; so is the held-out
+  loss (NaN). Training solves still raise."""
+  from jaxgen import evaluate, parallel, train  # pylint: disable=import-outside-toplevel
+  config = toy_config.get_config("8gaussians")
+  config.model.hidden_dims = (8,)
+  config.eval.batch_size = 16
+  config.eval.rtol = config.eval.atol = 1e-9
+  config.cnf.max_steps = 1
+  setup = train.Setup(config)
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  out = evaluate.evaluate_likelihood(setup, params, mesh, max_batches=2, progress=False)
+  assert out["num_failed"] == 32 and out["num_examples"] == 0 and math.isnan(out["nll_nats"])
+  batch = {"image": sample_toy("8gaussians", 0, 16)}
+  held_out = setup.make_eval_loss()(params, jax.random.PRNGKey(1), batch)
+  assert math.isnan(float(held_out))
+  config.cnf.max_steps = 4096  # the same model and tolerances within budget: nothing fails
+  out = evaluate.evaluate_likelihood(train.Setup(config), params, mesh, max_batches=1,
+                                     progress=False)
+  assert out["num_failed"] == 0 and out["num_examples"] == 16 and math.isfinite(out["nll_nats"])
+
+
+def test_train_loop_logs_the_cnf_loss_terms(tmp_path):
+  """The train loop writes the CNF loss's scalar aux values (NLL, NFE, RNODE's kinetic energy
+  and Jacobian norm, end time T) to metrics.jsonl next to the loss, averaged over the steps of
+  each log interval."""
+  import json  # pylint: disable=import-outside-toplevel
+  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  config = toy_config.get_config("8gaussians")
+  config.model.hidden_dims = (8,)
+  config.cnf.kinetic_energy = config.cnf.jacobian_norm2 = 0.01
+  config.training.batch_size = config.eval.batch_size = 16
+  config.training.n_iters, config.training.log_every, config.training.eval_every = 2, 1, 0
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2]
+  for row in rows:
+    assert row["train/nfe"] >= 6 and row["train/kinetic"] > 0 and row["train/jacobian"] > 0
+    assert row["train/end_time"] == pytest.approx(0.5, abs=0.01)
+    penalties = 0.01 * (row["train/kinetic"] + row["train/jacobian"])
+    assert row["train/loss"] == pytest.approx(row["train/nll"] + penalties, rel=1e-5)

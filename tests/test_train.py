@@ -689,3 +689,149 @@ def test_convert_remat_names_round_trips(flat_update):
       {"params": params}, x, t)
   np.testing.assert_allclose(apply(remat, there.params), apply(plain, state.params),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_iters,preemption_every", [(1, 1000), (3, 1)])
+def test_time_limit_at_a_saved_step_does_not_save_it_again(tmp_path, n_iters, preemption_every):
+  """The time limit (or SIGTERM) handled at a step the loop has just checkpointed (``n_iters``,
+  or a ``preemption_every`` multiple) stops cleanly with that checkpoint, instead of saving the
+  step a second time (orbax's StepAlreadyExistsError)."""
+  config = tiny_config(n_iters)
+  config.training.preemption_every = preemption_every
+  config.training.max_wall_seconds = 1e-9       # over at the first check, step 1
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["stopped_early"] and summary["final_step"] == 1
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [1]
+  config.training.preemption_every = 1000      # a step that was not saved is saved on stopping
+  config.training.n_iters = 5
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["start_step"] == 1 and summary["final_step"] == 2 and summary["stopped_early"]
+  assert max(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == 2
+
+
+def test_periodic_held_out_loss_averages_real_rows_only():
+  """The held-out loss of the periodic evaluation is the mean per-example loss over the real
+  rows of its two batches: the zero rows that pad the toy test split's second batch (10,000
+  points in global batches of 8,000) do not count. On the 8-device mesh."""
+  from jaxgen import data as data_lib  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate, parallel  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  config.eval.batch_size = 8000
+  config.eval.num_bpd_batches = 0
+  config.sampling.num_samples = 0
+  setup = train.Setup(config)
+  state = setup.init_state(jax.random.PRNGKey(0))
+  results = evaluate.make_periodic_evaluation(config)(setup, state, 1, None, parallel.make_mesh())
+  ds = data_lib.get_dataset(config.data, config.data.eval_split, seed=config.seed)
+  real, means = [], []
+  for i, batch in enumerate(ds.iterate(8000)):  # the per-example losses, as the loss defines them
+    k_data, k_loss = jax.random.split(jax.random.PRNGKey(i))
+    rows = setup.preprocess(k_data, {"image": batch["image"], "label": batch["label"]}, False)
+    per_example = np.asarray(setup.loss_fn(state.ema_params, k_loss, rows, train=False)[1][
+        "loss_per_example"])
+    real.append(per_example[batch["mask"]])
+    means.append(per_example.mean())
+  assert [len(r) for r in real] == [8000, 2000]
+  expected = float(np.mean(np.concatenate(real)))
+  np.testing.assert_allclose(results["held_out_loss"], expected, rtol=1e-4)
+  assert abs(float(np.mean(means)) - expected) > 1e-2 * abs(expected)  # padding would show
+
+
+def _tiny_cnf_config():
+  from configs.cnf import toy  # pylint: disable=import-outside-toplevel
+  config = toy.get_config("8gaussians")
+  config.model.hidden_dims = (8,)
+  config.training.batch_size = config.eval.batch_size = 16
+  config.training.n_iters, config.training.log_every, config.training.eval_every = 2, 1, 0
+  return config
+
+
+def _tiny_flow_config():
+  from configs.rectified_flow import toy_checkerboard_1rf  # pylint: disable=import-outside-toplevel
+  config = toy_checkerboard_1rf.get_config()
+  config.model.hidden = (16,)
+  config.training.batch_size = config.eval.batch_size = 16
+  config.training.n_iters, config.training.log_every, config.training.eval_every = 2, 1, 0
+  config.training.preemption_every = 2
+  return config
+
+
+@pytest.mark.parametrize("kind,field,value,match", [
+    ("cnf", "cnf.solver", "rk9", r"config.cnf: unknown cnf solver 'rk9'"),
+    ("cnf", "cnf.solver", "euler", r"config.cnf: .*'euler' is fixed-step: it needs num_steps"),
+    ("cnf", "cnf.rtol", 0.0, r"config.cnf: cnf rtol must be > 0"),
+    ("cnf", "cnf.kinetic_energy", -1.0, r"config.cnf.kinetic_energy must be .* >= 0"),
+    ("cnf", "cnf.jacobian_norm2", -0.5, r"config.cnf.jacobian_norm2 must be .* >= 0"),
+    ("cnf", "eval.solver", "heun", r"config.eval .*'heun' is fixed-step"),
+    ("flow", "training.time_sampling", "foo", r"config.training.time_sampling: .*'foo'"),
+    ("flow", "eval.solver", "foo", r"unknown config.eval.solver 'foo'"),
+    ("flow", "eval.solver", "euler", r"config.eval.solver 'euler' is a fixed-step"),
+    ("flow", "eval.rtol", -1.0, r"config.eval.rtol must be a number > 0"),
+    ("flow", "eval.atol", 0.0, r"config.eval.atol must be a number > 0"),
+])
+def test_bad_solver_and_loss_options_are_rejected_before_anything_is_written(
+    tmp_path, kind, field, value, match):
+  """Solver, RNODE and time-sampling options that used to fail at the first step's trace, at
+  the first evaluation, or never (a negative RNODE weight rewards kinetic energy) are refused
+  by validate_config, naming the field; the workdir is not created."""
+  config = _tiny_cnf_config() if kind == "cnf" else _tiny_flow_config()
+  section, _, key = field.rpartition(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=match):
+    train.validate_config(config)
+  with pytest.raises(ValueError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_dataset_source_or_batch_size(tmp_path):
+  """A workdir is resumed only with its data set, its data.source (the noise end of the path)
+  and, for training, its batch size (the data order depends on it); each is named with both
+  values. Evaluation may use another batch size. An older config.json without these fields is
+  completed from its saved config."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny_flow_config(), workdir)
+  for field, value, match in [
+      ("data.dataset", "toy_moons", r"data.dataset \('toy_checkerboard' there, 'toy_moons' now\)"),
+      ("data.source", "toy_8gaussians", r"data.source \('' there, 'toy_8gaussians' now\)"),
+      ("training.batch_size", 32, r"training.batch_size \(16 there, 32 now\).*batch size")]:
+    config = _tiny_flow_config()
+    config.training.n_iters = 4
+    section, _, key = field.rpartition(".")
+    config[section][key] = value
+    with pytest.raises(train.CheckpointError, match=match):
+      train.train_and_evaluate(config, workdir)
+  config = _tiny_flow_config()
+  config.training.batch_size = 32
+  _, state = train.load_state(config, workdir)      # eval / sample: another batch size is fine
+  assert int(state.step) == 2
+  config.data.source = "normal"                      # '' and 'normal' are both N(0, I)
+  config.training.batch_size, config.training.n_iters = 16, 4
+  assert train.train_and_evaluate(config, workdir)["start_step"] == 2
+  path = tmp_path / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  for section in ("data", "training"):
+    del saved["fingerprint"][section]
+  path.write_text(json.dumps(saved))
+  config = _tiny_flow_config()
+  config.data.dataset = "toy_moons"
+  with pytest.raises(train.CheckpointError, match=r"data.dataset \('toy_checkerboard' there"):
+    train.check_workdir_compatible(workdir, config)
+  del saved["config"]                                # nothing recorded: not compared
+  path.write_text(json.dumps(saved))
+  train.check_workdir_compatible(workdir, config, resume_training=True)
+
+
+def test_config_json_follows_the_run_that_made_the_checkpoints(tmp_path):
+  """config.json is rewritten when a run starts, so a first attempt that failed before its first
+  checkpoint (here: a config.json of batch size 16 and no checkpoint) does not pin the batch
+  size of the run that then trains in the workdir."""
+  workdir = tmp_path / "run"
+  train.write_config(str(workdir), _tiny_flow_config())
+  config = _tiny_flow_config()
+  config.training.batch_size = 32
+  train.train_and_evaluate(config, str(workdir))
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["config"]["training"]["batch_size"] == 32
+  config.training.n_iters = 4
+  assert train.train_and_evaluate(config, str(workdir))["start_step"] == 2
