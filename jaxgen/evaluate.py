@@ -255,10 +255,14 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
           f"{int((~failed).sum())}", flush=True)
   good = values[~failed]
   mean = float(np.mean(good)) if len(good) else float("nan")
-  return {name: mean, f"{name}_stderr": float(np.std(good) / max(math.sqrt(len(good)), 1))
-          if len(good) else float("nan"),
-          "num_examples": int(len(good)), "num_failed": int(failed.sum()),
-          "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
+  out = {name: mean, f"{name}_stderr": float(np.std(good) / max(math.sqrt(len(good)), 1))
+         if len(good) else float("nan"),
+         "num_examples": int(len(good)), "num_failed": int(failed.sum()),
+         "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
+  if config.method == "distill":
+    out["density_of"] = ("the probability-flow ODE of the distilled network's velocity field, not "
+                         "its one-step generator (which has no tractable density)")
+  return out
 
 
 def _progress(total, desc, enabled):
