@@ -215,22 +215,29 @@ def test_local_multiprocess_script(tmp_path):
         [os.path.join(repo, "launch", "local_multiprocess.sh"), str(processes),
          "--config=configs/toy/vp_mlp.py", f"--workdir={workdir}", "--config.training.n_iters=4",
          "--config.training.batch_size=16", "--config.training.log_every=1",
-         "--config.training.eval_every=0", "--config.training.preemption_every=4",
+         "--config.training.eval_every=4", "--config.eval.num_bpd_batches=0",
+         "--config.eval.batch_size=40", "--config.sampling.num_samples=16",
+         "--config.training.preemption_every=4",
          "--config.model.hidden=(32,32)", "--config.training.data_parallel=shard_map",
          "--config.training.allreduce_buckets=3"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=360)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(workdir / "metrics.jsonl") as f:
       rows = [json.loads(line) for line in f]
-    return result, [r["train/loss"] for r in rows if "train/loss" in r]
+    held_out = [r["eval/held_out_loss"] for r in rows if "eval/held_out_loss" in r]
+    return result, [r["train/loss"] for r in rows if "train/loss" in r], held_out
 
   workdir = tmp_path / "run"
-  result, losses = launch(2, 2, workdir)
+  result, losses, held_out = launch(2, 2, workdir)
   # one process of 4 devices trains on the same global batches (toy data are drawn per global
   # batch, not per host) with the same noise (shard_map draws the global batch's rows)
-  _, one_process = launch(1, 4, tmp_path / "run_one_process")
+  _, one_process, held_out_one = launch(1, 4, tmp_path / "run_one_process")
   assert len(losses) == 4
   np.testing.assert_allclose(losses, one_process, rtol=1e-5)
+  # the periodic held-out loss (per-row losses gathered over the hosts, masked) is that of one
+  # process: each host evaluates its rows of the same global evaluation batches
+  assert len(held_out) == 1 and np.isfinite(held_out[0])
+  np.testing.assert_allclose(held_out, held_out_one, rtol=1e-5)
   assert "with 4 device(s), steps 0 -> 4" in result.stdout
   # 3 buckets asked; the time embedding's 128 x 128 kernel, last in backward order, holds 63 %
   # of the parameters, so the groups are {rest} and {embedding}.
