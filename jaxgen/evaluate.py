@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxgen import data as data_lib
 from jaxgen import likelihood, parallel, predictions, solvers
-from jaxgen.processes import EDMPath
+from jaxgen.processes import EDMPath, VESDE
 
 Array = jax.Array
 
@@ -38,25 +38,77 @@ def _check_sampling_method(method: str, process) -> None:
                      "time schedule for any process)")
 
 
+def _alpha_T(process) -> float:
+  """``alpha(T)``: 0 on the linear path, whose SDE and EDM schedule are singular at ``T``."""
+  with jax.ensure_compile_time_eval():
+    return float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
+
+
 def validate_sampling_config(config, process) -> None:
   """Rejects a bad ``config.sampling`` before training starts (ValueError naming the field):
-  the method, and the predictor-corrector options of ``'pc'`` for ``process``."""
+  the method, ``num_steps``, ``eps``, the tolerances of ``'ode'``, the predictor-corrector
+  options of ``'pc'`` / ``'em'`` / ``'ancestral'`` for ``process``, and the model's use of the
+  noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``)."""
+  _validate_conditioning(config, process)
   if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)
     return
   sampling = config.sampling
   _check_sampling_method(sampling.method, process)
+  num_steps = sampling.get("num_steps", 0)
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+    raise ValueError(f"config.sampling.num_steps must be an int >= 0 (0: the process's N), got "
+                     f"{num_steps!r}")
+  eps = sampling.get("eps", 1e-3)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < process.T:
+    raise ValueError(f"config.sampling.eps must lie in [0, T) = [0, {process.T}), got {eps!r}")
+  if sampling.method == "ode":
+    for name in ("rtol", "atol"):
+      value = sampling.get(name, 1e-5)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"config.sampling.{name} must be a number > 0, got {value!r}")
   options = {}
   if sampling.method == "pc":
     options = dict(predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,
                    n_steps_each=sampling.n_steps_each)
   elif sampling.method == "ancestral":
     options = dict(predictor="ancestral", corrector="none")
+  elif sampling.method == "em":
+    options = dict(predictor="euler_maruyama", corrector="none")
   if options:
-    num_steps = int(sampling.num_steps) or None
     try:
-      solvers.check_pc_options(process, num_steps=num_steps, **options)
+      solvers.check_pc_options(process, num_steps=int(num_steps) or None, **options)
     except ValueError as e:
       raise ValueError(f"config.sampling (method {sampling.method!r}): {e}") from None
+    last = max(float(eps), process.t_min)
+    with jax.ensure_compile_time_eval():
+      sigma_last = float(process.sigma(jnp.asarray([last], jnp.float32))[0])
+    if not sigma_last > 0:
+      raise ValueError(f"config.sampling.eps={eps!r}: sigma = 0 there, where the score of method "
+                       f"{sampling.method!r} is infinite; use a positive eps")
+
+
+def _validate_conditioning(config, process) -> None:
+  """The network's noise conditioning (``losses.noise_conditioning``) must suit its options:
+  ``embedding_type='fourier'`` takes its log (positive only where it is ``sigma``, ``999 t``),
+  ``scale_by_sigma`` divides by it (score_sde's VE models, where it is ``sigma``), and a class-
+  conditional network needs the data set's labels."""
+  model = config.model
+  if config.method in ("cnf",):
+    return
+  edm = isinstance(process, EDMPath) or config.method == "edm"
+  if str(model.get("embedding_type", "positional")).lower() == "fourier" and edm:
+    raise ValueError("config.model.embedding_type='fourier' takes the log of the noise "
+                     "conditioning, which on the EDM path is log(sigma) / 4 (<= 0 for sigma <= 1, "
+                     "NaN there): use 'positional'")
+  if bool(model.get("scale_by_sigma", False)) and not isinstance(process, VESDE):
+    raise ValueError(f"config.model.scale_by_sigma divides the output by the noise conditioning, "
+                     f"which is sigma only for the VE SDE; the config's process is "
+                     f"{type(process).__name__}: set it False")
+  num_classes = int(model.get("num_classes", 0) or 0)
+  if num_classes > 0 and int(config.data.get("num_classes", 0) or 0) != num_classes:
+    raise ValueError(f"config.model.num_classes={num_classes} needs a labelled data set with as "
+                     f"many classes: config.data.num_classes is "
+                     f"{config.data.get('num_classes', 0)!r}")
 
 
 def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[Array, Array]]:
@@ -75,10 +127,17 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
     eps = max(eps, process.sigma_min)
   num_steps = int(sampling_config.num_steps) or int(getattr(process, "N", 1000))
 
+  num_classes = int(setup.config.model.get("num_classes", 0) or 0)
+  heun_schedule = "edm" if _alpha_T(process) > 0 else "uniform"  # EDM's needs sigma/alpha at T
+
   def fn(params, key, n):
     shape = (n,) + tuple(setup.shape)
     params = setup.inference_params(params)  # kernels cast once, not on every network call
-    model = lambda x, t: model_fn(params, x, t)
+    labels = None
+    if num_classes:  # class-conditional: a uniformly drawn class per sample
+      key, k_labels = jax.random.split(key)
+      labels = jax.random.randint(k_labels, (n,), 0, num_classes)
+    model = lambda x, t: model_fn(params, x, t, labels=labels)
     score_fn = predictions.as_score_fn(process, model, prediction)
     drift_fn = predictions.as_drift_fn(process, model, prediction)
     if method == "pc":
@@ -95,19 +154,22 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
                                denoise=sampling_config.noise_removal)
     if method == "ode":
       return solvers.ode_sample(key, process, drift_fn, shape, solver="dopri5",
-                                rtol=sampling_config.rtol, atol=sampling_config.atol, eps=eps)
+                                rtol=sampling_config.rtol, atol=sampling_config.atol, eps=eps,
+                                denoise=sampling_config.noise_removal)
     if method == "euler":
       return solvers.ode_sample(key, process, drift_fn, shape, solver="euler",
                                 num_steps=num_steps, eps=eps)
     if method == "heun":
-      return solvers.heun_sample(key, process, drift_fn, shape, num_steps=num_steps, eps=eps)
+      return solvers.heun_sample(key, process, drift_fn, shape, num_steps=num_steps, eps=eps,
+                                 schedule=heun_schedule)
     if method == "edm_heun":
       denoiser = lambda x, sigma: predictions.convert(process, x, sigma, model(x, sigma),
                                                       prediction, "x0")
       return solvers.edm_heun_sample(key, denoiser, shape, num_steps=num_steps,
                                      sigma_min=process.t_min, sigma_max=process.T)
-    eps_fn = lambda x, t: predictions.convert(process, x, t, model(x, t), prediction, "eps")
-    return solvers.ddim_sample(key, process, eps_fn, shape, num_steps=num_steps, eps=eps)
+    # the model's own prediction type: an eps cannot give x0 where alpha(T) = 0 (linear path)
+    return solvers.ddim_sample(key, process, model, shape, num_steps=num_steps, eps=eps,
+                               prediction_type=prediction)
 
   return fn
 
@@ -186,6 +248,7 @@ def _make_nll_fn(setup, eval_config) -> Callable:
   data_config.uniform_dequantization = True
   data_range = 2.0 if data_config.centered else 1.0
   t0 = max(float(eval_config.t0), process.t_min)
+  num_classes = int(config.model.get("num_classes", 0) or 0)
 
   def nll_fn(params, key, batch):
     k_deq, k_probe = jax.random.split(key)
@@ -194,7 +257,8 @@ def _make_nll_fn(setup, eval_config) -> Callable:
     else:
       x = data_lib.preprocess(k_deq, batch["image"], data_config, train=False)
     p = setup.inference_params(params)  # kernels cast once, not on every network call
-    model = lambda y, t: setup.eval_model_fn(p, y, t)  # jvp-able (model.fused_norm)
+    labels = batch.get("label") if num_classes else None  # a class-conditional network's labels
+    model = lambda y, t: setup.eval_model_fn(p, y, t, labels=labels)  # jvp-able (fused_norm)
     drift_fn = predictions.as_drift_fn(process, model, setup.prediction)
     logp, _, nfe = likelihood.ode_log_likelihood(
         drift_fn, x, key=k_probe, prior_logp=process.prior_logp, t0=t0, t1=process.T,
@@ -233,7 +297,7 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
     if i >= total_batches:
       break
     mask = batch.pop("mask")
-    batch = {"image": batch["image"]}
+    batch = {"image": batch["image"], "label": batch["label"]}
     global_batch = parallel.host_local_to_global(batch, mesh)
     global_mask = parallel.to_host(parallel.host_local_to_global({"m": mask}, mesh))["m"]
     key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
@@ -355,6 +419,10 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str) -> Dict[s
     save_scatter(samples, png, reference=reference, title=config.data.dataset)
   else:
     save_image_grid(np.clip(np.asarray(samples)[:64], -10, 10), png, config.data)
+  bad = int(np.sum(~np.all(np.isfinite(np.reshape(samples, (len(samples), -1))), axis=-1)))
+  if bad and jax.process_index() == 0:
+    print(f"warning: {bad} of {len(samples)} samples are not finite (NaN/inf); they show as black "
+          f"in {png}", flush=True)
   return {"npz": npz, "png": png}
 
 

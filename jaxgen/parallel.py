@@ -20,6 +20,7 @@ Data parallelism, as every jitted computation of jaxgen uses it:
 """
 from __future__ import annotations
 
+import collections
 import glob
 import importlib.util
 import os
@@ -197,6 +198,11 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None, model_parallel: in
     raise ValueError(f"model_parallel={model_parallel!r} must be a positive int dividing the "
                      f"{len(devices)} devices")
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  per_host = collections.Counter(d.process_index for d in devices)
+  if len(per_host) > 1 and any(n % model_parallel for n in per_host.values()):
+    # a model group across hosts would hold different "replicated" rows on each host
+    raise ValueError(f"model_parallel={model_parallel} must divide each host's device count "
+                     f"({sorted(set(per_host.values()))}): a model group cannot span hosts")
   grid = np.asarray(devices, dtype=object).reshape(len(devices) // model_parallel, model_parallel)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
@@ -539,6 +545,11 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     if not 0 <= process_id < num_processes:
       raise ValueError(f"process_id={process_id} is not in [0, num_processes={num_processes})")
   elif not (on_slurm or forced or _on_tpu_vm()):
+    if (num_processes is not None and num_processes > 1) or process_id is not None:
+      raise ValueError(f"num_processes={num_processes!r} / process_id={process_id!r} were given "
+                       f"(arguments or JAXGEN_NUM_PROCESSES / JAXGEN_PROCESS_ID) but no "
+                       f"coordinator address (coordinator_address or JAXGEN_COORDINATOR): the "
+                       f"processes would each train alone into one workdir")
     return False
   if on_slurm and local_device_ids is None:
     local_device_ids = slurm_local_device_ids()

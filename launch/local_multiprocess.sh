@@ -13,8 +13,13 @@
 #   PORT                 coordinator port (default: a free one)
 #   LOG_DIR              where process_<i>.log go (default: a new /tmp/jaxgen_local_mp.XXXX)
 #   TIMEOUT              seconds before all processes are killed (default 0: none)
-# Process 0's output is also shown here. If any process fails, the others are killed and the
-# script exits with that process's status after printing the tail of every log.
+#   KILL_GRACE           seconds between SIGTERM and SIGKILL when stopping the others (default 10)
+#   PYTHON               interpreter (default: python)
+#   XLA_FLAGS_EXTRA      added to each process's XLA_FLAGS (which this script sets)
+# Process 0's output is also shown here. If any process fails, the others get SIGTERM (the train
+# loop saves a checkpoint at its next step), then SIGKILL after KILL_GRACE seconds (a process
+# blocked in a collective on the dead peer never reaches that step), and the script exits with
+# the failed process's status after printing the tail of every log.
 set -euo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
@@ -29,6 +34,7 @@ if [[ ! "$GPUS_PER_PROCESS" =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 TIMEOUT="${TIMEOUT:-0}"
+KILL_GRACE="${KILL_GRACE:-10}"
 PYTHON="${PYTHON:-python}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}"
@@ -74,6 +80,7 @@ tail_pid=$!
 
 status=0
 start=$SECONDS
+kill_at=-1
 remaining=("${pids[@]}")
 while ((${#remaining[@]})); do
   still=()
@@ -86,14 +93,22 @@ while ((${#remaining[@]})); do
         status=$rc
         echo "process with pid $pid exited with status $rc; stopping the others" >&2
         cleanup
+        kill_at=$((SECONDS + KILL_GRACE))
       fi
     fi
   done
   remaining=("${still[@]+"${still[@]}"}")
-  if ((TIMEOUT > 0 && SECONDS - start > TIMEOUT && ${#remaining[@]})); then
+  if ((TIMEOUT > 0 && SECONDS - start > TIMEOUT && ${#remaining[@]} && kill_at < 0)); then
     echo "timeout after ${TIMEOUT}s; stopping all processes" >&2
     cleanup
     status=124
+    kill_at=$((SECONDS + KILL_GRACE))
+  fi
+  if ((kill_at >= 0 && SECONDS >= kill_at && ${#remaining[@]})); then
+    echo "still running ${KILL_GRACE}s after SIGTERM; killing them" >&2
+    for pid in "${remaining[@]}"; do
+      kill -9 "$pid" 2>/dev/null || true
+    done
   fi
   sleep 0.5
 done

@@ -89,3 +89,91 @@ def test_edm_heun_needs_the_edm_path():
   setup = train.Setup(config)
   with pytest.raises(ValueError, match="edm_heun.*EDM path.*'heun'"):
     evaluate.make_sample_fn(setup, config.sampling)
+
+
+@pytest.mark.parametrize("method", ["ode", "euler", "heun", "ddim"])
+def test_deterministic_samplers_run_on_the_linear_path(method):
+  """Flow matching's linear path has alpha(T) = 0: `heun` takes a uniform grid there (EDM's
+  schedule needs sigma/alpha at T) and `ddim` reads the model's own prediction (an eps cannot
+  give x0 at T); both used to fail at the first sample."""
+  from configs.toy import linear_mlp  # pylint: disable=import-outside-toplevel
+  config = linear_mlp.get_config()
+  config.model.hidden = (16, 16)
+  config.sampling.method = method
+  config.sampling.num_steps = 8
+  config.sampling.rtol = config.sampling.atol = 1e-3
+  train.validate_config(config, num_devices=8)
+  setup = train.Setup(config)
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  samples, nfe = jax.jit(lambda p, k: evaluate.make_sample_fn(setup, config.sampling)(p, k, 16))(
+      params, jax.random.PRNGKey(1))
+  assert samples.shape == (16, 2) and bool(np.all(np.isfinite(np.asarray(samples))))
+  assert int(nfe) > 0
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("sampling.method", "em", "alpha\\(T\\) = 0"),          # linear path: reverse SDE singular
+    ("sampling.eps", 2.0, "config.sampling.eps"),
+    ("sampling.eps", -0.1, "config.sampling.eps"),
+    ("sampling.num_steps", -3, "config.sampling.num_steps"),
+])
+def test_bad_sampling_options_of_a_flow_are_refused_by_name(field, value, match):
+  from configs.toy import linear_mlp  # pylint: disable=import-outside-toplevel
+  config = linear_mlp.get_config()
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(ValueError, match=match):
+    train.validate_config(config, num_devices=8)
+
+
+def test_sampler_and_conditioning_options_are_refused_by_name():
+  """ode tolerances, em with eps = 0 (sigma = 0: infinite score), Fourier embedding on the EDM
+  path (log of log(sigma)/4), scale_by_sigma off the VE SDE, and class labels without a
+  labelled data set: each names its field before anything runs."""
+  from configs.toy import common  # pylint: disable=import-outside-toplevel
+  cases = []
+  c = vp_mlp.get_config()
+  c.sampling.method, c.sampling.rtol = "ode", 0.0
+  cases.append((c, "config.sampling.rtol"))
+  c = vp_mlp.get_config()
+  c.sampling.method, c.sampling.eps = "em", 0.0
+  cases.append((c, "config.sampling.eps"))
+  c = common.toy_mlp_config("edm", "x0", method="edm", dataset="moons")
+  c.model.embedding_type = "fourier"
+  cases.append((c, "config.model.embedding_type"))
+  c = vp_mlp.get_config()
+  c.model.scale_by_sigma = True
+  cases.append((c, "config.model.scale_by_sigma"))
+  c = vp_mlp.get_config()
+  c.model.num_classes = 3
+  cases.append((c, "config.model.num_classes"))
+  for config, match in cases:
+    with pytest.raises(ValueError, match=match):
+      train.validate_config(config, num_devices=8)
+
+
+def test_class_conditional_model_samples_and_evaluates_with_labels():
+  """A class-conditional U-Net (model.num_classes = data.num_classes = 10) used to fail in the
+  sampler and the likelihood (no labels passed); samples now draw a class each, and the
+  likelihood reads the batch's labels (another label, another bits/dim)."""
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  config = vp_unet.get_config()
+  config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 8, (1, 2), 1
+  config.model.attn_resolutions = ()
+  config.model.num_classes = config.data.num_classes = 10
+  config.sampling.method, config.sampling.num_steps = "euler", 4
+  config.eval.rtol = config.eval.atol = 1e-2
+  train.validate_config(config, num_devices=8)
+  setup = train.Setup(config)
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
+  samples, _ = evaluate.make_sample_fn(setup, config.sampling)(params, jax.random.PRNGKey(2), 4)
+  assert samples.shape == (4, 8, 8, 1) and bool(np.all(np.isfinite(np.asarray(samples))))
+  nll = jax.jit(evaluate.make_nll_fn(setup, config.eval))
+  images = np.random.default_rng(0).integers(0, 17, (2, 8, 8, 1)).astype(np.uint8)
+  key = jax.random.PRNGKey(3)
+  a = nll(params, key, {"image": images, "label": np.array([1, 2], np.int32)})[0]
+  b = nll(params, key, {"image": images, "label": np.array([7, 5], np.int32)})[0]
+  assert bool(np.all(np.isfinite(np.asarray(a))))
+  assert not np.allclose(np.asarray(a), np.asarray(b))

@@ -253,6 +253,9 @@ def test_tfds_path_decodes_crops_and_resizes(tmp_path):
   image[39:179, 19:159] = 255  # exactly the central 140 x 140
   out = pipeline.prepare_image(image, 64, pipeline._SOURCE_SPECS["celeb_a"].crop_size)
   assert out.shape == (64, 64, 3) and out.min() == 255
+  # float images would pass through unresized and be truncated by the uint8 batch: refused
+  with pytest.raises(ValueError, match="uint8 levels, got dtype float32"):
+    pipeline.prepare_image(np.full((8, 8, 1), 3.7, np.float32), 8)
 
 
 def test_errors(digits_config):

@@ -55,6 +55,11 @@ def test_mesh_covers_devices_host_major(mesh8):
                                                         model_parallel=2)) == NUM_DEVICES // 2
   with pytest.raises(ValueError, match="model_parallel=3"):
     parallel.make_mesh(jax.devices()[:NUM_DEVICES], model_parallel=3)
+  # two hosts of two devices: a model group of 4 would span both hosts, each of which would
+  # feed its own rows as the group's "replicated" batch (refused before a mesh is built)
+  fake = [type("D", (), {"process_index": i // 2, "id": i})() for i in range(4)]
+  with pytest.raises(ValueError, match="cannot span hosts"):
+    parallel.make_mesh(fake, model_parallel=4)
   with pytest.raises(ValueError, match="at least one device"):
     parallel.make_mesh([])
 
@@ -250,6 +255,16 @@ def test_initialize_distributed_single_host_and_bad_flags(monkeypatch):
     parallel.initialize_distributed("localhost:1234")
   with pytest.raises(ValueError, match="process_id=2"):
     parallel.initialize_distributed("localhost:1234", num_processes=2, process_id=2)
+  # a process count without a coordinator (e.g. a misspelt JAXGEN_COORDINATOR) would make each
+  # process train alone into one workdir
+  with pytest.raises(ValueError, match="no coordinator"):
+    parallel.initialize_distributed(num_processes=2, process_id=1)
+  monkeypatch.setenv("JAXGEN_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAXGEN_PROCESS_ID", "0")
+  with pytest.raises(ValueError, match="JAXGEN_COORDINATOR"):
+    parallel.initialize_distributed()
+  monkeypatch.delenv("JAXGEN_NUM_PROCESSES")
+  monkeypatch.delenv("JAXGEN_PROCESS_ID")
   monkeypatch.setenv("JAXGEN_DISTRIBUTED", "0")
   assert parallel.initialize_distributed("localhost:1234", 2, 0) is False
 

@@ -148,6 +148,8 @@ def prepare_image(image, image_size, crop_size=0):
   then resizes (antialiased bilinear) when the side differs from `image_size`.
   """
   image = np.asarray(image)
+  if image.dtype != np.uint8:  # the pipeline's levels, dequantization and bits/dim assume 8 bits
+    raise ValueError(f"images must be uint8 levels, got dtype {image.dtype}")
   if image.ndim == 2:
     image = image[..., None]
   if crop_size:
@@ -155,8 +157,6 @@ def prepare_image(image, image_size, crop_size=0):
   if image.shape[0] != image.shape[1]:
     image = _center_crop(image, min(image.shape[:2]))
   if image.shape[0] != image_size:
-    if image.dtype != np.uint8:
-      raise ValueError(f"can only resize uint8 images, got {image.dtype}")
     image = _resize(image, image_size)
   return image
 
