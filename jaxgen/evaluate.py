@@ -273,20 +273,32 @@ def _make_nll_fn(setup, eval_config) -> Callable:
   return nll_fn
 
 
+def _cached(cache: Optional[dict], key: str, build: Callable[[], Any]) -> Any:
+  """``build()``, kept in ``cache[key]`` when a cache is given (a periodic evaluation reuses its
+  jitted programs instead of tracing and compiling them again at every evaluation)."""
+  if cache is None:
+    return build()
+  if key not in cache:
+    cache[key] = build()
+  return cache[key]
+
+
 def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
                         max_batches: Optional[int] = None, seed: int = 0,
-                        progress: bool = True) -> Dict[str, float]:
+                        progress: bool = True, cache: Optional[dict] = None) -> Dict[str, float]:
   """Mean bits/dim (nats for toy data) over ``split`` (default ``config.data.eval_split``).
 
   Batched over ``config.eval.batch_size`` (global), sharded over devices, with a progress bar.
+  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program).
   """
   config = setup.config
   split = split or config.data.eval_split
   ds = data_lib.get_dataset(config.data, split, seed=config.seed)
   local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  nll = parallel.jit(make_nll_fn(setup, config.eval), xla_options(config),
-                     in_shardings=(repl, repl, sharded), out_shardings=(sharded, repl))
+  nll = _cached(cache, "nll", lambda: parallel.jit(
+      make_nll_fn(setup, config.eval), xla_options(config), in_shardings=(repl, repl, sharded),
+      out_shardings=(sharded, repl)))
   total_batches = ds.num_eval_batches(local_batch)
   if max_batches is not None:
     total_batches = min(total_batches, max_batches)
@@ -426,16 +438,22 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str) -> Dict[s
   return {"npz": npz, "png": png}
 
 
-def generate_samples(setup, params, mesh, num: int, seed: int) -> Tuple[np.ndarray, int]:
-  """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``."""
+def generate_samples(setup, params, mesh, num: int, seed: int,
+                     cache: Optional[dict] = None) -> Tuple[np.ndarray, int]:
+  """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``.
+  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program)."""
   config = setup.config
   batch = min(int(config.sampling.batch_size), max(num, 1))
   devices = parallel.data_parallel_size(mesh)
   batch = int(math.ceil(batch / devices) * devices)
-  sample_fn = make_sample_fn(setup, config.sampling)
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  run = parallel.jit(lambda p, k: sample_fn(p, k, batch), xla_options(config),
-                     in_shardings=(repl, repl), out_shardings=(sharded, repl))
+
+  def build():
+    sample_fn = make_sample_fn(setup, config.sampling)
+    return parallel.jit(lambda p, k: sample_fn(p, k, batch), xla_options(config),
+                        in_shardings=(repl, repl), out_shardings=(sharded, repl))
+
+  run = _cached(cache, f"samples_{batch}", build)
   out, nfe = [], 0
   for i in range(int(math.ceil(num / batch))):
     x, nfe = run(params, jax.random.fold_in(jax.random.PRNGKey(seed), i))
@@ -477,11 +495,12 @@ def make_periodic_evaluation(config) -> Callable:
     results["held_out_loss"] = total / count if count else float("nan")
     if config.eval.num_bpd_batches:
       lik = evaluate_likelihood(setup, state.ema_params, mesh,
-                                max_batches=int(config.eval.num_bpd_batches), progress=False)
+                                max_batches=int(config.eval.num_bpd_batches), progress=False,
+                                cache=cache)
       results.update({k: v for k, v in lik.items() if k in ("bpd", "nll_nats", "mean_nfe")})
     if config.sampling.num_samples:
       samples, nfe = generate_samples(setup, state.ema_params, mesh,
-                                      int(config.sampling.num_samples), seed=step)
+                                      int(config.sampling.num_samples), seed=step, cache=cache)
       paths = write_samples(setup, samples, workdir, f"step_{step:07d}")
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
