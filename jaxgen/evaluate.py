@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxgen import data as data_lib
 from jaxgen import likelihood, parallel, predictions, solvers
-from jaxgen.processes import EDMPath, VESDE
+from jaxgen.processes import EDMPath, VESDE, alpha_at_end
 
 Array = jax.Array
 
@@ -36,12 +36,6 @@ def _check_sampling_method(method: str, process) -> None:
     raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
                      f"config's process is {type(process).__name__}: use 'heun' (Heun with EDM's "
                      "time schedule for any process)")
-
-
-def _alpha_T(process) -> float:
-  """``alpha(T)``: 0 on the linear path, whose SDE and EDM schedule are singular at ``T``."""
-  with jax.ensure_compile_time_eval():
-    return float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
 
 
 def validate_sampling_config(config, process) -> None:
@@ -128,7 +122,7 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
   num_steps = int(sampling_config.num_steps) or int(getattr(process, "N", 1000))
 
   num_classes = int(setup.config.model.get("num_classes", 0) or 0)
-  heun_schedule = "edm" if _alpha_T(process) > 0 else "uniform"  # EDM's needs sigma/alpha at T
+  heun_schedule = "edm" if alpha_at_end(process) > 0 else "uniform"  # EDM's needs sigma/alpha at T
 
   def fn(params, key, n):
     shape = (n,) + tuple(setup.shape)

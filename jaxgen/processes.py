@@ -337,6 +337,13 @@ class EDMPath(Process):
     return 2.0 * t
 
 
+def alpha_at_end(process: Process) -> float:
+  """``alpha(T)`` as a Python float (host arithmetic, also under a trace): 0 on the linear path,
+  whose SDE and EDM-style schedules are singular at ``T``."""
+  with jax.ensure_compile_time_eval():
+    return float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
+
+
 def probability_flow_drift(process: Process, score_fn: ScoreFn) -> Callable[[Array, Array], Array]:
   """Drift of the probability-flow ODE ``dx/dt = f(t) x - g(t)^2 / 2 * score(x, t)``.
 

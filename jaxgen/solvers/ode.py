@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import predictions
-from jaxgen.processes import Process, broadcast_to
+from jaxgen.processes import Process, alpha_at_end, broadcast_to
 
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
@@ -593,9 +593,7 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
                      f"exceed the posterior's std), got {eta!r}")
   times = time_grid(process, num_steps, schedule, eps, rho)
   if prediction_type in ("eps", "score"):
-    with jax.ensure_compile_time_eval():  # host arithmetic, also when traced inside jit
-      alpha_T = float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
-    if alpha_T == 0.0:
+    if alpha_at_end(process) == 0.0:
       raise ValueError(f"`prediction_type` {prediction_type!r} cannot recover x0 where "
                        f"alpha(T) = 0 ({type(process).__name__}); use 'x0' or 'velocity'")
   return _ddim(key, times, jnp.asarray(eta, jnp.float32), process=process, eps_fn=eps_fn,

@@ -31,8 +31,8 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen.processes import (Process, SubVPSDE, VESDE, VPSDE, broadcast_to, discrete_step,
-                              reverse_sde)
+from jaxgen.processes import (Process, SubVPSDE, VESDE, VPSDE, alpha_at_end, broadcast_to,
+                              discrete_step, reverse_sde)
 from jaxgen.solvers.ode import (_check_choice, _check_positive, _check_positive_int, _check_shape,
                                 _concrete, _full, _resolve_eps)
 
@@ -189,8 +189,7 @@ def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
   num_steps = _check_positive_int(num_steps, "num_steps")
   n_steps_each = _check_positive_int(n_steps_each, "n_steps_each")
   _check_positive(snr, "snr")
-  with jax.ensure_compile_time_eval():  # host arithmetic, also when traced under jit
-    alpha_T = float(process.alpha(jnp.asarray([process.T], jnp.float32))[0])
+  alpha_T = alpha_at_end(process)
   if not alpha_T > 0:
     raise ValueError(f"{type(process).__name__} has alpha(T) = {alpha_T}: its reverse SDE is "
                      f"singular at t = T, so the predictor-corrector / Euler-Maruyama samplers "
