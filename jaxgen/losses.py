@@ -189,13 +189,21 @@ def importance_sample_time(key: Array, process: Process, batch: int, eps: float
   return 0.5 * (a + b), hi - lo
 
 
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def check_time_sampling(kind: str) -> None:
+  """``kind`` must be one of :data:`TIME_SAMPLINGS` (ValueError naming it)."""
+  if kind not in TIME_SAMPLINGS:
+    raise ValueError(f"unknown time_sampling {kind!r}; expected one of {TIME_SAMPLINGS}")
+
+
 def sample_time(key: Array, batch: int, eps: float, T: float, kind: str = "uniform") -> Array:
   """``t`` on ``[eps, T]``: ``uniform`` or ``logit_normal`` (SD3's flow-matching choice)."""
+  check_time_sampling(kind)
   if kind == "uniform":
     return eps + jax.random.uniform(key, (batch,)) * (T - eps)
-  if kind == "logit_normal":
-    return eps + jax.nn.sigmoid(jax.random.normal(key, (batch,))) * (T - eps)
-  raise ValueError(f"unknown time_sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+  return eps + jax.nn.sigmoid(jax.random.normal(key, (batch,))) * (T - eps)
 
 
 def _normal(key: Array, shape) -> Array:
@@ -352,6 +360,7 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
 
   t_max = process.T - (eps if isinstance(process, LinearPath) else 0.0)
   _check_eps(process, eps, t_max)
+  check_time_sampling(time_sampling)
 
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]

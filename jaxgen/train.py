@@ -122,6 +122,7 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   from jaxgen import evaluate, likelihood  # pylint: disable=import-outside-toplevel
   process = get_process(config)
   evaluate.validate_sampling_config(config, process)
+  _validate_time_sampling(config)  # first, so that its error names the field
   losses.validate_loss_config(config, process)
   models.validate_model_config(config.model, config.data)
   models.get_model(config.model, config.data)
@@ -142,7 +143,6 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
     raise ValueError(f"unknown config.eval.divergence {config.eval.divergence!r}; expected one "
                      f"of {likelihood.DIVERGENCES}")
   _validate_eval_solver(config)
-  _validate_time_sampling(config)
   if config.method == "cnf":
     from jaxgen import cnf  # pylint: disable=import-outside-toplevel
     cnf.validate_config(config)
@@ -174,13 +174,10 @@ def _validate_eval_solver(config) -> None:
 
 
 def _validate_time_sampling(config) -> None:
-  """``config.training.time_sampling`` checked by the loss's own time sampler
-  (:func:`jaxgen.losses.sample_time`), traced once without running."""
-  kind = config.training.get("time_sampling", "uniform")
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  """``config.training.time_sampling`` (:data:`jaxgen.losses.TIME_SAMPLINGS`)."""
   try:
-    jax.eval_shape(lambda k: losses.sample_time(k, 1, 0.0, 1.0, kind), key)
-  except (TypeError, ValueError) as e:
+    losses.check_time_sampling(config.training.get("time_sampling", "uniform"))
+  except ValueError as e:
     raise ValueError(f"config.training.time_sampling: {e}") from None
 
 

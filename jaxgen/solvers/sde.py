@@ -174,10 +174,24 @@ def _pc_sample(key, snr, eps, *, process, score_fn, shape, predictor, corrector,
   return x_mean if denoise else x
 
 
+def _check_score_time(process: Process, eps) -> None:
+  """The last grid time of a score sampler needs ``sigma(eps) > 0`` (the score is infinite at
+  ``sigma = 0``); checked when ``eps`` is concrete."""
+  eps_value = _concrete(eps)
+  if eps_value is None:
+    return
+  with jax.ensure_compile_time_eval():
+    sigma_eps = float(process.sigma(jnp.asarray([eps_value], jnp.float32))[0])
+  if not sigma_eps > 0:
+    raise ValueError(f"`eps` = {eps!r}: sigma(eps) = 0 for {type(process).__name__}, where a "
+                     f"score is infinite; the last grid time must be > {process.t_min}")
+
+
 def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
                      corrector: str = "langevin", snr: float = 0.16, n_steps_each: int = 1,
-                     num_steps=None) -> Tuple[int, int]:
-  """Checks :func:`pc_sample`'s options for ``process`` (ValueError naming the bad one).
+                     num_steps=None, eps=None) -> Tuple[int, int]:
+  """Checks :func:`pc_sample`'s options for ``process`` (ValueError naming the bad one); with
+  ``eps``, also that the last grid time has ``sigma(eps) > 0``.
 
   Returns ``(num_steps, n_steps_each)``, ``num_steps`` resolved (``None`` -> ``process.N``)."""
   _check_choice(predictor, PREDICTORS, "predictor")
@@ -204,6 +218,8 @@ def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
     raise ValueError(f"`num_steps` = {num_steps} too small for the DDPM discretization of "
                      f"{type(process).__name__}: its betas reach beta_max / num_steps = "
                      f"{process.beta_max / num_steps:.3g} >= 1")
+  if eps is not None:
+    _check_score_time(process, eps)
   return num_steps, n_steps_each
 
 
@@ -235,12 +251,7 @@ def pc_sample(key: Array, process: Process, score_fn: ScoreFn, shape, *,
       num_steps=num_steps)
   shape = _check_shape(shape)
   eps = _resolve_eps(process, eps)
-  eps_value = _concrete(eps)
-  with jax.ensure_compile_time_eval():
-    sigma_eps = None if eps_value is None else float(process.sigma(jnp.asarray([eps_value]))[0])
-  if sigma_eps is not None and not sigma_eps > 0:
-    raise ValueError(f"`eps` = {eps!r}: sigma(eps) = 0 for {type(process).__name__}, where a "
-                     f"score is infinite; the last grid time must be > {process.t_min}")
+  _check_score_time(process, eps)
   process = _with_num_steps(process, num_steps)
   samples = _pc_sample(key, jnp.asarray(snr, jnp.float32), jnp.asarray(eps, jnp.float32),
                        process=process, score_fn=score_fn, shape=shape, predictor=predictor,
