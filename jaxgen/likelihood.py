@@ -34,22 +34,44 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, ClassVar, Optional, Sequence, Tuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
 ExtraFn = Callable[[Array, Array, Array, Array, Array], Array]
 
+
+
+class RK4(diffrax.AbstractERK):
+  """The classical fourth-order Runge-Kutta method (4 stages) as a diffrax solver, for the fixed
+  grids that ``jaxgen.solvers.solve_ode``'s ``rk4`` uses; diffrax ships no classical RK4. Its
+  embedded error estimate (against the midpoint method) is only there because diffrax's tableau
+  asks for one: the likelihood uses it on a constant step size."""
+
+  tableau: ClassVar[diffrax.ButcherTableau] = diffrax.ButcherTableau(
+      c=np.array([0.5, 0.5, 1.0]),
+      b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+      b_error=np.array([1 / 6, 1 / 3 - 1.0, 1 / 3, 1 / 6]),
+      a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])))
+  interpolation_cls: ClassVar[Callable] = (
+      diffrax.ThirdOrderHermitePolynomialInterpolation.from_k)
+
+  def order(self, terms):
+    return 4
+
+
 DIVERGENCES = ("exact", "rademacher", "gaussian")
 ADAPTIVE_SOLVERS = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
 FIXED_SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
-                 "ralston": diffrax.Ralston}
+                 "ralston": diffrax.Ralston, "rk4": RK4}
 # Vector-field evaluations per step (first-same-as-last stages are counted once).
-_EVALS_PER_STEP = {"dopri5": 6, "tsit5": 6, "euler": 1, "heun": 2, "midpoint": 2, "ralston": 2}
+_EVALS_PER_STEP = {"dopri5": 6, "tsit5": 6, "euler": 1, "heun": 2, "midpoint": 2, "ralston": 2,
+                   "rk4": 4}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +193,10 @@ def _validate(x, t0, t1, divergence_name, solver, rtol, atol, num_probes, num_st
     for name, value in (("rtol", rtol), ("atol", atol)):
       if not value > 0:
         raise ValueError(f"`{name}` must be positive, got {value!r}")
+    if num_steps is not None:
+      raise ValueError(f"`num_steps={num_steps!r}` sets a fixed-step solver's grid, but solver="
+                       f"{solver!r} picks its own steps (rtol/atol): pass num_steps=None, or a "
+                       f"fixed-step solver {sorted(FIXED_SOLVERS)}")
   elif not (isinstance(num_steps, int) and num_steps > 0):
     raise ValueError(f"`num_steps` must be a positive int for fixed-step solver {solver!r}, "
                      f"got {num_steps!r}")
@@ -218,15 +244,16 @@ def ode_log_likelihood(drift_fn: DriftFn,
     divergence: ``exact``, ``rademacher`` or ``gaussian``.
     num_probes: Hutchinson probes per example (averaged); drawn once per solve.
     solver: adaptive ``dopri5``/``tsit5`` or fixed-step
-      ``euler``/``heun``/``midpoint``/``ralston`` (then ``num_steps`` is needed).
+      ``euler``/``heun``/``midpoint``/``ralston``/``rk4`` (then ``num_steps`` is needed, and
+      ``rtol``/``atol`` play no part).
     rtol, atol: tolerances of the adaptive step-size controller.
-    num_steps: steps of a fixed-step solver.
+    num_steps: steps of a fixed-step solver; refused with an adaptive one.
     max_steps: step budget of the adaptive solver.
     adjoint: a diffrax adjoint (default ``RecursiveCheckpointAdjoint``). A ``BacksolveAdjoint``
       needs its own ``stepsize_controller`` for adaptive solvers (the forward error norm reads the
       ``(x, delta)`` state, not the adjoint's augmented one); see ``jaxgen.cnf``.
     probes: explicit probes ``(num_probes, batch, ...)`` or ``(batch, ...)`` for a Hutchinson
-      divergence (overrides ``key`` and ``num_probes``).
+      divergence (instead of ``key``; ``num_probes`` then must be left at 1 or match).
     error_norm: ``per_example`` (each example meets rtol/atol on its own, the default) or ``rms``
       (one RMS over the whole batch, as scipy's solver in score_sde; fewer steps, looser);
       ``mixed_rms``: ``max(RMS(x), RMS(delta))``, torchdiffeq's (FFJORD's) convention.
@@ -276,6 +303,11 @@ def ode_log_likelihood(drift_fn: DriftFn,
                              or probes.shape[-x.ndim:] != x.shape):
     raise ValueError(f"`probes` must have shape (num_probes,) + {x.shape} or {x.shape}, got "
                      f"{probes.shape}")
+  if probes is not None and num_probes != 1:
+    given = probes.shape[0] if probes.ndim == x.ndim + 1 else 1
+    if given != num_probes:
+      raise ValueError(f"num_probes={num_probes} but the explicit `probes` hold {given} "
+                       f"(shape {probes.shape}): drop num_probes or pass that many probes")
   if adjoint is not None:
     adjoint = _Static(adjoint)
   if divergence_baseline is not None and not callable(getattr(divergence_baseline, "integral",
