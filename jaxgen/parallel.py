@@ -371,8 +371,8 @@ def host_local_to_global(tree: Any, mesh: Mesh) -> Any:
     if x.shape[0] % local_shards:
       raise ValueError(
           f"batch leaf {jax.tree_util.keystr(path)} has {x.shape[0]} rows on this host, not "
-          f"divisible by its {local_shards} devices (global batch {x.shape[0]} x "
-          f"{_mesh_processes(mesh)} host(s) over {data_parallel_size(mesh)} devices)")
+          f"divisible by its {local_shards} devices (a global batch of {x.shape[0]} rows per "
+          f"host x {_mesh_processes(mesh)} host(s) over {data_parallel_size(mesh)} devices)")
     if not multi_host:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)

@@ -38,7 +38,14 @@ TPU_VERSION="${TPU_VERSION:-tpu-ubuntu2204-base}"
 CONFIG="${CONFIG:-configs/cifar10/vp_ddpmpp_continuous.py}"
 MODE="${MODE:-train}"
 JAX_SPEC="${JAX_SPEC:-jax[tpu]}"
-RUN="${RUN:-$(basename "${CONFIG%.py}")_$(date +%Y%m%d_%H%M%S)}"
+# a default name from the config: configs/toy/vp_mlp.py:moons -> vp_mlp_moons (no ':' or '/')
+config_name() {
+  local path="${1%%:*}" arg="" name
+  [[ "$1" == *:* ]] && arg="_${1#*:}"
+  name="$(basename "${path%.py}")$arg"
+  printf '%s' "${name//[^A-Za-z0-9_.-]/_}"
+}
+RUN="${RUN:-$(config_name "$CONFIG")_$(date +%Y%m%d_%H%M%S)}"
 REMOTE_DIR="jaxgen"  # in each worker's home
 
 die() { echo "tpu_pod.sh: $*" >&2; exit 2; }
@@ -71,7 +78,10 @@ setup() {
   echo "copying the repository (git HEAD + uncommitted changes) to every worker"
   local tarball
   tarball="$(mktemp /tmp/jaxgen_src.XXXX.tar.gz)"
+  # tracked and untracked files that exist (ls-files also lists tracked files deleted from the
+  # work tree, which tar would fail on)
   (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -z \
+     | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
      | tar --null -T - -czf "$tarball")
   "${GCLOUD[@]}" scp "$tarball" "$TPU_NAME:~/jaxgen_src.tar.gz" "${COMMON[@]}" --worker=all
   rm -f "$tarball"

@@ -467,3 +467,19 @@ def test_synthetic_gmm_moments_density_and_pipeline():
                      process_index=0, process_count=1)
   with pytest.raises(ValueError, match="gmm0"):
     data.sample_toy("gmm0", 0, 4)
+
+
+def test_epoch_order_keeps_non_negative_seeds_and_separates_negative_ones():
+  """Seeds >= 0 keep the order they always had; a negative seed no longer shares it with
+  ``seed + 2**63`` (the old ``seed % 2**63``)."""
+  from jaxgen.data.pipeline import EpochOrder
+
+  class Order(EpochOrder):
+    def __init__(self, seed):
+      self.seed, self.num_examples = seed, 1000
+
+  for seed in (0, 7, 2**40):
+    expected = np.random.default_rng([EpochOrder.seed_salt, seed % 2**63, 3]).permutation(1000)
+    np.testing.assert_array_equal(Order(seed)._permutation(3), expected)
+  assert not np.array_equal(Order(-1)._permutation(0), Order(2**63 - 1)._permutation(0))
+  assert not np.array_equal(Order(-1)._permutation(0), Order(1)._permutation(0))

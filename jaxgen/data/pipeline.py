@@ -174,7 +174,10 @@ class EpochOrder:
   def _permutation(self, epoch):
     cache = self.__dict__.setdefault("_permutations", collections.OrderedDict())
     if epoch not in cache:
-      rng = np.random.default_rng([self.seed_salt, self.seed % 2**63, epoch])
+      # non-negative seeds as they are; a negative one gets its own (longer) entropy list, so no
+      # two seeds share an order (seed % 2**63 made -1 and 2**63 - 1 collide)
+      seed = [self.seed] if self.seed >= 0 else [1, -self.seed]
+      rng = np.random.default_rng([self.seed_salt, *seed, epoch])
       cache[epoch] = rng.permutation(self.num_examples)
       while len(cache) > 2:  # the current epoch and the one a batch may straddle
         cache.popitem(last=False)
@@ -396,7 +399,7 @@ def _tfds_source(name, split, data_dir):
   for split_name in _split_names(split):
     if split_name not in builder.info.splits:
       hint = ""
-      if name in LOCAL_BUILDERS:
+      if name in LOCAL_BUILDERS and name != "digits":  # digits always has train and test
         hint = (f" (splits come from the source files present when it was prepared; delete "
                 f"{os.path.join(data_dir, name)} to prepare it again)")
       raise ValueError(f"split {split_name!r} (from {split!r}) is not in data set {name!r}; "
