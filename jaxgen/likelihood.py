@@ -135,6 +135,7 @@ def hutchinson_divergence(drift_fn: DriftFn, x: Array, t: Array,
   """
   if probes.ndim == x.ndim:
     probes = probes[None]
+  probes = probes.astype(x.dtype)  # jvp needs tangents of the primal's dtype
   fn = lambda y: drift_fn(y, t)
   axes = tuple(range(1, x.ndim))
   if probes.shape[0] == 1:
@@ -296,7 +297,10 @@ def ode_log_likelihood(drift_fn: DriftFn,
   if divergence != "exact" and probes is None:
     if key is None:
       raise ValueError(f"divergence={divergence!r} needs a PRNG `key` (or explicit `probes`)")
-    probes = sample_probes(key, x.shape, divergence, num_probes, x.dtype)
+    # drawn in at least float32 (Gaussian probes in bfloat16 would be coarse); the solver's state
+    # is float32 for bfloat16 data, and the probes are cast to it where they are used
+    probes = sample_probes(key, x.shape, divergence, num_probes,
+                           jnp.promote_types(x.dtype, jnp.float32))
   if error_norm not in ERROR_NORMS:
     raise ValueError(f"unknown error_norm {error_norm!r}; expected one of {sorted(ERROR_NORMS)}")
   if probes is not None and (probes.ndim not in (x.ndim, x.ndim + 1)
@@ -308,6 +312,10 @@ def ode_log_likelihood(drift_fn: DriftFn,
     if given != num_probes:
       raise ValueError(f"num_probes={num_probes} but the explicit `probes` hold {given} "
                        f"(shape {probes.shape}): drop num_probes or pass that many probes")
+  prior_shape = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
+  if prior_shape != x.shape[:1]:
+    raise ValueError(f"`prior_logp` must return one log-density per example, shape "
+                     f"{x.shape[:1]}, got {prior_shape} (sum over the data axes only)")
   if adjoint is not None:
     adjoint = _Static(adjoint)
   if divergence_baseline is not None and not callable(getattr(divergence_baseline, "integral",
@@ -436,7 +444,7 @@ def _augmented_field(drift_fn, batch, divergence_name, extra_fn, delta_dtype, ba
         tangents = jnp.broadcast_to(jnp.eye(d, dtype=y.dtype)[:, None, :], (d, batch, d))
         tangents = tangents.reshape((d,) + y.shape)
       else:
-        tangents = probes if probes.ndim > y.ndim else probes[None]
+        tangents = (probes if probes.ndim > y.ndim else probes[None]).astype(y.dtype)
       dy, jvps = _jacobian_products(fn, y, tt, tangents)
       if divergence_name == "exact":
         div = jnp.sum(jnp.diagonal(jvps.reshape(d, batch, d), axis1=0, axis2=2), axis=-1)
@@ -506,8 +514,28 @@ def uniform_dequantize(key: Array, levels: Array, num_levels: int = 256, low: fl
                        high: float = 1.0) -> Array:
   """Map integer levels ``k in {0..K-1}`` to ``low + (high - low) (k + u) / K``, ``u ~ U[0, 1)``.
 
-  ``levels``: integer (or integer-valued) array of any shape; returns float32 of the same shape.
+  ``levels``: integer (or integer-valued) array of any shape, values in ``[0, K)``; returns float32
+  of the same shape. Values are checked where they are concrete (not under ``jit``): data already
+  scaled to ``[0, 1]`` (``k / 255``) or levels ``>= K`` are refused.
   """
+  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
+      or num_levels < 2:
+    raise ValueError(f"`num_levels` must be an int >= 2, got {num_levels!r}")
+  if not (math.isfinite(low) and math.isfinite(high) and low < high):
+    raise ValueError(f"need finite low < high, got low={low!r}, high={high!r}")
+  levels = jnp.asarray(levels)
+  try:
+    values = np.asarray(levels)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    values = None  # traced: the caller's data pipeline checks its dtype
+  if values is not None and values.size:
+    if not np.all(values == np.round(values)):
+      raise ValueError(f"`levels` must be integer levels in [0, {num_levels}), got non-integer "
+                       f"values such as {values[values != np.round(values)].flat[0]!r} (data "
+                       f"already scaled to [0, 1]? pass the integer levels)")
+    if values.min() < 0 or values.max() >= num_levels:
+      raise ValueError(f"`levels` must lie in [0, {num_levels}), got values in "
+                       f"[{values.min()}, {values.max()}]")
   u = jax.random.uniform(key, levels.shape, jnp.float32)
   return low + (high - low) * (levels.astype(jnp.float32) + u) / num_levels
 
@@ -522,7 +550,8 @@ def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional
 
   Args:
     logp: log-density in nats ``(batch,)``.
-    data_shape: shape of one example, e.g. ``(32, 32, 3)``.
+    data_shape: shape of one example, e.g. ``(32, 32, 3)``: ``x.shape[1:]``, without the batch
+      axis (with it, every value would be divided by the batch size).
   Returns:
     ``(batch,)`` bits/dim.
   """

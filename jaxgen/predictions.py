@@ -82,8 +82,9 @@ def convert(process: Process, x: Array, t: Array, prediction: Array, source: str
 
   ``x``, ``prediction``: ``(batch, ...)``; ``t``: ``(batch,)``. Returns ``(batch, ...)``: the
   prediction itself when ``source == target``, otherwise computed with coefficients in at least
-  float32. Score and eps convert without dividing by ``alpha`` (safe at ``alpha = 0``); a score
-  becomes a velocity as the probability-flow drift ``f x - g^2 / 2 score`` (finite at ``t = 0``
+  float32. Score and eps convert into each other without dividing by ``alpha`` (safe at
+  ``alpha = 0``); into ``x0`` or ``velocity`` they need ``1 / alpha``, infinite where ``alpha = 0``
+  (the linear path at ``T``). A score becomes a velocity as the probability-flow drift ``f x - g^2 / 2 score`` (finite at ``t = 0``
   for VP / sub-VP, where ``sigma'`` is infinite).
   """
   for name in (source, target):
@@ -149,7 +150,17 @@ def as_score_fn(process: Process, model_fn: Callable[[Array, Array], Array],
 
 def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
                 prediction_type: str) -> Callable[[Array, Array], Array]:
-  """Wrap ``model_fn(x, t)`` into the probability-flow drift ``drift_fn(x, t)`` (the velocity)."""
+  """Wrap ``model_fn(x, t)`` into the probability-flow drift ``drift_fn(x, t)`` (the velocity).
+
+  Refuses ``score``/``eps`` predictions on a path with ``alpha(T) = 0`` (the linear path): their
+  drift is infinite at ``T``, where every sampler and likelihood solve starts or ends.
+  """
+  if prediction_type in ("score", "eps"):
+    from jaxgen.processes import alpha_at_end  # pylint: disable=import-outside-toplevel
+    if alpha_at_end(process) == 0.0:
+      raise ValueError(f"a {prediction_type!r} prediction on {type(process).__name__} (alpha(T) "
+                       f"= 0) has no finite probability-flow drift at t = T: predict "
+                       f"'velocity' or 'x0' there")
   if prediction_type == "velocity":
     return model_fn
   if prediction_type == "score":

@@ -53,6 +53,12 @@ def _standard_normal_logp(z: Array, scale: float = 1.0) -> Array:
   return -0.5 * d * math.log(2 * math.pi * scale**2) - 0.5 * sq / scale**2
 
 
+def _upcast_time(t: Array) -> Array:
+  """``t`` in at least float32: a bfloat16 ``t`` would round sigma by ~0.1 %."""
+  t = jnp.asarray(t)
+  return t.astype(jnp.promote_types(t.dtype, jnp.float32))
+
+
 def _require(condition: bool, process: str, message: str) -> None:
   if not condition:
     raise ValueError(f"{process}: {message}")
@@ -92,7 +98,8 @@ class Process:
 
   # --- schedule ------------------------------------------------------------------------------
   def alpha(self, t: Array) -> Array:
-    """Signal scale ``alpha(t)``; ``t`` ``(batch,)`` -> ``(batch,)``."""
+    """Signal scale ``alpha(t)``; ``t`` ``(batch,)`` -> ``(batch,)``, in ``t``'s dtype (the schedule
+    methods compute in it; ``marginal`` and ``sde`` read ``t`` in at least float32)."""
     raise NotImplementedError
 
   def sigma(self, t: Array) -> Array:
@@ -121,11 +128,13 @@ class Process:
     """Mean and std of ``p(x_t | x_0)``: ``x0`` ``(batch, ...)``, ``t`` ``(batch,)`` ->
     (mean ``(batch, ...)``, std ``(batch,)``)."""
     _check_batch(x0, t)
+    t = _upcast_time(t)
     return broadcast_to(self.alpha(t), x0) * x0, self.sigma(t)
 
   def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """Forward SDE ``dx = drift dt + diffusion dw``: -> (drift ``(batch, ...)``, diffusion ``(batch,)``)."""
     _check_batch(x, t)
+    t = _upcast_time(t)
     return broadcast_to(self.drift_coefficient(t), x) * x, jnp.sqrt(self.diffusion_squared(t))
 
   def prior_sample(self, key: Array, shape) -> Array:
@@ -159,7 +168,10 @@ class VPSDE(Process):
     _require(0.0 <= self.beta_min <= self.beta_max and self.beta_max > 0.0, name,
              f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={self.beta_min!r}, "
              f"beta_max={self.beta_max!r}")
+    _require(all(math.isfinite(v) for v in (self.beta_min, self.beta_max)), name,
+             f"beta_min and beta_max must be finite, got {self.beta_min!r}, {self.beta_max!r}")
     _require(int(self.N) == self.N and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
+    object.__setattr__(self, "N", int(self.N))  # N = 1000.0 from a config indexes arrays too
 
   def beta(self, t: Array) -> Array:
     return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -233,7 +245,10 @@ class VESDE(Process):
     _require(0.0 < self.sigma_min < self.sigma_max, "VESDE",
              f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min!r}, "
              f"sigma_max={self.sigma_max!r}")
+    _require(math.isfinite(self.sigma_max), "VESDE",
+             f"sigma_max must be finite, got {self.sigma_max!r}")
     _require(int(self.N) == self.N and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
+    object.__setattr__(self, "N", int(self.N))
 
   @property
   def prior_std(self):
@@ -304,7 +319,10 @@ class EDMPath(Process):
     _require(0.0 < self.sigma_min < self.sigma_max, "EDMPath",
              f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min!r}, "
              f"sigma_max={self.sigma_max!r}")
-    _require(self.sigma_data > 0.0, "EDMPath", f"sigma_data must be > 0, got {self.sigma_data!r}")
+    _require(math.isfinite(self.sigma_max), "EDMPath",
+             f"sigma_max must be finite, got {self.sigma_max!r}")
+    _require(self.sigma_data > 0.0 and math.isfinite(self.sigma_data), "EDMPath",
+             f"sigma_data must be finite and > 0, got {self.sigma_data!r}")
 
   @property
   def T(self):

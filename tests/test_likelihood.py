@@ -159,6 +159,7 @@ def test_gradients_flow_through_the_solver():
     (dict(divergence="rademacher", probes=jnp.ones((1, 1, 4, 2))), "probes"),
     (dict(t0=jnp.ones((2,)) * 1e-5), "t0"),
     (dict(num_steps=50), "num_steps"),  # an adaptive solver picks its own steps
+    (dict(prior_logp=lambda z: jnp.sum(processes.VPSDE().prior_logp(z))), "prior_logp"),
     (dict(divergence="rademacher", probes=jnp.ones((2, 4, 2)), num_probes=3), "num_probes"),
 ])
 def test_bad_arguments_raise_named_errors(kwargs, match):
@@ -357,3 +358,38 @@ def test_rk4_is_fourth_order_and_matches_solve_ode():
   # halving the step divides a fourth-order method's error by ~16 (measured 13 and 19; Heun's
   # second order gives ~3-4 here)
   assert errors[0] / errors[1] > 9 and errors[1] / errors[2] > 9, errors
+
+
+@pytest.mark.parametrize("divergence", ["rademacher", "gaussian"])
+def test_hutchinson_divergence_on_bfloat16_data(divergence):
+  """bfloat16 data with Hutchinson probes raised a dtype error inside jvp (the solver's state is
+  float32); it now runs and agrees with the float32 data's log-likelihood."""
+  vp = processes.VPSDE()
+  drift = processes.probability_flow_drift(vp, lambda y, t: -y)  # N(0, I) data: exact score
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+  args = dict(key=jax.random.PRNGKey(1), prior_logp=vp.prior_logp, divergence=divergence)
+  lp16 = likelihood.ode_log_likelihood(drift, x.astype(jnp.bfloat16), **args)[0]
+  lp32 = likelihood.ode_log_likelihood(drift, x.astype(jnp.bfloat16).astype(jnp.float32),
+                                       **args)[0]
+  np.testing.assert_allclose(np.asarray(lp16), np.asarray(lp32), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("levels,kwargs,match", [
+    (jnp.array([0.0, 0.5, 1.0]), {}, "integer"),  # data already scaled to [0, 1]
+    (jnp.array([300]), {}, "\\[0, 256\\)"),
+    (jnp.array([-1]), {}, "\\[0, 256\\)"),
+    (jnp.array([3]), dict(num_levels=0), "num_levels"),
+    (jnp.array([3]), dict(low=1.0, high=-1.0), "low < high"),
+])
+def test_uniform_dequantize_refuses_bad_levels(levels, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    likelihood.uniform_dequantize(jax.random.PRNGKey(0), levels, **kwargs)
+
+
+def test_uniform_dequantize_cells():
+  """Level k lands in its own cell [low + W k / K, low + W (k + 1) / K), also under jit."""
+  levels = jnp.arange(256, dtype=jnp.uint8)
+  for fn in (likelihood.uniform_dequantize, jax.jit(likelihood.uniform_dequantize)):
+    x = np.asarray(fn(jax.random.PRNGKey(0), levels))
+    k = np.arange(256)
+    assert np.all(x >= -1 + 2 * k / 256) and np.all(x < -1 + 2 * (k + 1) / 256)

@@ -149,6 +149,10 @@ def test_bad_inputs():
     (processes.VPSDE, dict(N=1), "N"),
     (processes.EDMPath, dict(sigma_min=0.0), "sigma_min"),
     (processes.EDMPath, dict(sigma_data=-0.5), "sigma_data"),
+    (processes.VESDE, dict(sigma_max=float("inf")), "sigma_max"),
+    (processes.EDMPath, dict(sigma_max=float("inf")), "sigma_max"),
+    (processes.VPSDE, dict(beta_max=float("inf")), "beta_max"),
+    (processes.VPSDE, dict(N=1000.5), "N"),
 ])
 def test_processes_refuse_invalid_parameters(cls, kwargs, field):
   """A process with a parameter that makes sigma 0, g^2 negative or the data scale negative is
@@ -215,3 +219,35 @@ def test_convert_checks_shapes_and_computes_in_float32():
   out = predictions.convert(ve, x, t_bf16, x, "eps", "score")
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, ref, rtol=1e-6)
+
+
+def test_integer_valued_float_N_becomes_an_int():
+  """``N = 1000.0`` (from a config) is accepted as 1000 and indexes the discretization."""
+  vp = processes.VPSDE(N=1000.0)
+  assert vp.N == 1000 and isinstance(vp.N, int) and vp.discrete_betas.shape == (1000,)
+  assert isinstance(processes.VESDE(N=10.0).N, int)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "linear", "edm"])
+def test_marginal_and_sde_read_bf16_times_in_float32(name):
+  """A bfloat16 ``t`` rounded sigma by ~0.1 %; marginal/sde now read it in float32."""
+  process = {"vp": processes.VPSDE(), "subvp": processes.SubVPSDE(), "ve": processes.VESDE(),
+             "linear": processes.LinearPath(), "edm": processes.EDMPath()}[name]
+  t32 = jnp.linspace(0.1, 0.9, 4) * process.T
+  t16 = t32.astype(jnp.bfloat16)
+  t_ref = t16.astype(jnp.float32)  # the same (rounded) times, computed in float32
+  x = jnp.ones((4, 3))
+  for got, ref in zip(process.marginal(x, t16), process.marginal(x, t_ref)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6)
+    assert got.dtype == jnp.float32
+  for got, ref in zip(process.sde(x, t16), process.sde(x, t_ref)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "score"])
+def test_as_drift_fn_refuses_eps_and_score_on_the_linear_path(prediction):
+  """Their drift is infinite at T (alpha(T) = 0): the samplers returned all-NaN samples."""
+  with pytest.raises(ValueError, match="alpha\\(T\\) = 0"):
+    predictions.as_drift_fn(processes.LinearPath(), lambda x, t: x, prediction)
+  for ok in ("velocity", "x0"):
+    predictions.as_drift_fn(processes.LinearPath(), lambda x, t: x, ok)

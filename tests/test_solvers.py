@@ -20,10 +20,12 @@ every sampler here is linear in each eigendirection of ``Sigma``. So
   An allowance is capped (asserted) at 8% of the scale so that it cannot hide a broken sampler.
 """
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from jaxgen import closed_form, predictions, processes, solvers
@@ -528,6 +530,12 @@ def _bad_calls():
       ("prediction_type", lambda: solvers.ddim_sample(KEY, vp, s, (2, 2), prediction_type="v")),
       ("prediction_type", lambda: solvers.ddim_sample(KEY, lin, s, (2, 2))),
       ("num_steps", lambda: solvers.ddim_sample(KEY, vp, s, (2, 2), num_steps=0)),
+      ("t1", lambda: solvers.solve_ode(_linear_drift, x, 0.5, float("nan"))),
+      ("t0", lambda: solvers.solve_ode(_linear_drift, x, float("nan"), 0.1, solver="rk4")),
+      ("ts", lambda: solvers.solve_ode(_linear_drift, x, solver="heun",
+                                       ts=[0.0, float("nan"), 1.0])),
+      ("S_tmax", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), S_churn=40.0,
+                                                 S_tmax=float("nan"))),
   ]
 
 
@@ -558,3 +566,17 @@ def test_second_order_fixed_step_solvers_converge_at_second_order(solver):
     assert int(nfe) == 2 * n
     errors.append(float(jnp.max(jnp.abs(out - jnp.exp(-1.0)))))
   assert 3.5 < errors[0] / errors[1] < 4.5, errors
+
+
+def test_langevin_corrector_warns_on_small_low_dimensional_batches():
+  """The Langevin step size averages norms over the batch (score_sde): a small batch of
+  low-dimensional data gets a noisy step; pc_sample says so, and stays quiet where the norms
+  concentrate (many dimensions) or where there is no corrector."""
+  vp, s = PROCESSES["vp"], lambda x, t: -x
+  with pytest.warns(UserWarning, match="batch"):
+    solvers.pc_sample(KEY, vp, s, (4, 2), num_steps=50)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    solvers.pc_sample(KEY, vp, s, (64, 2), num_steps=50)
+    solvers.pc_sample(KEY, vp, s, (1, 16, 16, 3), num_steps=50)
+    solvers.pc_sample(KEY, vp, s, (4, 2), num_steps=50, corrector="none")

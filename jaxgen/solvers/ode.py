@@ -192,8 +192,7 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     t0, t1: start and end times (scalars, ``t0 != t1``); may be omitted when ``ts`` is given.
     solver: ``dopri5`` / ``tsit5`` (adaptive, diffrax + ``PIDController(rtol, atol)``) or
       ``euler`` / ``heun`` / ``midpoint`` / ``ralston`` (diffrax, fixed grid) / ``rk4`` (fixed
-      grid). The likelihood (:func:`jaxgen.likelihood.ode_log_likelihood`) takes the same names
-      except ``rk4``.
+      grid). The likelihood (:func:`jaxgen.likelihood.ode_log_likelihood`) takes the same names.
     num_steps: steps of the fixed-step solvers on the uniform grid ``linspace(t0, t1,
       num_steps + 1)``.
     rtol, atol: tolerances of the adaptive solvers.
@@ -219,6 +218,9 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     if t0 is None or t1 is None:
       raise ValueError("`t0` and `t1` are required when `ts` is not given")
     v0, v1 = _concrete(t0), _concrete(t1)
+    for name, v in (("t0", v0), ("t1", v1)):
+      if v is not None and not math.isfinite(v):
+        raise ValueError(f"`{name}` must be finite, got {v!r}")
     if v0 is not None and v1 is not None and v0 == v1:
       raise ValueError(f"`t0` and `t1` must differ, got t0 = t1 = {t0!r}")
     if solver in FIXED_STEP_SOLVERS:
@@ -234,6 +236,8 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     except jax.errors.TracerArrayConversionError:
       ts_np = None  # traced grid: checked by the caller
     if ts_np is not None:
+      if not np.all(np.isfinite(ts_np)):
+        raise ValueError(f"`ts` must be finite, got {ts_np}")
       diffs = np.diff(ts_np)
       if not (np.all(diffs > 0) or np.all(diffs < 0)):
         raise ValueError("`ts` must be strictly monotone")
@@ -319,8 +323,9 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
     v = _concrete(value)
     if v is not None and not v >= 0:
       raise ValueError(f"`{name}` must be non-negative, got {value!r}")
-  if _concrete(S_tmax) is not None and _concrete(S_tmin) is not None and S_tmax < S_tmin:
-    raise ValueError(f"`S_tmax` must be >= `S_tmin`, got {S_tmax!r} < {S_tmin!r}")
+  if _concrete(S_tmax) is not None and _concrete(S_tmin) is not None and not S_tmax >= S_tmin:
+    raise ValueError(f"`S_tmax` must be >= `S_tmin` (inf for no upper limit), got "
+                     f"S_tmax={S_tmax!r}, S_tmin={S_tmin!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("denoiser_fn", "shape", "num_steps"))
