@@ -32,7 +32,6 @@ which is score_sde's ``+ 7`` for 8-bit data in [-1, 1] and ``+ 8`` for [0, 1].
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Callable, ClassVar, Optional, Sequence, Tuple
 
@@ -40,6 +39,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxgen._jit import jit_with_callables
 
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
@@ -382,8 +383,10 @@ def _jacobian_products(drift_fn, x, t, tangents):
   return outs[0], jvps
 
 
-@functools.partial(jax.jit,
-                   static_argnums=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 17))
+@jit_with_callables(
+    static_argnames=("t0", "t1", "divergence_name", "solver", "rtol", "atol", "num_steps",
+                     "max_steps", "adjoint", "error_norm", "throw", "baseline"),
+    callable_argnames=("drift_fn", "prior_logp", "extra_fn"))
 def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rtol, atol,
            num_steps, max_steps, adjoint, error_norm, drift_args, extra_fn, throw, baseline):
   batch = x.shape[0]

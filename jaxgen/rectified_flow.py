@@ -39,7 +39,6 @@ to the exact assignment). It runs on the global batch, whatever the sharding.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -51,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import likelihood, losses, parallel, predictions, solvers
+from jaxgen._jit import jit_with_callables
 from jaxgen.closed_form import GaussianMixture
 from jaxgen.data import pairs as pairs_lib
 from jaxgen.data import toy
@@ -301,8 +301,8 @@ def make_distilled_sample_fn(setup, sampling_config) -> Callable:
 # --------------------------------------------------------------------------------------------------
 # straightness, transport cost, distances, likelihood
 # --------------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("drift_fn", "num_points", "steps_per_point",
-                                             "solver"))
+@jit_with_callables(static_argnames=("num_points", "steps_per_point", "solver"),
+                    callable_argnames=("drift_fn",))
 def _trajectory(drift_fn, z, t_start, t_end, *, num_points, steps_per_point, solver):
   batch = z.shape[0]
   times = jnp.linspace(t_start, t_end, num_points + 1)

@@ -77,12 +77,13 @@ def get_process(config) -> processes.Process:
     return rectified_flow.source_path(config)
   if name in ("vp", "subvp"):
     return processes.get_process(name, beta_min=p.beta_min, beta_max=p.beta_max, N=p.num_scales)
+  # sigma_min / sigma_max left None (configs/base.py) take the process's own defaults: VE's
+  # 0.01 / 50 (score_sde) or EDM's 0.002 / 80 (Karras et al.)
+  sigmas = {k: p.get(k) for k in ("sigma_min", "sigma_max") if p.get(k) is not None}
   if name == "ve":
-    return processes.get_process(name, sigma_min=p.sigma_min, sigma_max=p.sigma_max,
-                                 N=p.num_scales)
+    return processes.get_process(name, N=p.num_scales, **sigmas)
   if name == "edm":
-    return processes.get_process(name, sigma_min=p.sigma_min, sigma_max=p.sigma_max,
-                                 sigma_data=p.sigma_data)
+    return processes.get_process(name, sigma_data=p.sigma_data, **sigmas)
   return processes.get_process(name)
 
 

@@ -21,7 +21,6 @@ all of it), as score_sde's probability-flow sampler does; ``nfe`` is then the sa
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import predictions
+from jaxgen._jit import jit_with_callables
 from jaxgen.processes import Process, alpha_at_end, broadcast_to
 
 Array = jax.Array
@@ -153,7 +153,7 @@ def _initial_step(drift, x, t0, t1, rtol, atol, order):
   return direction * jnp.minimum(jnp.minimum(100.0 * h0, h1), span)
 
 
-@functools.partial(jax.jit, static_argnames=("drift_fn", "solver", "max_steps"))
+@jit_with_callables(static_argnames=("solver", "max_steps"), callable_argnames=("drift_fn",))
 def _solve_ode(drift_fn, x, t0, t1, ts, rtol, atol, *, solver, max_steps):
   batch = x.shape[0]
   if solver == "rk4":
@@ -283,7 +283,7 @@ def ode_sample(key: Array, process: Process, drift_fn: DriftFn, shape, *, solver
   return x, nfe
 
 
-@functools.partial(jax.jit, static_argnames=("process", "drift_fn"))
+@jit_with_callables(static_argnames=("process",), callable_argnames=("drift_fn",))
 def _denoise_from_velocity(process, drift_fn, x, t):
   t = _full(t, x.shape[0], x.dtype)
   x0, _ = predictions.to_x0_eps(process, x, t, drift_fn(x, t), "velocity")
@@ -328,7 +328,7 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
                      f"S_tmax={S_tmax!r}, S_tmin={S_tmin!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("denoiser_fn", "shape", "num_steps"))
+@jit_with_callables(static_argnames=("shape", "num_steps"), callable_argnames=("denoiser_fn",))
 def _edm_heun(key, t_steps, S_churn, S_tmin, S_tmax, S_noise, *, denoiser_fn, shape, num_steps):
   batch = shape[0]
   k_prior, k_loop = jax.random.split(key)
@@ -459,7 +459,8 @@ def _eps_from_velocity(process: Process, x: Array, t: Array, velocity: Array) ->
   return predictions.to_x0_eps(process, x, t, velocity, "velocity")[1]
 
 
-@functools.partial(jax.jit, static_argnames=("process", "drift_fn", "shape", "edm_variables"))
+@jit_with_callables(static_argnames=("process", "shape", "edm_variables"),
+                    callable_argnames=("drift_fn",))
 def _heun_on_grid(key, times, *, process, drift_fn, shape, edm_variables):
   """Heun between consecutive ``times`` ``(N + 1,)``, the last step an Euler step."""
   batch = shape[0]
@@ -528,8 +529,8 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
 
 
 # --- DDIM -----------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("process", "eps_fn", "shape", "prediction_type",
-                                             "stochastic"))
+@jit_with_callables(static_argnames=("process", "shape", "prediction_type", "stochastic"),
+                    callable_argnames=("eps_fn",))
 def _ddim(key, times, eta, *, process, eps_fn, shape, prediction_type, stochastic):
   batch = shape[0]
   num_steps = times.shape[0]

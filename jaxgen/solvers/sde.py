@@ -25,7 +25,6 @@ Shapes: samples ``(batch, ...)``, ``t`` ``(batch,)``. Every sampler returns ``(s
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Callable, Tuple
@@ -33,6 +32,7 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from jaxgen._jit import jit_with_callables
 from jaxgen.processes import (Process, SubVPSDE, VESDE, VPSDE, alpha_at_end, broadcast_to,
                               discrete_step, reverse_sde)
 from jaxgen.solvers.ode import (_check_choice, _check_positive, _check_positive_int, _check_shape,
@@ -157,8 +157,8 @@ _LANGEVIN_MIN_BATCH_DIM = 256
 
 
 # --- samplers -------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("process", "score_fn", "shape", "predictor",
-                                             "corrector", "n_steps_each", "num_steps", "denoise"))
+@jit_with_callables(static_argnames=("process", "shape", "predictor", "corrector", "n_steps_each",
+                                     "num_steps", "denoise"), callable_argnames=("score_fn",))
 def _pc_sample(key, snr, eps, *, process, score_fn, shape, predictor, corrector, n_steps_each,
                num_steps, denoise):
   batch = shape[0]
