@@ -63,8 +63,9 @@ def default_cnf_config() -> ml_collections.ConfigDict:
   cnf = ml_collections.ConfigDict()
   cnf.divergence = "exact"        # exact | rademacher | gaussian (training)
   cnf.num_probes = 1              # Hutchinson probes per example
-  cnf.solver = "dopri5"           # dopri5 | tsit5 (adaptive) or euler | heun | midpoint (fixed)
-  cnf.num_steps = 0               # steps of a fixed-step solver
+  cnf.solver = "dopri5"           # dopri5 | tsit5 (adaptive) or euler | heun | midpoint | ralston
+                                  # | rk4 (fixed-step, with num_steps)
+  cnf.num_steps = 0               # steps of a fixed-step solver on [0, 1] (0 with an adaptive one)
   cnf.rtol = 1e-5
   cnf.atol = 1e-5
   cnf.max_steps = 4096            # step budget of one block's solve
@@ -124,6 +125,10 @@ class SolveOptions:
         if isinstance(value, (bool, str)) or not value > 0:
           raise ValueError(f"cnf {name} must be > 0 for the adaptive solver {self.solver!r}, "
                            f"got {value!r}")
+      if self.num_steps is not None:
+        raise ValueError(f"cnf num_steps={self.num_steps!r} sets a fixed-step solver's grid, but "
+                         f"{self.solver!r} picks its own steps (rtol/atol): set num_steps=0, or "
+                         f"a fixed-step solver {sorted(likelihood.FIXED_SOLVERS)}")
     elif self.solver in likelihood.FIXED_SOLVERS:
       if isinstance(self.num_steps, bool) or not (isinstance(self.num_steps, int)
                                                   and self.num_steps > 0):
@@ -362,9 +367,11 @@ def standard_normal_logp(z: Array) -> Array:
 
 
 def squeeze(x: Array) -> Array:
-  """``(b, H, W, C) -> (b, H/2, W/2, 4C)`` (each 2x2 patch becomes channels)."""
+  """``(b, H, W, C) -> (b, H/2, W/2, 4C)``: each 2x2 patch becomes channels, FFJORD's order
+  (``lib/layers/squeeze.py``) in NHWC: ``out[b, i, j, 4 c + 2 dy + dx] = x[b, 2i + dy, 2j + dx,
+  c]``, so a factor-out keeps the same dimensions as FFJORD's."""
   b, h, w, c = x.shape
-  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
   return x.reshape(b, h // 2, w // 2, 4 * c)
 
 
@@ -372,7 +379,7 @@ def unsqueeze(x: Array) -> Array:
   """Inverse of :func:`squeeze`: ``(b, H, W, 4C) -> (b, 2H, 2W, C)``."""
   b, h, w, c4 = x.shape
   c = c4 // 4
-  x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
   return x.reshape(b, 2 * h, 2 * w, c)
 
 
@@ -536,13 +543,21 @@ def flow_from_setup(setup) -> Flow:
 def eval_solve_options(config, eval_config) -> SolveOptions:
   """The :class:`SolveOptions` of a CNF's evaluation (likelihood and held-out loss):
   ``eval_config``'s divergence, probes, solver and tolerances, the rest (``max_steps``,
-  ``num_steps``, ``error_norm``) from ``config.cnf``; backpropagation, and ``throw=False`` (a
-  failed solve is NaN and counted in ``num_failed``, not an error)."""
+  ``error_norm``) from ``config.cnf``; ``num_steps`` only for a fixed-step evaluation solver
+  (``eval_config.num_steps``, else ``config.cnf.num_steps``), so that training with a fixed-step
+  solver and evaluating with an adaptive one (RNODE's rk4 / dopri5) go together; backpropagation,
+  and ``throw=False`` (a failed solve is NaN and counted in ``num_failed``, not an error)."""
+  cnf_cfg = _cnf_config(config)
+  get = eval_config.get if hasattr(eval_config, "get") else (
+      lambda k, d=None: getattr(eval_config, k, d))
+  num_steps = 0
+  if eval_config.solver in likelihood.FIXED_SOLVERS:
+    num_steps = get("num_steps", 0) or cnf_cfg.get("num_steps", 0)
   return SolveOptions.from_config(
-      _cnf_config(config), divergence=eval_config.divergence,
+      cnf_cfg, divergence=eval_config.divergence,
       num_probes=int(eval_config.num_probes), solver=eval_config.solver,
-      rtol=float(eval_config.rtol), atol=float(eval_config.atol), adjoint="backprop",
-      throw=False)
+      rtol=float(eval_config.rtol), atol=float(eval_config.atol), num_steps=num_steps,
+      adjoint="backprop", throw=False)
 
 
 RNODE_WEIGHTS = ("kinetic_energy", "jacobian_norm2")

@@ -80,6 +80,79 @@ def test_squeeze_and_logit_invert():
   np.testing.assert_allclose(log_det, jnp.log(grad).reshape(2, -1).sum(-1), rtol=1e-5)
 
 
+def _squeeze_by_loops(x):
+  """FFJORD's squeeze written out index by index, in NHWC: output channel ``4 c + 2 dy + dx`` of
+  position ``(i, j)`` is input channel ``c`` at ``(2 i + dy, 2 j + dx)``."""
+  b, h, w, c = x.shape
+  out = np.zeros((b, h // 2, w // 2, 4 * c), x.dtype)
+  for i in range(h // 2):
+    for j in range(w // 2):
+      for ch in range(c):
+        for dy in range(2):
+          for dx in range(2):
+            out[:, i, j, 4 * ch + 2 * dy + dx] = x[:, 2 * i + dy, 2 * j + dx, ch]
+  return out
+
+
+def test_squeeze_uses_ffjords_channel_order():
+  """Channels ordered ``c * 4 + dy * 2 + dx`` as FFJORD's ``squeeze`` (NCHW permute (0, 1, 3, 5,
+  2, 4)), so a factor-out keeps FFJORD's half; unsqueeze inverts it exactly, both ways."""
+  x = np.random.default_rng(0).standard_normal((2, 4, 6, 3)).astype(np.float32)
+  np.testing.assert_array_equal(cnf.squeeze(jnp.asarray(x)), _squeeze_by_loops(x))
+  np.testing.assert_array_equal(cnf.unsqueeze(cnf.squeeze(jnp.asarray(x))), x)
+  y = np.random.default_rng(1).standard_normal((2, 2, 3, 12)).astype(np.float32)
+  np.testing.assert_array_equal(cnf.squeeze(cnf.unsqueeze(jnp.asarray(y))), y)
+  # One grey channel: the kept half (channels 0, 1) is the top row of every 2x2 patch.
+  gray = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+  kept = np.asarray(cnf.squeeze(jnp.asarray(gray)))[..., :2]
+  np.testing.assert_array_equal(kept.reshape(2, 2, 4), gray[:, 0::2, :, 0])
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("layer_type", ffjord.LAYER_TYPES)
+def test_odenet_zero_last_starts_as_a_constant_field(conv, layer_type):
+  """``zero_last`` (RNODE's ``zero_last_weight``): the last layer's weights start at zero and its
+  biases do not, so a fresh field is a non-zero constant in ``x`` and ``t`` (zero divergence);
+  the other layers keep PyTorch's initialisation."""
+  shape = (3, 4, 4, 2) if conv else (3, 5)
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  t = jnp.array([0.0, 0.4, 1.0])
+  net = ffjord.ODENet((8, 8), layer_type, "softplus", conv=conv, zero_last=True)
+  params = net.init(jax.random.PRNGKey(0), x, t)["params"]
+  plain = ffjord.ODENet((8, 8), layer_type, "softplus", conv=conv).init(
+      jax.random.PRNGKey(0), x, t)["params"]
+  last = params["layer_2"]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(last)[0]:
+    zero = "kernel" in jax.tree_util.keystr(path)
+    assert bool(jnp.all(leaf == 0)) == zero, jax.tree_util.keystr(path)
+  for name in ("layer_0", "layer_1"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params[name], plain[name])
+  out = net.apply({"params": params}, x, t)
+  other = net.apply({"params": params}, 3.0 * x[::-1], t[::-1])
+  np.testing.assert_allclose(out, other, atol=1e-6)
+  np.testing.assert_allclose(out, jnp.broadcast_to(out[:1], out.shape), atol=1e-6)
+  assert float(jnp.max(jnp.abs(out))) > 0
+  jac = jax.jacfwd(lambda v: net.apply({"params": params}, v[None], t[:1])[0])(x[0])
+  assert float(jnp.max(jnp.abs(jac))) == 0.0
+
+
+def test_zero_last_reaches_every_block_of_the_models():
+  config = ml_collections.ConfigDict({"name": "ffjord_multiscale", "hidden_dims": (4,),
+                                      "num_blocks": 1, "image_size": 8, "zero_last": True})
+  data = ml_collections.ConfigDict({"image_size": 8, "centered": False})
+  model = ffjord.from_config(config, data)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))["params"]
+  for i in range(model.num_nets()):
+    assert not np.any(params[f"block_{i}"]["layer_1"]["layer"]["kernel"])
+    assert np.any(params[f"block_{i}"]["layer_0"]["layer"]["kernel"])
+  mlp = ffjord.FFJORDMLP(hidden_dims=(4,), num_blocks=2, zero_last=True)
+  params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+  assert all(not np.any(params[f"block_{i}"]["layer_1"]["layer"]["kernel"]) for i in range(2))
+  bad = ml_collections.ConfigDict(dict(config.to_dict(), zero_last="yes"))
+  with pytest.raises(ValueError, match="zero_last='yes'"):
+    ffjord.validate_model_config(bad, data)
+
+
 def test_config_validation_names_the_bad_value():
   config = toy_config.get_config()
   config.model.layer_type = "hyper"
@@ -93,6 +166,11 @@ def test_config_validation_names_the_bad_value():
   data = ml_collections.ConfigDict({"image_size": 28, "centered": True})
   with pytest.raises(ValueError, match="centered"):
     ffjord.validate_model_config(mnist, data)
+  # A step count with an adaptive solver would be ignored: refused, naming it.
+  config = toy_config.get_config()
+  config.cnf.num_steps = 4
+  with pytest.raises(ValueError, match="num_steps=4"):
+    cnf.validate_config(config)
 
 
 # --------------------------------------------------------------------------------------------------

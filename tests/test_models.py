@@ -1,5 +1,6 @@
 """Tests of jaxgen.models: score_sde parameter parity, forward passes, mixed precision, configs."""
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from jaxgen import models
-from jaxgen.models import layers
+from jaxgen import losses, models, processes
+from jaxgen.models import layers, unet
 
 # Parameter counts of score_sde's CIFAR-10 models (32x32x3 input).
 SCORE_SDE_COUNTS = {
@@ -209,3 +210,42 @@ def test_fir_resampling_preserves_constants():
   np.testing.assert_allclose(down[:, 1:-1, 1:-1], 3.0, rtol=1e-6)
   np.testing.assert_allclose(layers.upsample_2d(x, (1, 1)), layers.naive_upsample_2d(x))
   np.testing.assert_allclose(layers.downsample_2d(x, (1, 1)), layers.naive_downsample_2d(x))
+
+
+@pytest.mark.parametrize("name", ["ddpmpp", "ncsnpp"])
+def test_fourier_linear_embedding_runs_on_edm_conditioning(name):
+  """EDM's NCSN++ embeds ``c_noise = log(sigma) / 4`` by Fourier features of the value itself
+  (``fourier_linear``): accepted for NCSN++/DDPM++, finite over EDM's whole sigma range (where
+  ``c_noise < 0``) and telling the noise levels apart; ``fourier`` (log of ``cond``) cannot."""
+  extra = dict(fir=True, progressive_input="residual") if name == "ncsnpp" else {}
+  _, model = _tiny(name=name, embedding_type="fourier_linear", **extra)
+  process = processes.EDMPath()
+  sigma = jnp.array([process.sigma_min, 0.5, 1.0, process.sigma_max])
+  cond = losses.noise_conditioning(process, sigma)
+  assert float(cond.min()) < 0
+  x = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(6), (1, 8, 8, 3)), (4, 8, 8, 3))
+  params, out = _run(model, x, cond)
+  assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+  for i in range(1, 4):
+    assert not np.allclose(out[0], out[i])
+  _, log_model = _tiny(name=name, embedding_type="fourier", **extra)
+  assert not bool(jnp.all(jnp.isfinite(log_model.apply({"params": params}, x, cond))))
+
+
+def test_unet_docstring_states_its_parameter_count():
+  match = re.search(r"it has ([\d,]+) parameters on one-channel images\s+\(([\d,]+) on three",
+                    unet.__doc__)
+  assert match, unet.__doc__
+  for channels, stated in zip((1, 3), match.groups()):
+    model = unet.UNet(nf=32, ch_mult=(1, 2), num_res_blocks=1)
+    shapes = models.abstract_params(model, (1, 8, 8, channels), (1,))
+    assert models.count_params(shapes) == int(stated.replace(",", ""))
+
+
+def test_ddpm_group_norm_groups_equal_score_sde_from_nf_128():
+  """DDPM's GroupNorm takes ``min(C // 4, 32)`` groups; score_sde's DDPM takes 32 at every width:
+  the same at every width of the nf = 128 model, fewer groups below C = 128."""
+  for width in (32, 64, 96, 128, 256, 512):
+    assert layers.num_groups(width) == min(width // 4, 32)
+  assert all(layers.num_groups(128 * m) == 32 for m in (1, 2, 2, 2))
+  assert layers.num_groups(64) < 32

@@ -40,6 +40,8 @@ def cifar10_config(process: str, network: str, deep: bool = False):
   sampling.n_steps_each = 1
   sampling.noise_removal = True
   sampling.snr = 0.16
+  # score_sde's run_lib.py: sampling_eps = 1e-5 for the VE SDE, 1e-3 for VP / sub-VP.
+  sampling.eps = 1e-5 if process == "ve" else 1e-3
   if process == "ve":
     sampling.predictor, sampling.corrector = "reverse_diffusion", "langevin"
   else:

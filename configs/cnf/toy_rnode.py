@@ -3,6 +3,9 @@
 Same network, solver and optimizer as FFJORD's toy run; the penalties (RNODE's per-dimension
 normalisation, integrated along the trajectory, see jaxgen/cnf.py) keep the dynamics straight, so
 the adaptive solver needs far fewer steps. experiments/cnf_toy/rnode.py compares the two.
+ffjord-rnode has no toy script: the penalty weights (0.1) are jaxgen's choice, and the rest is
+FFJORD's toy setting (learnable T, PyTorch initialisation, dopri5 at 1e-5, exact divergence, no
+EMA), not the image RNODE's (fixed T, zero last layer, RK4; see configs/cnf/common.py).
 
   --config=configs/cnf/toy_rnode.py:8gaussians
 """

@@ -103,10 +103,11 @@ def validate_model_config(model_config, data_config=None) -> None:
     act = get("activation", get("nonlinearity"))
     _require(str(act).lower() in layers.ACTIVATIONS,
              f"model nonlinearity {act!r} is unknown; expected one of {sorted(layers.ACTIVATIONS)}")
+  # Every noise-conditioned network embeds through embeddings.noise_features, which takes all
+  # three types; 'fourier_linear' is EDM's NCSN++ embedding (Fourier features of c_noise itself).
   embedding_type = str(get("embedding_type", "positional")).lower()
-  allowed_embeddings = EMBEDDING_TYPES if name in ("unet", "mlp") else ("positional", "fourier")
-  _require(embedding_type in allowed_embeddings,
-           f"model.embedding_type={embedding_type!r} is not one of {allowed_embeddings} "
+  _require(embedding_type in EMBEDDING_TYPES,
+           f"model.embedding_type={embedding_type!r} is not one of {EMBEDDING_TYPES} "
            f"for model {name!r}")
   num_classes = int(get("num_classes", 0))
   _require(num_classes >= 0, f"model.num_classes={num_classes} must be >= 0")

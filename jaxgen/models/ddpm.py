@@ -20,7 +20,9 @@ class DDPM(nn.Module):
   ``__call__(x, cond, y=None, train=False)``: ``x`` ``(batch, H, W, C)``, ``cond`` ``(batch,)``
   (``999 t`` for VP), ``y`` ``(batch,)`` int labels when ``num_classes > 0``. Returns float32
   ``(batch, H, W, C)``, divided by ``cond`` when ``scale_by_sigma``. GroupNorm uses
-  ``min(C // 4, 32)`` groups (32 for every width of the CIFAR-10 model, as in score_sde).
+  ``min(C // 4, 32)`` groups (:func:`layers.num_groups`, NCSN++'s rule) where score_sde's DDPM
+  uses 32 at every width: identical when every width is at least 128 (``nf = 128``, the CIFAR-10
+  model), fewer groups for a smaller ``nf``.
   """
   nf: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)

@@ -3,7 +3,9 @@
 The caller computes the conditioning value ``cond`` of shape ``(batch,)``: e.g. ``999 * t`` for
 VP/sub-VP (sinusoidal ``positional`` embedding) or ``sigma(t)`` for VE (Gaussian ``fourier``
 features of ``log sigma``, as in score_sde). ``fourier_linear`` takes Fourier features of
-``cond`` itself (for ``cond = t`` in ``[0, 1]``, where a log would diverge at 0).
+``cond`` itself: for ``cond = t`` in ``[0, 1]``, where a log would diverge at 0, and for EDM's
+``c_noise = log(sigma) / 4`` (negative below ``sigma = 1``), which EDM's NCSN++ embeds this way
+(``FourierEmbedding``, scale 16; sin/cos in the other order, the same features).
 """
 from __future__ import annotations
 

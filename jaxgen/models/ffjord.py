@@ -11,7 +11,9 @@ FFJORD's ways:
 ``ODENet`` stacks such layers with a nonlinearity (tanh, softplus, ...) between them; its output
 has the shape of its input. Initialisation draws weights and biases from
 ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as PyTorch's ``nn.Linear`` / ``nn.Conv2d`` do, so a fresh
-network starts with FFJORD's dynamics (and NFE).
+network starts with FFJORD's dynamics (and NFE). ``zero_last`` (RNODE's ``zero_last_weight``)
+zeroes every weight of the last layer (its kernel, and a concatsquash layer's gate and shift
+weights) and keeps its biases: a fresh block is a constant field, with zero divergence.
 
 The two CNF models hold one ``ODENet`` per CNF block and, with ``train_T``, one learnable end time
 per block (``T = sqrt_end_time ** 2`` as in FFJORD). They describe their chain of blocks and fixed
@@ -57,8 +59,10 @@ def _uniform_fan_in(fan_in: int):
   return init
 
 
-def _dense(features: int, fan_in: int, dtype, use_bias: bool = True, name: Optional[str] = None):
-  return nn.Dense(features, use_bias=use_bias, kernel_init=_uniform_fan_in(fan_in),
+def _dense(features: int, fan_in: int, dtype, use_bias: bool = True, name: Optional[str] = None,
+           zero_kernel: bool = False):
+  kernel_init = nn.initializers.zeros if zero_kernel else _uniform_fan_in(fan_in)
+  return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init,
                   bias_init=_uniform_fan_in(fan_in), dtype=dtype, param_dtype=jnp.float32,
                   name=name)
 
@@ -71,25 +75,28 @@ def _check_layer_type(layer_type: str) -> None:
 class TimeDense(nn.Module):
   """A dense layer conditioned on time (``ignore`` / ``concat`` / ``concatsquash``).
 
-  ``__call__(x (batch, d_in), t (batch,)) -> (batch, features)``.
+  ``__call__(x (batch, d_in), t (batch,)) -> (batch, features)``. ``zero_weights``: every kernel
+  starts at zero (biases as usual).
   """
   features: int
   layer_type: str = "concatsquash"
   dtype: Any = jnp.float32
+  zero_weights: bool = False
 
   @nn.compact
   def __call__(self, x: Array, t: Array) -> Array:
     _check_layer_type(self.layer_type)
     d_in = x.shape[-1]
     tt = t.reshape(-1, 1).astype(x.dtype)
+    dense = lambda fan_in, name, **kw: _dense(self.features, fan_in, self.dtype, name=name,
+                                              zero_kernel=self.zero_weights, **kw)
     if self.layer_type == "ignore":
-      return _dense(self.features, d_in, self.dtype, name="layer")(x)
+      return dense(d_in, "layer")(x)
     if self.layer_type == "concat":
-      return _dense(self.features, d_in + 1, self.dtype, name="layer")(
-          jnp.concatenate([tt, x], axis=-1))
-    h = _dense(self.features, d_in, self.dtype, name="layer")(x)
-    gate = _dense(self.features, 1, self.dtype, name="hyper_gate")(tt)
-    shift = _dense(self.features, 1, self.dtype, use_bias=False, name="hyper_bias")(tt)
+      return dense(d_in + 1, "layer")(jnp.concatenate([tt, x], axis=-1))
+    h = dense(d_in, "layer")(x)
+    gate = dense(1, "hyper_gate")(tt)
+    shift = dense(1, "hyper_bias", use_bias=False)(tt)
     return h * jax.nn.sigmoid(gate) + shift
 
 
@@ -98,16 +105,19 @@ class TimeConv(nn.Module):
 
   ``__call__(x (batch, H, W, C_in), t (batch,)) -> (batch, H, W, features)``; ``concat`` adds
   ``t`` as a constant input channel, ``concatsquash`` gates and shifts every output channel.
+  ``zero_weights``: every kernel starts at zero (biases as usual).
   """
   features: int
   layer_type: str = "concat"
   kernel_size: int = 3
   dtype: Any = jnp.float32
+  zero_weights: bool = False
 
   def _conv(self, fan_in_channels: int, name: str):
     fan_in = fan_in_channels * self.kernel_size ** 2
+    kernel_init = nn.initializers.zeros if self.zero_weights else _uniform_fan_in(fan_in)
     return nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding="SAME",
-                   kernel_init=_uniform_fan_in(fan_in), bias_init=_uniform_fan_in(fan_in),
+                   kernel_init=kernel_init, bias_init=_uniform_fan_in(fan_in),
                    dtype=self.dtype, param_dtype=jnp.float32, name=name)
 
   @nn.compact
@@ -122,8 +132,10 @@ class TimeConv(nn.Module):
       return self._conv(c_in + 1, "layer")(jnp.concatenate([t_channel, x], axis=-1))
     h = self._conv(c_in, "layer")(x)
     t2 = t.reshape(-1, 1).astype(x.dtype)
-    gate = _dense(self.features, 1, self.dtype, name="hyper_gate")(t2)[:, None, None, :]
-    shift = _dense(self.features, 1, self.dtype, use_bias=False, name="hyper_bias")(t2)
+    gate = _dense(self.features, 1, self.dtype, name="hyper_gate",
+                  zero_kernel=self.zero_weights)(t2)[:, None, None, :]
+    shift = _dense(self.features, 1, self.dtype, use_bias=False, name="hyper_bias",
+                   zero_kernel=self.zero_weights)(t2)
     return h * jax.nn.sigmoid(gate) + shift[:, None, None, :]
 
 
@@ -133,12 +145,14 @@ class ODENet(nn.Module):
 
   ``__call__(x, t)``: ``x`` ``(batch, D)`` (dense) or ``(batch, H, W, C)`` (``conv=True``, 3x3
   stride-1 convolutions, output channels ``C``), ``t`` ``(batch,)``; returns ``x``'s shape, float32.
+  ``zero_last``: the last layer's weights start at zero (RNODE's ``zero_last_weight``).
   """
   hidden_dims: Sequence[int] = (64, 64, 64)
   layer_type: str = "concatsquash"
   nonlinearity: str = "tanh"
   conv: bool = False
   dtype: Any = "float32"
+  zero_last: bool = False
 
   @nn.compact
   def __call__(self, x: Array, t: Array) -> Array:
@@ -151,10 +165,13 @@ class ODENet(nn.Module):
       h = h.reshape(x.shape[0], -1)
     widths = tuple(int(w) for w in self.hidden_dims) + (h.shape[-1],)
     for i, width in enumerate(widths):
+      zero = bool(self.zero_last) and i == len(widths) - 1
       if self.conv:
-        h = TimeConv(width, self.layer_type, dtype=dtype, name=f"layer_{i}")(h, t)
+        h = TimeConv(width, self.layer_type, dtype=dtype, zero_weights=zero,
+                     name=f"layer_{i}")(h, t)
       else:
-        h = TimeDense(width, self.layer_type, dtype=dtype, name=f"layer_{i}")(h, t)
+        h = TimeDense(width, self.layer_type, dtype=dtype, zero_weights=zero,
+                      name=f"layer_{i}")(h, t)
       if i < len(widths) - 1:
         h = act(h)
     return h.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(x.shape)
@@ -225,6 +242,7 @@ class FFJORDMLP(_CNFChain):
   num_blocks: int = 1
   time_length: float = 0.5
   train_T: bool = True
+  zero_last: bool = False
   dtype: Any = "float32"
 
   @nn.nowrap
@@ -235,7 +253,7 @@ class FFJORDMLP(_CNFChain):
   def net_module(self, index: int, name: Optional[str] = None) -> ODENet:
     del index
     return ODENet(tuple(self.hidden_dims), self.layer_type, self.nonlinearity, conv=False,
-                  dtype=self.dtype, name=name)
+                  dtype=self.dtype, zero_last=self.zero_last, name=name)
 
   @nn.nowrap
   def layout(self, shape: Sequence[int]) -> Tuple[tuple, ...]:
@@ -259,7 +277,8 @@ class FFJORDMultiscale(_CNFChain):
   then every scale but the last runs ``num_blocks`` CNFs, squeezes ``(H, W, C) -> (H/2, W/2, 4C)``,
   runs ``num_blocks`` more and factors half of the channels out to the prior; the last scale runs
   ``num_blocks`` CNFs. Each field is a convolutional ``ODENet`` (``hidden_dims`` channels, 3x3,
-  stride 1, ``concat`` time, softplus). MNIST: 3 scales, 10 blocks; CIFAR-10: 4 scales, 14 blocks.
+  stride 1, ``concat`` time, softplus; ``zero_last`` as RNODE's). MNIST: 3 scales, 10 blocks;
+  CIFAR-10: 4 scales, 14 blocks.
   """
   hidden_dims: Sequence[int] = (64, 64, 64)
   layer_type: str = "concat"
@@ -269,6 +288,7 @@ class FFJORDMultiscale(_CNFChain):
   alpha: float = 1e-6
   time_length: float = 1.0
   train_T: bool = True
+  zero_last: bool = False
   image_size: int = 28
   dtype: Any = "float32"
 
@@ -307,7 +327,7 @@ class FFJORDMultiscale(_CNFChain):
   def net_module(self, index: int, name: Optional[str] = None) -> ODENet:
     del index
     return ODENet(tuple(self.hidden_dims), self.layer_type, self.nonlinearity, conv=True,
-                  dtype=self.dtype, name=name)
+                  dtype=self.dtype, zero_last=self.zero_last, name=name)
 
   def __call__(self, x: Array, t: Array, y: Optional[Array] = None,
                train: bool = False) -> Array:
@@ -337,6 +357,9 @@ def validate_model_config(model_config, data_config=None) -> None:
     raise ValueError(f"model.num_blocks={get('num_blocks')} must be >= 1")
   if not float(get("time_length", 1.0)) > 0:
     raise ValueError(f"model.time_length={get('time_length')} must be positive")
+  for flag in ("zero_last", "train_T"):
+    if not isinstance(get(flag, False), bool):
+      raise ValueError(f"model.{flag}={get(flag)!r} must be True or False")
   if name == "ffjord_multiscale":
     alpha = float(get("alpha", 1e-6))
     if not 0.0 <= alpha < 0.5:

@@ -4,7 +4,8 @@ Per resolution level: ``num_res_blocks`` GroupNorm + swish residual blocks (with
 embedding added after the first convolution), optional attention at ``attn_resolutions``,
 one skip connection per level, average-pool down / nearest + conv up. The middle has one
 residual block (plus attention when the lowest resolution is in ``attn_resolutions``).
-With ``nf=32, ch_mult=(1, 2), num_res_blocks=1`` it has about 0.2 M parameters.
+With ``nf=32, ch_mult=(1, 2), num_res_blocks=1`` it has 251,521 parameters on one-channel images
+(252,675 on three channels).
 """
 from __future__ import annotations
 
