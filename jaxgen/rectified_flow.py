@@ -646,7 +646,10 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
   """
   from jaxgen import train  # pylint: disable=import-outside-toplevel
   train.validate_config(config)
-  if train.latest_checkpoint_step(workdir) is not None:
+  step = train.latest_checkpoint_step(workdir)
+  if step is not None:
+    train.log(f"{workdir} already holds a checkpoint (step {step}): continuing from it, not "
+              f"warm-starting again")
     return False
   train.check_workdir_compatible(workdir, config, resume_training=True)
   mesh = parallel.make_mesh()
@@ -668,11 +671,34 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
     train.write_config(workdir, config)
     train.save_checkpoint(manager, state, 0, force=True)
     manager.wait_until_finished()
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, WARM_START_FILE), "w") as f:
+        json.dump({"init_workdir": os.path.abspath(init_workdir),
+                   "teacher_step": int(teacher.step)}, f)
     train.log(f"warm start: {workdir} starts from the EMA parameters of {init_workdir} "
               f"(step {int(teacher.step)})")
     return True
   finally:
     manager.close()
+
+
+WARM_START_FILE = "warm_start.json"
+
+
+def _check_same_teacher(workdir: str, init_workdir: str) -> None:
+  """A student workdir that was warm-started from another teacher is refused (its checkpoints
+  hold that teacher's parameters); the teacher is recorded in ``workdir/warm_start.json``."""
+  from jaxgen import train  # pylint: disable=import-outside-toplevel
+  path = os.path.join(workdir, WARM_START_FILE)
+  if train.latest_checkpoint_step(workdir) is None or not os.path.exists(path):
+    return
+  with open(path) as f:
+    recorded = json.load(f).get("init_workdir")
+  if recorded and os.path.abspath(recorded) != os.path.abspath(init_workdir):
+    raise train.CheckpointError(
+        f"workdir {workdir} was warm-started from the teacher {recorded!r}, not from "
+        f"config.reflow.init_workdir = {init_workdir!r}; it is left untouched (use another "
+        f"--workdir, or the teacher it started from)")
 
 
 def run_distill(config, workdir: str) -> Dict[str, Any]:
@@ -693,11 +719,17 @@ def run_distill(config, workdir: str) -> Dict[str, Any]:
   with config.unlocked():
     if not config.data.get("pairs_dir", ""):
       config.data.pairs_dir = os.path.join(init, PAIRS_SUBDIR)
-  pairs_lib.read_meta(config.data.pairs_dir)  # fails early, naming the directory, if absent
-  # Before the warm start writes its step-0 checkpoint and config.json: a bad config, or pairs
-  # of another shape or noise source, leave the workdir untouched.
+  meta = pairs_lib.read_meta(config.data.pairs_dir)  # fails early, naming the directory
+  # Before the warm start writes its step-0 checkpoint and config.json: a bad config, pairs of
+  # another shape or noise source, or an unfinished generation leave the workdir untouched.
   train.validate_config(config)
   train.check_pairs_compatible(config)
+  missing = pairs_lib.missing_chunks(config.data.pairs_dir, meta["num_chunks"])
+  if missing:
+    raise ValueError(f"the reflow pairs in {config.data.pairs_dir!r} are not finished: chunks "
+                     f"{missing[:8]}{' ...' if len(missing) > 8 else ''} of {meta['num_chunks']} "
+                     f"are missing (finish them with --mode=reflow in the teacher's workdir)")
+  _check_same_teacher(workdir, init)
   warm_start(config, workdir, init)
   summary = train.train_and_evaluate(config, workdir,
                                      evaluate_fn=evaluate.make_periodic_evaluation(config))

@@ -121,7 +121,13 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   if config.method not in METHODS:
     raise ValueError(f"unknown config.method {config.method!r}; expected one of {METHODS}")
   from jaxgen import evaluate, likelihood  # pylint: disable=import-outside-toplevel
+  _validate_numbers(config)
   process = get_process(config)
+  if config.method != "cnf":
+    t0 = config.eval.get("t0", 1e-5)
+    if not (isinstance(t0, (int, float)) and not isinstance(t0, bool) and 0 <= t0 < process.T):
+      raise ValueError(f"config.eval.t0 must be in [0, T = {process.T}) (where the likelihood "
+                       f"starts), got {t0!r}")
   evaluate.validate_sampling_config(config, process)
   _validate_time_sampling(config)  # first, so that its error names the field
   losses.validate_loss_config(config, process)
@@ -153,6 +159,54 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
       data_lib.check_batch_size(config[name].batch_size, num_devices, jax.process_count())
     except ValueError as e:
       raise ValueError(f"config.{name}.batch_size: {e}") from None
+
+
+# Numeric config fields checked by validate_config: (section, field, kind, low, high) with kind
+# 'int' or 'float' and the value required in [low, high] (None: unbounded), or with an open
+# upper end where high is written as ('<', value).
+_NUMBER_FIELDS = (
+    ("training", "n_iters", "int", 0, None),
+    ("training", "log_every", "int", 1, None),
+    ("training", "preemption_every", "int", 1, None),
+    ("training", "eval_every", "int", 0, None),
+    ("training", "snapshot_every", "int", 0, None),
+    ("training", "keep_checkpoints", "int", 1, None),
+    ("training", "max_wall_seconds", "float", 0.0, None),
+    ("optim", "lr", "float", (">", 0.0), None),
+    ("optim", "beta1", "float", 0.0, ("<", 1.0)),
+    ("optim", "beta2", "float", 0.0, ("<", 1.0)),
+    ("optim", "eps", "float", 0.0, None),
+    ("optim", "warmup", "int", 0, None),
+    ("optim", "weight_decay", "float", 0.0, None),
+    ("optim", "grad_clip", "float", 0.0, None),
+    ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
+    ("sampling", "batch_size", "int", 1, None),
+    ("sampling", "num_samples", "int", 0, None),
+    ("eval", "num_bpd_batches", "int", 0, None),
+    ("eval", "num_probes", "int", 1, None),
+    ("eval", "num_repeats", "int", 1, None),
+)
+
+
+def _validate_numbers(config) -> None:
+  """The counts, intervals and optimizer numbers of :data:`_NUMBER_FIELDS` (a zero log interval
+  divided by zero after the workdir was written; a negative learning rate trained uphill)."""
+  for section, field, kind, low, high in _NUMBER_FIELDS:
+    if section not in config or field not in config[section]:
+      continue
+    value = config[section][field]
+    name = f"config.{section}.{field}"
+    types = (int,) if kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, types) or value != value:
+      raise ValueError(f"{name} must be {'an int' if kind == 'int' else 'a number'}, got "
+                       f"{value!r}")
+    low_ok = value > low[1] if isinstance(low, tuple) else value >= low
+    high_ok = high is None or (value < high[1] if isinstance(high, tuple) else value <= high)
+    if not (low_ok and high_ok):
+      lo = f"> {low[1]}" if isinstance(low, tuple) else f">= {low}"
+      hi = "" if high is None else (f" and < {high[1]}" if isinstance(high, tuple)
+                                    else f" and <= {high}")
+      raise ValueError(f"{name} must be {lo}{hi}, got {value!r}")
 
 
 def _validate_eval_solver(config) -> None:
@@ -674,20 +728,33 @@ def _source_name(data_config) -> str:
 def _config_fingerprint(config) -> Dict[str, Any]:
   """The parts of a config that a checkpoint must agree with to be restored.
 
-  ``data.dataset`` and ``data.source`` (the rectified flow's ``t = 1`` end, part of the process)
-  decide what the parameters model; ``training.batch_size`` decides the data order of a resumed
-  run, so it is compared only when a run resumes training (:func:`check_workdir_compatible`).
+  Besides the model, process, method, data shape and optimizer: what the parameters model and how
+  the network is read (:data:`_FINGERPRINT_FIELDS`: the data set, ``data.source`` (the rectified
+  flow's ``t = 1`` end), the data scaling ``data.centered`` / ``data.num_levels``, discrete-time
+  training); ``training.batch_size`` and ``seed`` decide the data order of a resumed run, so the
+  ``training`` section is compared only when a run resumes training
+  (:func:`check_workdir_compatible`).
   """
-  return {"model": config.model.to_dict(), "process": config.process.to_dict(),
-          "method": config.method, "data_shape": list(data_shape(config)),
-          "optim": {"optimizer": config.optim.optimizer},
-          "data": {"dataset": str(config.data.dataset), "source": _source_name(config.data)},
-          "training": {"batch_size": int(config.training.batch_size)}}
+  fingerprint = {"model": config.model.to_dict(), "process": config.process.to_dict(),
+                 "method": config.method, "data_shape": list(data_shape(config)),
+                 "optim": {"optimizer": config.optim.optimizer}}
+  for (section, field), get in _FINGERPRINT_FIELDS.items():
+    fingerprint.setdefault(section, {})[field] = get(config)
+  return fingerprint
 
 
-# Fingerprint sections added after workdirs were written: ``{section: fields}``. A config.json
-# without one is completed from its saved config, or else the section is not compared.
-_SECTIONS_ADDED = {"data": ("dataset", "source"), "training": ("batch_size",)}
+# Fingerprint fields added after workdirs were written, ``(section, field) -> value(config)``. A
+# config.json without one is completed from its saved config; where that fails too, the field is
+# not compared.
+_FINGERPRINT_FIELDS = {
+    ("data", "dataset"): lambda c: str(c.data.dataset),
+    ("data", "source"): lambda c: _source_name(c.data),
+    ("data", "centered"): lambda c: bool(c.data.centered),
+    ("data", "num_levels"): lambda c: int(c.data.num_levels),
+    ("reading", "discrete"): lambda c: bool(losses.is_discrete_training(c)),
+    ("training", "batch_size"): lambda c: int(c.training.batch_size),
+    ("training", "seed"): lambda c: int(c.seed),
+}
 
 
 # Model fields that change speed only, never the parameter values a checkpoint holds. ``remat``
@@ -734,22 +801,28 @@ def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options, item_names=("state", "meta"))
 
 
-def _added_sections(fingerprint: Dict[str, Any], saved_config: Any) -> Dict[str, Any]:
-  """An older fingerprint with the sections of :data:`_SECTIONS_ADDED` filled in from the
-  saved config where it has them."""
-  fingerprint = dict(fingerprint)
-  for section, fields in _SECTIONS_ADDED.items():
-    if section in fingerprint:
+def _added_sections(fingerprint: Dict[str, Any], saved_config: Any):
+  """``(fingerprint, missing)``: an older fingerprint with the fields of
+  :data:`_FINGERPRINT_FIELDS` it lacks filled in from the saved config where they can be read,
+  and the ``(section, field)`` pairs that could not (not compared)."""
+  fingerprint = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint.items()}
+  saved = None
+  if isinstance(saved_config, dict):
+    try:
+      saved = ml_collections.ConfigDict(saved_config)
+    except Exception:  # pylint: disable=broad-except
+      saved = None
+  missing = set()
+  for (section, field), get in _FINGERPRINT_FIELDS.items():
+    if field in fingerprint.get(section, {}):
       continue
-    saved = saved_config.get(section) if isinstance(saved_config, dict) else None
-    if not isinstance(saved, dict) or not all(f in saved or f == "source" for f in fields):
+    try:
+      value = get(saved)
+    except Exception:  # pylint: disable=broad-except  (an old or partial saved config)
+      missing.add((section, field))
       continue
-    values = {f: saved.get(f, "") for f in fields}
-    if section == "data":
-      values = {"dataset": str(values["dataset"]),
-                "source": "" if values["source"] in ("normal", None) else str(values["source"])}
-    fingerprint[section] = values
-  return fingerprint
+    fingerprint.setdefault(section, {})[field] = value
+  return fingerprint, missing
 
 
 def _has_checkpoints(workdir: str) -> bool:
@@ -762,9 +835,10 @@ def check_workdir_compatible(workdir: str, config, resume_training: bool = False
   """Raise :class:`CheckpointError` if the workdir holds a run of an incompatible config.
 
   Compared: the model (but its speed-only fields), process, method, data shape, data set,
-  ``data.source`` and optimizer; with ``resume_training`` (the train loop, a warm start) and a
-  checkpoint in the workdir also ``training.batch_size``, on which a resumed run's data order
-  depends (evaluating or sampling with another batch size is fine).
+  ``data.source``, the data scaling (``data.centered``, ``data.num_levels``), discrete-time
+  training and the optimizer; with ``resume_training`` (the train loop, a warm start) and a
+  checkpoint in the workdir also ``training.batch_size`` and ``seed``, on which a resumed run's
+  data order depends (evaluating or sampling with another batch size or seed is fine).
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -778,10 +852,14 @@ def check_workdir_compatible(workdir: str, config, resume_training: bool = False
   theirs = saved.get("fingerprint", {})
   if not theirs:
     return
-  theirs = _comparable(_added_sections(theirs, saved.get("config")))
-  for section in _SECTIONS_ADDED:  # not recorded by the run that wrote config.json
-    if section not in theirs:
+  theirs, missing = _added_sections(theirs, saved.get("config"))
+  theirs = _comparable(theirs)
+  for section, field in missing:  # not recorded by the run that wrote config.json
+    mine.get(section, {}).pop(field, None)
+  for section in ("data", "reading", "training"):
+    if not mine.get(section) and not theirs.get(section):
       mine.pop(section, None)
+      theirs.pop(section, None)
   if not (resume_training and _has_checkpoints(workdir)):
     mine.pop("training", None)
     theirs.pop("training", None)
@@ -800,9 +878,9 @@ def check_workdir_compatible(workdir: str, config, resume_training: bool = False
         diffs.append(f"{key}.{field}" if key == "model" else
                      f"{key}.{field} ({b.get(field)!r} there, {a.get(field)!r} now)")
   hint = ""
-  if any(d.startswith("training.batch_size") for d in diffs):
-    hint = (" A resumed run reads the data in the order of its batch size; resume with the "
-            "batch size it was started with.")
+  if any(d.startswith(("training.batch_size", "training.seed")) for d in diffs):
+    hint = (" A resumed run reads the data in the order of its seed and batch size; resume with "
+            "the ones it was started with.")
   raise CheckpointError(
       f"workdir {workdir} holds a run with a different {', '.join(diffs)} config; it cannot be "
       f"resumed with this config and is left untouched (use another --workdir).{hint}")
@@ -928,26 +1006,56 @@ def restore_state(manager: ocp.CheckpointManager, setup: "Setup", mesh,
 # metrics
 # --------------------------------------------------------------------------------------------------
 class MetricWriter:
-  """JSON lines + TensorBoard events under the workdir (host 0 only)."""
+  """JSON lines + TensorBoard events under the workdir (host 0 only).
 
-  def __init__(self, workdir: str):
+  With ``start_step`` (a run starting or resuming there), what an interrupted earlier attempt
+  logged after that step is dropped first (metrics.jsonl lines, TensorBoard's ``purge_step``): the
+  resumed run logs those steps again, and each step keeps one line. Non-finite values are
+  written as ``null`` (strict JSON).
+  """
+
+  def __init__(self, workdir: str, start_step: Optional[int] = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      if start_step is not None:
+        self._truncate(int(start_step))
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        purge = {} if start_step is None else {"purge_step": int(start_step) + 1}
+        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), **purge)
       except ImportError:  # pragma: no cover - tensorboardX is a dependency
         self.tb = None
+
+  def _truncate(self, start_step: int) -> None:
+    """Drops the metrics.jsonl lines of steps after ``start_step`` (atomically)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    kept = []
+    for line in lines:
+      try:
+        if int(json.loads(line)["step"]) <= start_step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError, TypeError):
+        continue  # a line cut short by a crash
+    if len(kept) != len(lines):
+      tmp = f"{self.path}.tmp-{os.getpid()}"
+      with open(tmp, "w") as f:
+        f.writelines(kept)
+      os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
     """Appends ``scalars`` at ``step`` to metrics.jsonl (and TensorBoard when available)."""
     if not self.active:
       return
+    values = {k: float(v) for k, v in scalars.items()}
+    line = {"step": int(step), **{k: v if math.isfinite(v) else None for k, v in values.items()}}
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+      f.write(json.dumps(line, allow_nan=False) + "\n")
     if self.tb is not None:
       for k, v in scalars.items():
         self.tb.add_scalar(k, float(v), int(step))
@@ -1035,10 +1143,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     carry = to_carry(state)
     n_params = models.count_params(state.params)
     del state
-    writer = MetricWriter(workdir)
     training = config.training
     n_iters = int(training.n_iters)
     start = int(carry.step)
+    writer = MetricWriter(workdir, start_step=start if start < n_iters else None)
     log(f"training {config.model.name} ({n_params:,} parameters) on "
         f"{config.data.dataset} with {jax.device_count()} device(s), steps {start} -> {n_iters}")
     if data_parallel_mode(config, mesh) == "shard_map":
@@ -1048,6 +1156,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       log("data parallel: gspmd (XLA partitions the global-batch step)")
 
     summary: Dict[str, Any] = {"start_step": start}
+    already_done = start >= n_iters
+    if already_done:  # e.g. a requeued job of a finished run: keep what that run reported
+      log(f"already trained to step {start} (config.training.n_iters = {n_iters}); nothing to "
+          f"train: raise training.n_iters to continue")
+      previous = _read_summary(workdir)
+      if previous is not None:
+        summary = {**previous, "already_complete": True}
+      elif evaluate_fn is not None and training.eval_every:
+        log(f"no train_summary.json from the run that reached step {start}: running its final "
+            f"evaluation")
+        results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
+        writer.write(start, {f"eval/{k}": v for k, v in results.items()
+                             if isinstance(v, (int, float))})
+        summary.update(results)
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from
     # the persistent cache): say so, and how long it took, before the first loss line.
     if start < n_iters:
@@ -1129,10 +1251,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if writer is not None:
       writer.close()
   state = as_tree(carry)
-  summary.update({"final_step": int(state.step), "stopped_early": stopped_early,
-                  "wall_seconds": time.time() - t_start})
+  summary.update({"final_step": int(state.step), "stopped_early": stopped_early})
+  if not (already_done and "wall_seconds" in summary):
+    summary["wall_seconds"] = time.time() - t_start
   summary["state"] = state
   return summary
+
+
+def _read_summary(workdir: str) -> Optional[Dict[str, Any]]:
+  """``workdir/train_summary.json`` (what a finished run reported), or None."""
+  path = os.path.join(workdir, "train_summary.json")
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return summary if isinstance(summary, dict) else None
 
 
 def _fmt_seconds(s: float) -> str:

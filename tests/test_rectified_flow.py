@@ -1,6 +1,7 @@
 """Rectified flow: reflow straightens a 2-D flow, distillation, resumable pairs, likelihoods."""
 import glob
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -368,7 +369,24 @@ def test_distill_checks_the_config_teacher_and_pairs_before_writing(tmp_path):
     with pytest.raises(error, match=match):
       rectified_flow.run_distill(config, str(student))
     assert not student.exists() or not os.listdir(student), (field, os.listdir(student))
+  # unfinished pairs: refused before the warm start writes anything
+  from jaxgen.data import pairs as pairs_lib  # pylint: disable=import-outside-toplevel
+  chunk = pairs_lib.chunk_path(os.path.join(teacher, rectified_flow.PAIRS_SUBDIR), 0)
+  os.rename(chunk, chunk + ".away")
   config = tiny("2rf")
   config.reflow.init_workdir = teacher
+  with pytest.raises(ValueError, match=r"not finished: chunks \[0\]"):
+    rectified_flow.run_distill(config, str(student))
+  assert not student.exists() or not os.listdir(student)
+  os.rename(chunk + ".away", chunk)
   summary = rectified_flow.run_distill(config, str(student))
   assert summary["start_step"] == 0 and summary["final_step"] == 2
+  # the student records its teacher; resuming it under another teacher is refused
+  other = str(tmp_path / "other_teacher")
+  shutil.copytree(teacher, other)
+  config = tiny("2rf", n_iters=4)
+  config.reflow.init_workdir = other
+  with pytest.raises(train.CheckpointError, match="warm-started from the teacher"):
+    rectified_flow.run_distill(config, str(student))
+  config.reflow.init_workdir = teacher
+  assert rectified_flow.run_distill(config, str(student))["start_step"] == 2

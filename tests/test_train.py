@@ -768,6 +768,22 @@ def _tiny_flow_config():
     ("flow", "eval.solver", "euler", r"config.eval.solver 'euler' is a fixed-step"),
     ("flow", "eval.rtol", -1.0, r"config.eval.rtol must be a number > 0"),
     ("flow", "eval.atol", 0.0, r"config.eval.atol must be a number > 0"),
+    ("flow", "training.log_every", 0, r"config.training.log_every must be >= 1, got 0"),
+    ("flow", "training.preemption_every", 0, r"config.training.preemption_every must be >= 1"),
+    ("flow", "training.n_iters", -1, r"config.training.n_iters must be >= 0"),
+    ("flow", "training.eval_every", -1, r"config.training.eval_every must be >= 0"),
+    ("flow", "training.keep_checkpoints", 0, r"config.training.keep_checkpoints must be >= 1"),
+    ("flow", "training.max_wall_seconds", -1.0, r"config.training.max_wall_seconds must be >= 0"),
+    ("flow", "optim.lr", -1.0, r"config.optim.lr must be > 0.0, got -1.0"),
+    ("flow", "optim.beta1", 1.5, r"config.optim.beta1 must be >= 0.0 and < 1.0"),
+    ("flow", "optim.warmup", -5, r"config.optim.warmup must be >= 0"),
+    ("flow", "optim.grad_clip", -1.0, r"config.optim.grad_clip must be >= 0"),
+    ("flow", "model.ema_rate", 1.5, r"config.model.ema_rate must be >= 0.0 and < 1.0"),
+    ("flow", "sampling.batch_size", 0, r"config.sampling.batch_size must be >= 1"),
+    ("flow", "sampling.num_samples", -3, r"config.sampling.num_samples must be >= 0"),
+    ("flow", "eval.num_probes", 0, r"config.eval.num_probes must be >= 1"),
+    ("flow", "eval.num_bpd_batches", -1, r"config.eval.num_bpd_batches must be >= 0"),
+    ("flow", "eval.t0", 2.0, r"config.eval.t0 must be in \[0, T = 1.0\)"),
 ])
 def test_bad_solver_and_loss_options_are_rejected_before_anything_is_written(
     tmp_path, kind, field, value, match):
@@ -822,6 +838,40 @@ def test_resume_refuses_another_dataset_source_or_batch_size(tmp_path):
   train.check_workdir_compatible(workdir, config, resume_training=True)
 
 
+def test_workdir_refuses_another_data_scaling_discrete_reading_or_resume_seed(tmp_path):
+  """What decides how a checkpoint is read (data.centered, data.num_levels, discrete-time
+  training) is compared for evaluation too; the seed (the data order) only when training
+  resumes. An older config.json without these fields is completed from its saved config."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(_tiny_flow_config(), workdir)
+  for field, value, match in [("centered", True, r"data.centered \(False there, True now\)"),
+                              ("num_levels", 128, r"data.num_levels \(256 there, 128 now\)")]:
+    config = _tiny_flow_config()
+    config.data[field] = value
+    with pytest.raises(train.CheckpointError, match=match):
+      train.load_state(config, workdir)
+  config = _tiny_flow_config()
+  config.seed += 1
+  train.load_state(config, workdir)  # sampling / evaluating with another seed is fine
+  config.training.n_iters = 4
+  with pytest.raises(train.CheckpointError, match=r"training.seed .*seed and batch size"):
+    train.train_and_evaluate(config, workdir)
+  path = tmp_path / "run" / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["fingerprint"]["data"]["centered"], saved["fingerprint"]["training"]["seed"]
+  path.write_text(json.dumps(saved))
+  with pytest.raises(train.CheckpointError, match="training.seed"):
+    train.train_and_evaluate(config, workdir)     # filled in from the saved config
+  # discrete-time (DDPM) training reads the network with DDPM's coefficients
+  score = base.get_base_config()
+  score.data.dataset, score.model.name = "digits", "unet"
+  score_dir = str(tmp_path / "score")
+  train.write_config(score_dir, score)
+  score.training.continuous = False
+  with pytest.raises(train.CheckpointError, match=r"reading.discrete \(False there, True now\)"):
+    train.check_workdir_compatible(score_dir, score)
+
+
 def test_config_json_follows_the_run_that_made_the_checkpoints(tmp_path):
   """config.json is rewritten when a run starts, so a first attempt that failed before its first
   checkpoint (here: a config.json of batch size 16 and no checkpoint) does not pin the batch
@@ -835,3 +885,43 @@ def test_config_json_follows_the_run_that_made_the_checkpoints(tmp_path):
   assert saved["config"]["training"]["batch_size"] == 32
   config.training.n_iters = 4
   assert train.train_and_evaluate(config, str(workdir))["start_step"] == 2
+
+
+def test_rerunning_a_finished_run_keeps_its_summary_and_a_resume_logs_each_step_once(tmp_path):
+  """A requeued job of a finished run trains nothing and returns the summary that run wrote
+  (its results are not replaced by an empty one); a finished run without a summary gets its
+  final evaluation. A run resumed from an earlier checkpoint after a crash drops what the
+  crashed attempt logged past that checkpoint, so metrics.jsonl holds each step once, and
+  non-finite values are written as null."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "run"
+  config = _tiny_flow_config()
+  config.training.n_iters = 4
+  first = train.train_and_evaluate(config, str(workdir))
+  first.pop("state")
+  (workdir / "train_summary.json").write_text(json.dumps({**first, "nll_nats": 1.25}))
+  again = train.train_and_evaluate(config, str(workdir))
+  assert again["already_complete"] and again["nll_nats"] == 1.25
+  assert again["start_step"] == first["start_step"] == 0 and again["final_step"] == 4
+  assert again["wall_seconds"] == first["wall_seconds"]
+  # no summary: the final evaluation runs once more
+  (workdir / "train_summary.json").unlink()
+  calls = []
+  evaluate_fn = lambda setup, state, step, wd, mesh: calls.append(step) or {"nll_nats": 2.5}
+  config.training.eval_every = 100
+  out = train.train_and_evaluate(config, str(workdir), evaluate_fn=evaluate_fn)
+  assert calls == [4] and out["nll_nats"] == 2.5
+  # a crash after step 4 whose last checkpoint is step 2: steps 3 and 4 are logged again
+  config.training.eval_every = 0
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "train/loss": 1.0}\n{"step": 6, "trai')  # a line cut by the crash
+  assert train.train_and_evaluate(config, str(workdir))["start_step"] == 2
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "train/loss" in line]
+  assert steps == [1, 2, 3, 4]
+  writer = train.MetricWriter(str(tmp_path / "nan"))
+  writer.write(1, {"eval/nll": float("nan"), "eval/x": 1.0})
+  writer.close()
+  assert json.loads((tmp_path / "nan" / "metrics.jsonl").read_text()) == {
+      "step": 1, "eval/nll": None, "eval/x": 1.0}
