@@ -568,3 +568,16 @@ def test_make_model_fn_discrete_vp_returns_score(prediction, N):
   np.testing.assert_allclose(score, expected, rtol=2e-4, atol=1e-5)
   assert losses.model_output_type(process, prediction) == prediction
   assert losses.model_output_type(process, prediction, edm_preconditioning=True) == "x0"
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_importance_sampling_normalizer_is_the_weight_integral(name):
+  """Z = int_eps^T g^2 / sigma^2 dt, by trapezoidal quadrature on a log-spaced grid."""
+  process = {"vp": processes.VPSDE(), "subvp": processes.SubVPSDE(),
+             "ve": processes.VESDE()}[name]
+  eps = 1e-5
+  t = np.geomspace(eps, process.T, 200_001)
+  tt = jnp.asarray(t, jnp.float32)
+  w = np.asarray(process.diffusion_squared(tt) / process.sigma(tt) ** 2, np.float64)
+  quad = float(np.sum((w[1:] + w[:-1]) / 2 * np.diff(t)))
+  assert abs(losses.importance_sampling_normalizer(process, eps) - quad) < 2e-3 * quad

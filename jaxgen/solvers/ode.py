@@ -507,7 +507,9 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
     ``dy/ds = eps_hat``; Heun steps in ``s`` on EDM's schedule of ``s``. On
     :class:`~jaxgen.processes.EDMPath` with ``eps = sigma_min`` this is :func:`edm_heun_sample`.
   * ``schedule='uniform'``: Heun on ``dx/dt = drift_fn(x, t)`` on ``linspace(T, eps, num_steps)``
-    (the rectified-flow / flow-matching choice; works with ``alpha(T) = 0``).
+    (the rectified-flow / flow-matching choice; works with ``alpha(T) = 0``). Uniform in ``t``
+    wastes the steps on EDM's path (``t = sigma`` up to 80): 35 steps there gave a covariance
+    error 5x the data's scale on Gaussian data, against a negligible one with ``'edm'``.
 
   Args:
     key: PRNG key of the prior sample.
