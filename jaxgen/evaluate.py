@@ -42,8 +42,10 @@ def validate_sampling_config(config, process) -> None:
   """Rejects a bad ``config.sampling`` before training starts (ValueError naming the field):
   the method, ``num_steps``, ``eps``, the tolerances of ``'ode'``, the predictor-corrector
   options of ``'pc'`` / ``'em'`` / ``'ancestral'`` for ``process``, and the model's use of the
-  noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``)."""
+  noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``); and
+  ``eval.num_repeats``."""
   _validate_conditioning(config, process)
+  eval_num_repeats(config.eval)
   if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)
     return
   sampling = config.sampling
@@ -175,6 +177,15 @@ def is_toy(config) -> bool:
 LIKELIHOOD_PRECISIONS = ("model", "float32", "highest")
 
 
+def eval_num_repeats(eval_config) -> int:
+  """``eval_config.num_repeats`` (default 1): passes over the bits/dim batches, each with fresh
+  dequantization noise and divergence probes (score_sde's ``bpd_num_repeats``)."""
+  value = eval_config.get("num_repeats", 1)
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"config.eval.num_repeats must be an int >= 1, got {value!r}")
+  return value
+
+
 def likelihood_precision(eval_config) -> str:
   """``eval_config.precision`` (default ``'model'``), checked against
   :data:`LIKELIHOOD_PRECISIONS`."""
@@ -279,10 +290,15 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   """Mean bits/dim (nats for toy data) over ``split`` (default ``config.data.eval_split``).
 
   Batched over ``config.eval.batch_size`` (global), sharded over devices, with a progress bar.
-  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program).
+  The pass over the batches runs ``config.eval.num_repeats`` times, each with fresh
+  dequantization noise and divergence probes; the mean is over all the values, ``num_examples``
+  and ``num_failed`` count values (examples times repeats) and the standard error is over the
+  examples' means. ``cache``: a dict kept between calls with the same setup and mesh (the
+  jitted program).
   """
   config = setup.config
   split = split or config.data.eval_split
+  num_repeats = eval_num_repeats(config.eval)
   ds = data_lib.get_dataset(config.data, split, seed=config.seed)
   local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -292,39 +308,52 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   total_batches = ds.num_eval_batches(local_batch)
   if max_batches is not None:
     total_batches = min(total_batches, max_batches)
-  values, nfes = [], []
-  bar = _progress(total_batches, "bits/dim" if not is_toy(config) else "nll", progress)
+  passes, nfes = [], []
+  bar = _progress(total_batches * num_repeats, "bits/dim" if not is_toy(config) else "nll",
+                  progress)
   t_start = time.time()
-  for i, batch in enumerate(ds.iterate(local_batch)):
-    if i >= total_batches:
-      break
-    mask = batch.pop("mask")
-    batch = {"image": batch["image"], "label": batch["label"]}
-    global_batch = parallel.host_local_to_global(batch, mesh)
-    global_mask = parallel.to_host(parallel.host_local_to_global({"m": mask}, mesh))["m"]
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    value, nfe = nll(params, key, global_batch)
-    value = parallel.to_host(value)
-    values.append(value[global_mask])
-    nfes.append(int(nfe))
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix(value=f"{np.nanmean(np.concatenate(values)):.4f}", nfe=nfes[-1])
+  for repeat in range(num_repeats):
+    values = []
+    for i, batch in enumerate(ds.iterate(local_batch)):
+      if i >= total_batches:
+        break
+      mask = batch.pop("mask")
+      batch = {"image": batch["image"], "label": batch["label"]}
+      global_batch = parallel.host_local_to_global(batch, mesh)
+      global_mask = parallel.to_host(parallel.host_local_to_global({"m": mask}, mesh))["m"]
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+      if repeat:  # fresh dequantization noise and probes; the first pass keeps these keys
+        key = jax.random.fold_in(key, repeat)
+      value, nfe = nll(params, key, global_batch)
+      value = parallel.to_host(value)
+      values.append(value[global_mask])
+      nfes.append(int(nfe))
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(value=f"{np.nanmean(np.concatenate(passes + values)):.4f}",
+                        nfe=nfes[-1])
+    passes.append(np.concatenate(values) if values else np.zeros((0,)))
   if bar is not None:
     bar.close()
-  values = np.concatenate(values) if values else np.zeros((0,))
+  values = np.stack(passes)  # (num_repeats, examples): every pass reads the same examples
   name = "nll_nats" if is_toy(config) else "bpd"
   failed = ~np.isfinite(values)
   if failed.any() and jax.process_index() == 0:
+    what = "examples" if num_repeats == 1 else f"values ({num_repeats} repeats of each example)"
     print(f"warning: the likelihood ODE failed (step budget or non-finite drift) for "
-          f"{int(failed.sum())} of {len(values)} examples; {name} is over the other "
+          f"{int(failed.sum())} of {values.size} {what}; {name} is over the other "
           f"{int((~failed).sum())}", flush=True)
   good = values[~failed]
   mean = float(np.mean(good)) if len(good) else float("nan")
-  out = {name: mean, f"{name}_stderr": float(np.std(good) / max(math.sqrt(len(good)), 1))
-         if len(good) else float("nan"),
+  counts = np.sum(~failed, axis=0)  # the standard error is over examples, not correlated repeats
+  per_example = np.sum(np.where(failed, 0.0, values), axis=0)[counts > 0] / counts[counts > 0]
+  stderr = (float(np.std(per_example) / max(math.sqrt(len(per_example)), 1))
+            if len(per_example) else float("nan"))
+  out = {name: mean, f"{name}_stderr": stderr,
          "num_examples": int(len(good)), "num_failed": int(failed.sum()),
          "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
+  if num_repeats > 1:
+    out["num_repeats"] = num_repeats
   if config.method == "distill":
     out["density_of"] = ("the probability-flow ODE of the distilled network's velocity field, not "
                          "its one-step generator (which has no tractable density)")
@@ -407,30 +436,57 @@ def save_density(log_density_fn: Callable[[Array], Array], path: str, lim: float
   return path
 
 
-def write_samples(setup, samples: np.ndarray, workdir: str, name: str) -> Dict[str, str]:
-  """Save samples as ``.npz`` and a PNG (grid for images, scatter for 2-D)."""
+def unused_name(directory: str, name: str, suffixes: Tuple[str, ...]) -> str:
+  """``name``, or ``name_2``, ``name_3``, ... : the first for which no ``directory/<name><suffix>``
+  exists (earlier results are kept, not overwritten)."""
+  candidate, n = name, 1
+  while any(os.path.exists(os.path.join(directory, candidate + s)) for s in suffixes):
+    n += 1
+    candidate = f"{name}_{n}"
+  return candidate
+
+
+def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
+                  keep_existing: bool = False,
+                  metadata: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+  """Save samples as ``.npz`` and a PNG (grid for images, scatter for 2-D) under
+  ``workdir/samples`` (process 0 only); returns their absolute paths.
+
+  ``keep_existing``: where ``name`` was written before, write ``name_2`` (``name_3``, ...)
+  instead. ``metadata``: also written next to them as ``<name>.json`` (key ``json``).
+  """
   config = setup.config
-  out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = os.path.abspath(os.path.join(workdir, "samples"))
+  if keep_existing:
+    name = unused_name(out_dir, name, (".npz", ".png", ".json"))
   npz = os.path.join(out_dir, f"{name}.npz")
-  np.savez_compressed(npz, samples=np.asarray(samples))
   png = os.path.join(out_dir, f"{name}.png")
+  paths = {"npz": npz, "png": png}
+  if metadata is not None:
+    paths["json"] = os.path.join(out_dir, f"{name}.json")
+  if jax.process_index() != 0:  # every host holds all samples; one writes them
+    return paths
+  os.makedirs(out_dir, exist_ok=True)
+  np.savez_compressed(npz, samples=np.asarray(samples))
   if is_toy(config):
     reference = np.asarray(data_lib.sample_toy(config.data.dataset[len("toy_"):], 0,
                                                len(samples)))
     save_scatter(samples, png, reference=reference, title=config.data.dataset)
   else:
     save_image_grid(np.clip(np.asarray(samples)[:64], -10, 10), png, config.data)
+  if metadata is not None:
+    write_json(paths["json"], dict(metadata, npz=npz, png=png))
   bad = int(np.sum(~np.all(np.isfinite(np.reshape(samples, (len(samples), -1))), axis=-1)))
-  if bad and jax.process_index() == 0:
+  if bad:
     print(f"warning: {bad} of {len(samples)} samples are not finite (NaN/inf); they show as black "
           f"in {png}", flush=True)
-  return {"npz": npz, "png": png}
+  return paths
 
 
-def generate_samples(setup, params, mesh, num: int, seed: int,
-                     cache: Optional[dict] = None) -> Tuple[np.ndarray, int]:
-  """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``.
+def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[dict] = None,
+                     progress: bool = True) -> Tuple[np.ndarray, int]:
+  """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``,
+  with a progress bar (``progress``) when there is more than one batch.
   ``cache``: a dict kept between calls with the same setup and mesh (the jitted program)."""
   config = setup.config
   batch = min(int(config.sampling.batch_size), max(num, 1))
@@ -444,10 +500,18 @@ def generate_samples(setup, params, mesh, num: int, seed: int,
                         in_shardings=(repl, repl), out_shardings=(sharded, repl))
 
   run = _cached(cache, f"samples_{batch}", build)
+  num_batches = int(math.ceil(num / batch))
+  bar = _progress(num_batches, f"samples ({config.sampling.method})",
+                  progress and num_batches > 1)
   out, nfe = [], 0
-  for i in range(int(math.ceil(num / batch))):
+  for i in range(num_batches):
     x, nfe = run(params, jax.random.fold_in(jax.random.PRNGKey(seed), i))
     out.append(parallel.to_host(x))
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(nfe=int(nfe))
+  if bar is not None:
+    bar.close()
   return np.concatenate(out)[:num], int(nfe)
 
 
@@ -461,6 +525,8 @@ def make_periodic_evaluation(config) -> Callable:
 
   def evaluate_fn(setup, state, step, workdir, mesh):
     results = {}
+    if jax.process_index() == 0:
+      print(f"evaluating @ step {step}: {_periodic_plan(config)} ...", flush=True)
     ds = data_lib.get_dataset(config.data, config.data.eval_split, seed=config.seed)
     local_batch = parallel.check_global_batch(config.eval.batch_size, mesh,
                                               "config.eval.batch_size")
@@ -490,15 +556,16 @@ def make_periodic_evaluation(config) -> Callable:
       results.update({k: v for k, v in lik.items() if k in ("bpd", "nll_nats", "mean_nfe")})
     if config.sampling.num_samples:
       samples, nfe = generate_samples(setup, state.ema_params, mesh,
-                                      int(config.sampling.num_samples), seed=step, cache=cache)
-      paths = write_samples(setup, samples, workdir, f"step_{step:07d}")
+                                      int(config.sampling.num_samples), seed=step, cache=cache,
+                                      progress=False)
+      paths = write_samples(setup, samples, workdir, f"step_{step:07d}")  # absolute
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
     toy_2d = is_toy(config) and data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) == 2
     if config.method == "cnf" and toy_2d:
       from jaxgen import cnf  # pylint: disable=import-outside-toplevel
-      results["density_plot"] = cnf.write_density(
-          setup, state.ema_params, os.path.join(workdir, "samples", f"density_{step:07d}.png"))
+      results["density_plot"] = cnf.write_density(setup, state.ema_params, os.path.abspath(
+          os.path.join(workdir, "samples", f"density_{step:07d}.png")))
     msg = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in results.items())
     if jax.process_index() == 0:
@@ -508,10 +575,54 @@ def make_periodic_evaluation(config) -> Callable:
   return evaluate_fn
 
 
+def run_options(config, kind: str) -> Dict[str, Any]:
+  """The config sections that decide a ``kind`` (``'eval'`` or ``'sampling'``) result, as plain
+  values, written next to it so that results of one step made with other options can be told
+  apart: ``config.eval`` (solver, tolerances, divergence, probes, precision, ...) or
+  ``config.sampling`` (method, num_steps, ...), with ``config.cnf`` / ``config.distill`` where
+  the method reads them."""
+  out = {"method": config.method, kind: config[kind].to_dict()}
+  if kind == "eval":
+    out["split"] = config.data.eval_split
+  for section in ("cnf", "distill"):
+    if config.method == section and section in config:
+      out[section] = config[section].to_dict()
+  return json_safe(out)
+
+
+def _periodic_plan(config) -> str:
+  """What a periodic evaluation computes, for the line printed before it starts."""
+  parts = [f"held-out loss (2 batches of {config.eval.batch_size})"]
+  if config.eval.num_bpd_batches:
+    what = "nll" if is_toy(config) else "bits/dim"
+    repeats = eval_num_repeats(config.eval)
+    parts.append(f"{config.eval.num_bpd_batches} {what} batches of {config.eval.batch_size}"
+                 + (f" x {repeats} repeats" if repeats > 1 else "")
+                 + (f" ({config.eval.solver})" if config.eval.get("solver") else ""))
+  if config.sampling.num_samples:
+    parts.append(f"{config.sampling.num_samples} samples ({config.sampling.method})")
+  return ", ".join(parts)
+
+
+def json_safe(obj: Any) -> Any:
+  """``obj`` with NaN and +-inf floats (numpy's too) replaced by None, in nested dicts, lists and
+  tuples: standard JSON has no NaN (``json.dump`` would write a bare ``NaN``)."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, (np.integer, np.bool_)):
+    return obj.item()
+  return obj
+
+
 def write_json(path: str, obj: Dict[str, Any]) -> None:
-  """Writes ``obj`` as indented JSON to ``path`` (process 0 only; creates the folder)."""
+  """Writes ``obj`` as indented standard JSON to ``path`` (process 0 only; creates the folder);
+  NaN and infinities are written as ``null``."""
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump(obj, f, indent=1, default=str)
+    json.dump(json_safe(obj), f, indent=1, default=str, allow_nan=False)

@@ -6,8 +6,16 @@ ODE, summary JSON), ``sample`` (``sampling.num_samples`` samples as ``.npz`` and
 ``reflow`` (coupled pairs of a trained rectified flow, resumable) and ``distill`` (one-step
 generator trained on those pairs).
 Override any config field with ``--config.a.b=value``; unknown keys are rejected.
+
+Configuration, workdir and checkpoint errors end the run with one line on stderr,
+``jaxgen: error: <message>``, and exit status 2 (``--debug`` shows their traceback); any other
+exception is a bug and keeps its traceback. ``eval`` and ``sample`` never overwrite an earlier
+result of the same step: a second one is written as ``..._2`` (``_3``, ...).
 """
+import json
 import os
+import re
+import sys
 
 from absl import app
 from absl import flags
@@ -28,7 +36,85 @@ _CACHE = flags.DEFINE_string(
     "compilation_cache", os.environ.get("JAXGEN_COMPILATION_CACHE",
                                         os.path.expanduser("~/.cache/jaxgen/xla")),
     "persistent XLA compilation cache directory ('' turns it off)")
+_DEBUG = flags.DEFINE_bool("debug", False, "show the traceback of configuration, workdir and "
+                           "checkpoint errors instead of one line")
 flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_USER_ERROR = 2
+
+
+def _fail(message: str) -> None:
+  """Ends the program with ``jaxgen: error: <message>`` (on one line) on stderr and exit
+  status 2."""
+  message = re.sub(r"\s*\n\s*", " ", message.strip())
+  print(f"jaxgen: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _exception_texts(error: BaseException):
+  """The string arguments of ``error``, of exceptions among its arguments and of its chain."""
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    for arg in e.args:
+      if isinstance(arg, BaseException):
+        todo.append(arg)
+      elif isinstance(arg, str):
+        yield arg
+    todo += [e.__cause__, e.__context__]
+
+
+def unknown_config_field(argv, error: BaseException):
+  """The message for an override ``--config.a.b=...`` of a field the config lacks, found by
+  walking the overrides in ``argv`` through the loaded config; None if there is none (``error``
+  has another cause). Keeps ml_collections' "did you mean" suggestion."""
+  config_arg, overrides = None, []
+  for i, arg in enumerate(argv):
+    match = re.match(r"^--?config(=(.*))?$", arg)
+    if match and match.group(1):
+      config_arg = match.group(2)
+    elif match and i + 1 < len(argv):  # --config PATH
+      config_arg = argv[i + 1]
+    match = re.match(r"^--?(?:no)?config\.([^=]+)", arg)
+    if match:
+      overrides.append(match.group(1))
+  if config_arg is None or not overrides:
+    return None
+  try:  # the config as the flag loads it, without the overrides
+    config = flags.FLAGS["config"].parser.parse(config_arg)
+  except Exception:  # pylint: disable=broad-except  # (the original error is raised instead)
+    return None
+  for override in overrides:
+    node, parts = config, override.split(".")
+    for j, part in enumerate(parts):
+      if not hasattr(node, "keys"):  # a value (a tuple's index, say): not ours to judge
+        break
+      if part not in node.keys():
+        field = "config." + ".".join(parts[:j + 1])
+        hint = ""
+        for text in _exception_texts(error):
+          match = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"\?', text)
+          if match and match.group(2) == part:
+            hint = f"; did you mean {match.group(1)!r}?"
+            break
+        return f"unknown config field {field}{hint}"
+      node = node[part]
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with an override of an unknown config field (which ml_collections
+  reports as a chained KeyError/AttributeError while parsing) reported in one line."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    message = unknown_config_field(argv, e)
+    if message is None or any(re.match(r"^--?debug(=(true|1))?$", a, re.I) for a in argv):
+      raise
+    _fail(message)
 
 
 def enable_compilation_cache(path: str) -> None:
@@ -43,7 +129,28 @@ def enable_compilation_cache(path: str) -> None:
 
 
 def main(argv):
-  """``python -m jaxgen.main``: runs ``--mode`` (train, eval, sample, reflow, distill)."""
+  """``python -m jaxgen.main``: runs ``--mode`` (train, eval, sample, reflow, distill); a
+  configuration, workdir or checkpoint error ends it with one line and exit status 2."""
+  try:
+    run(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if _DEBUG.value or not is_user_error(e):
+      raise
+    _fail(str(e))
+
+
+def is_user_error(error: BaseException) -> bool:
+  """Whether ``error`` reports a bad config, workdir or checkpoint (one line, exit status 2)
+  rather than a bug (a traceback): ValueError, NotADirectoryError, FileExistsError and
+  :class:`jaxgen.train.CheckpointError`."""
+  if isinstance(error, (ValueError, NotADirectoryError, FileExistsError)):
+    return True
+  train = sys.modules.get("jaxgen.train")  # imported by now if it can have raised
+  return train is not None and isinstance(error, train.CheckpointError)
+
+
+def run(argv):
+  """The body of :func:`main`."""
   del argv
   from jaxgen import parallel  # pylint: disable=import-outside-toplevel
   parallel.configure_xla_flags()  # before the first use of a device
@@ -54,6 +161,8 @@ def main(argv):
   enable_compilation_cache(_CACHE.value)
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config, workdir = _CONFIG.value, _WORKDIR.value
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir {os.path.abspath(workdir)} is a file, not a folder")
   if _MODE.value == "train":
     summary = train.train_and_evaluate(config, workdir,
                                        evaluate_fn=evaluate.make_periodic_evaluation(config))
@@ -75,21 +184,27 @@ def main(argv):
     setup, state = train.load_state(config, workdir, mesh)
     results = evaluate.evaluate_likelihood(setup, state.ema_params, mesh)
     results["step"] = int(state.step)
-    path = os.path.join(workdir, "eval", f"eval_step_{int(state.step)}.json")
-    evaluate.write_json(path, results)
+    eval_dir = os.path.abspath(os.path.join(workdir, "eval"))
+    name = evaluate.unused_name(eval_dir, f"eval_step_{int(state.step)}", (".json",))
+    path = os.path.join(eval_dir, f"{name}.json")
+    evaluate.write_json(path, dict(results, options=evaluate.run_options(config, "eval")))
     if jax.process_index() == 0:
-      print({k: v for k, v in results.items()})
-      print(f"summary: {os.path.abspath(path)}")
+      print(json.dumps(evaluate.json_safe(results)))
+      print(f"summary: {path}")
   else:
     mesh = parallel.make_mesh()
     setup, state = train.load_state(config, workdir, mesh)
     samples, nfe = evaluate.generate_samples(setup, state.ema_params, mesh,
                                              int(config.sampling.num_samples), seed=config.seed)
-    paths = evaluate.write_samples(setup, samples, workdir, f"sample_step_{int(state.step)}")
+    metadata = {"step": int(state.step), "num_samples": len(samples), "nfe": nfe,
+                "seed": config.seed, "options": evaluate.run_options(config, "sampling")}
+    paths = evaluate.write_samples(setup, samples, workdir, f"sample_step_{int(state.step)}",
+                                   keep_existing=True, metadata=metadata)
     if jax.process_index() == 0:
       print(f"{len(samples)} samples ({config.sampling.method}, NFE {nfe}): {paths['npz']}")
-      print(f"sample grid: {os.path.abspath(paths['png'])}")
+      print(f"sample grid: {paths['png']}")
+      print(f"options: {paths['json']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -60,8 +60,9 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + TINY_DIGITS +
                         [f"--workdir={tmp_path}", "--mode=eval"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0
-  assert "no checkpoints in" in proc.stderr and "train first" in proc.stderr
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr  # one line, not a traceback
+  assert f"jaxgen: error: no checkpoints in {tmp_path}" in proc.stderr
+  assert "train first" in proc.stderr
 
 
 @pytest.mark.parametrize("method", [m for m in evaluate.SAMPLING_METHODS if m != "edm_heun"])

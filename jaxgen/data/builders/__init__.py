@@ -36,9 +36,15 @@ def prepare_local_dataset(name, data_dir=None, source_dir=""):
     if not source_dir:
       raise ValueError(f"data set {name!r} reads local files: set config.data.source_dir to the "
                        f"folder holding them (got source_dir={source_dir!r})")
-    source_dir = os.path.expanduser(os.fspath(source_dir))
+    given = os.fspath(source_dir)
+    source_dir = os.path.abspath(os.path.expanduser(given))
     if not os.path.isdir(source_dir):
-      raise ValueError(f"source_dir {source_dir!r} for data set {name!r} is not a folder")
+      relative = ("" if os.path.isabs(os.path.expanduser(given)) else
+                  f" (a relative config.data.source_dir is resolved against the current "
+                  f"directory, {os.getcwd()}: run from the folder the config expects or give an "
+                  f"absolute path)")
+      raise ValueError(f"config.data.source_dir {given!r} for data set {name!r} is not a folder: "
+                       f"tried {source_dir}{relative}")
     download_config = tfds.download.DownloadConfig(manual_dir=source_dir)
   try:
     builder.download_and_prepare(download_config=download_config)

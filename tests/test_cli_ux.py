@@ -1,0 +1,209 @@
+"""What a user of the command line sees: one-line errors, kept results, progress, paths, JSON."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs.toy import vp_mlp
+from jaxgen import evaluate, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = [f"--config={REPO}/configs/toy/vp_mlp.py:moons", "--config.model.hidden=(16,16)",
+       "--config.eval.batch_size=5000", "--config.eval.rtol=1e-2", "--config.eval.atol=1e-2",
+       "--config.eval.num_bpd_batches=1", "--config.sampling.method=euler",
+       "--config.sampling.num_steps=4", "--config.sampling.num_samples=64",
+       "--config.sampling.batch_size=32"]
+
+
+def _run(args, cwd=REPO, returncode=0):
+  """``python -m jaxgen.main ARGS`` in ``cwd``; returns (stdout, stderr)."""
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + args, cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
+  return proc.stdout, proc.stderr
+
+
+def _one_line_error(stderr):
+  """The ``jaxgen: error:`` line of a user error; no traceback, nothing after it."""
+  assert "Traceback" not in stderr, stderr[-4000:]
+  lines = [l for l in stderr.splitlines() if l.startswith("jaxgen: error: ")]
+  assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-4000:]
+  return lines[0][len("jaxgen: error: "):]
+
+
+def test_unknown_config_field_is_one_line_naming_the_field(tmp_path):
+  """ml_collections raises a chained KeyError/AttributeError while absl parses the flags (before
+  main runs): reported as the field's full name with its "did you mean", exit status 2."""
+  _, err = _run(TOY + [f"--workdir={tmp_path}", "--config.training.n_iter=5"], returncode=2)
+  assert _one_line_error(err) == "unknown config field config.training.n_iter; did you mean " \
+                                 "'n_iters'?"
+  _, err = _run([f"--workdir={tmp_path}", "--config", f"{REPO}/configs/toy/vp_mlp.py:moons",
+                 "--config.trainin.n_iters=5", "--config.data.pairs_dir=/tmp"], returncode=2)
+  assert _one_line_error(err) == "unknown config field config.trainin; did you mean 'training'?"
+  assert not os.listdir(tmp_path)  # nothing ran
+
+
+def test_workdir_and_checkpoint_errors_are_one_line(tmp_path):
+  _, err = _run(TOY + [f"--workdir={tmp_path / 'none'}", "--mode=eval"], returncode=2)
+  assert _one_line_error(err) == (f"no checkpoints in {tmp_path / 'none' / 'checkpoints'}: "
+                                  "train first (--mode=train)")
+  (tmp_path / "file").write_text("")
+  _, err = _run(TOY + [f"--workdir={tmp_path / 'file'}", "--config.training.n_iters=1"],
+                returncode=2)
+  assert _one_line_error(err) == f"--workdir {tmp_path / 'file'} is a file, not a folder"
+
+
+def test_user_errors_and_bugs_are_told_apart():
+  from jaxgen import main  # pylint: disable=import-outside-toplevel
+  assert main.is_user_error(ValueError("config.x must be > 0"))
+  assert main.is_user_error(NotADirectoryError("w"))
+  assert main.is_user_error(train.CheckpointError("corrupt"))
+  assert not main.is_user_error(RuntimeError("a bug"))
+  assert not main.is_user_error(TypeError("a bug"))
+  assert not main.is_user_error(KeyError("a bug"))
+
+
+def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):
+  """Training announces its final evaluation and prints absolute paths from a relative workdir;
+  a second eval / sample of the same step is written next to the first (``_2``) with the
+  options that made it; a corrupt checkpoint is a one-line refusal."""
+  out, _ = _run(TOY + ["--workdir=run", "--config.training.n_iters=2",
+                       "--config.training.eval_every=2"], cwd=tmp_path)
+  lines = out.splitlines()
+  announce = [i for i, l in enumerate(lines) if l.startswith("evaluating @ step 2: ")]
+  assert announce and "1 nll batches of 5000" in lines[announce[0]]
+  assert "64 samples (euler)" in lines[announce[0]]
+  result = [l for l in lines[announce[0]:] if l.startswith("eval @ step 2: ")][0]
+  assert f"sample_grid {tmp_path / 'run' / 'samples' / 'step_0000002.png'}" in result
+
+  run = tmp_path / "run"
+  out1, _ = _run(TOY + [f"--workdir={run}", "--mode=eval"])
+  out2, _ = _run(TOY + [f"--workdir={run}", "--mode=eval", "--config.eval.rtol=1e-3"])
+  assert f"summary: {run / 'eval' / 'eval_step_2.json'}" in out1
+  assert f"summary: {run / 'eval' / 'eval_step_2_2.json'}" in out2
+  first = json.loads((run / "eval" / "eval_step_2.json").read_text())
+  second = json.loads((run / "eval" / "eval_step_2_2.json").read_text())
+  assert first["options"]["eval"]["rtol"] == 1e-2 and second["options"]["eval"]["rtol"] == 1e-3
+  assert first["options"]["eval"]["solver"] == "dopri5" and first["options"]["split"] == "test"
+  assert json.loads(out1.splitlines()[-2])["step"] == 2  # the printed summary is JSON too
+
+  out1, err1 = _run(TOY + [f"--workdir={run}", "--mode=sample"])
+  out2, _ = _run(TOY + [f"--workdir={run}", "--mode=sample", "--config.sampling.method=heun"])
+  assert "samples (euler)" in err1 and "2/2" in err1  # a progress bar over the two batches
+  assert f"NFE 4): {run / 'samples' / 'sample_step_2.npz'}" in out1
+  assert f"sample grid: {run / 'samples' / 'sample_step_2_2.png'}" in out2
+  for name, method in (("sample_step_2", "euler"), ("sample_step_2_2", "heun")):
+    meta = json.loads((run / "samples" / f"{name}.json").read_text())
+    assert meta["options"]["sampling"]["method"] == method and meta["step"] == 2
+    assert np.load(run / "samples" / f"{name}.npz")["samples"].shape == (64, 2)
+
+  data = glob.glob(str(run / "checkpoints" / "2" / "state" / "ocdbt.process_*" / "d" / "*"))
+  assert data
+  for path in data:  # the arrays' data files lost their contents
+    open(path, "w").close()
+  _, err = _run(TOY + [f"--workdir={run}", "--mode=eval"], returncode=2)
+  assert "checkpoint 2 in" in _one_line_error(err) and "corrupt or incompatible" in err
+
+
+def _toy_setup(**eval_options):
+  config = vp_mlp.get_config()
+  config.model.hidden = (8, 8)
+  config.eval.batch_size = 16
+  config.eval.rtol = config.eval.atol = 1e-2
+  for name, value in eval_options.items():
+    config.eval[name] = value
+  return train.Setup(config)
+
+
+@pytest.mark.parametrize("num_repeats", [1, 2])
+def test_num_repeats_passes_over_the_batches_with_fresh_keys(num_repeats):
+  """``eval.num_repeats`` passes over the same batches, each with new keys (dequantization noise
+  and probes); one pass keeps the keys of before, ``fold_in(PRNGKey(seed), batch)``."""
+  setup = _toy_setup(num_repeats=num_repeats)
+  calls = []
+
+  def fake_nll(params, key, batch):
+    del params
+    calls.append((np.asarray(key), np.asarray(batch["image"])))
+    return np.full((16,), float(len(calls)), np.float32), 7
+
+  out = evaluate.evaluate_likelihood(setup, None, parallel.make_mesh(), max_batches=2,
+                                     progress=False, cache={"nll": fake_nll})
+  assert len(calls) == 2 * num_repeats
+  keys = [k.tobytes() for k, _ in calls]
+  assert len(set(keys)) == len(keys)  # fresh noise for every solve
+  for i in range(2):
+    np.testing.assert_array_equal(calls[i][0], jax.random.fold_in(jax.random.PRNGKey(0), i))
+    for r in range(1, num_repeats):  # the same examples again
+      np.testing.assert_array_equal(calls[r * 2 + i][1], calls[i][1])
+  assert out["num_examples"] == 32 * num_repeats and out["num_failed"] == 0
+  assert out["nll_nats"] == pytest.approx(np.mean(np.arange(1, 2 * num_repeats + 1)))
+  assert out["mean_nfe"] == 7
+  assert out.get("num_repeats", 1) == num_repeats
+
+
+def test_num_repeats_draws_new_probes_and_is_validated():
+  setup = _toy_setup(divergence="rademacher", num_repeats=1)
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  mesh = parallel.make_mesh()
+  one = evaluate.evaluate_likelihood(setup, params, mesh, max_batches=1, progress=False)
+  setup.config.eval.num_repeats = 2
+  two = evaluate.evaluate_likelihood(setup, params, mesh, max_batches=1, progress=False)
+  assert (one["num_examples"], two["num_examples"]) == (16, 32)
+  assert np.isfinite(two["nll_nats"]) and two["nll_nats"] != one["nll_nats"]
+  for bad in (0, -1):
+    setup.config.eval.num_repeats = bad
+    with pytest.raises(ValueError, match="config.eval.num_repeats"):
+      train.validate_config(setup.config, num_devices=8)
+
+
+def test_relative_source_dir_error_names_the_field_and_the_absolute_path(tmp_path, monkeypatch):
+  from jaxgen.data.builders import prepare_local_dataset  # pylint: disable=import-outside-toplevel
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.chdir(tmp_path / "cwd")
+  with pytest.raises(ValueError) as info:
+    prepare_local_dataset("mnist_local", str(tmp_path / "tfds"), "../shared/data/mnist")
+  message = str(info.value)
+  assert "config.data.source_dir '../shared/data/mnist'" in message
+  assert f"tried {tmp_path / 'shared' / 'data' / 'mnist'}" in message
+  assert f"resolved against the current directory, {tmp_path / 'cwd'}" in message
+
+
+def test_json_has_null_for_nan_and_infinity(tmp_path):
+  path = tmp_path / "a" / "eval.json"
+  evaluate.write_json(str(path), {"bpd": float("nan"), "x": [np.float32(np.inf), 1.5],
+                                  "n": np.int64(3), "ok": np.bool_(True), "s": "NaN"})
+  text = path.read_text()
+  assert "NaN" not in text.replace('"NaN"', "") and "Infinity" not in text
+
+  def refuse(name):
+    raise AssertionError(f"non-standard JSON constant {name}")
+
+  assert json.loads(text, parse_constant=refuse) == {"bpd": None, "x": [None, 1.5], "n": 3,
+                                                     "ok": True, "s": "NaN"}
+
+
+def test_samples_progress_absolute_paths_and_kept_files(tmp_path, monkeypatch, capsys):
+  setup = _toy_setup()
+  setup.config.sampling.method, setup.config.sampling.num_steps = "euler", 2
+  setup.config.sampling.batch_size = 16
+  params = setup.init_state(jax.random.PRNGKey(0)).params
+  samples, _ = evaluate.generate_samples(setup, params, parallel.make_mesh(), 32, seed=0)
+  assert "samples (euler)" in capsys.readouterr().err  # two batches: a progress bar
+  monkeypatch.chdir(tmp_path)
+  first = evaluate.write_samples(setup, samples, "run", "s", keep_existing=True,
+                                 metadata={"step": 1})
+  again = evaluate.write_samples(setup, samples, "run", "s", keep_existing=True)
+  samples_dir = tmp_path / "run" / "samples"
+  assert first == {"npz": str(samples_dir / "s.npz"), "png": str(samples_dir / "s.png"),
+                   "json": str(samples_dir / "s.json")}
+  assert again == {"npz": str(samples_dir / "s_2.npz"), "png": str(samples_dir / "s_2.png")}
+  assert json.loads((samples_dir / "s.json").read_text())["npz"] == first["npz"]
+  assert sorted(os.listdir(samples_dir)) == ["s.json", "s.npz", "s.png", "s_2.npz", "s_2.png"]
