@@ -4,6 +4,7 @@ An experiment file defines ``get_config()`` that starts from :func:`get_base_con
 what differs. Field names follow score_sde where it has them.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_base_config():
@@ -97,8 +98,9 @@ def get_base_config():
   process.name = "vp"                  # vp | subvp | ve | linear | edm
   process.beta_min = 0.1
   process.beta_max = 20.0
-  process.sigma_min = 0.01
-  process.sigma_max = 50.0
+  # None: the process's own defaults, VE's 0.01 / 50 (score_sde's CIFAR-10) or EDM's 0.002 / 80
+  process.sigma_min = config_dict.placeholder(float)
+  process.sigma_max = config_dict.placeholder(float)
   process.num_scales = 1000
   process.sigma_data = 0.5
 

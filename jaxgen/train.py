@@ -767,9 +767,34 @@ _MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
 
 
+# The config.process fields each process reads (the others do not decide a checkpoint).
+_PROCESS_FIELDS = {"vp": ("beta_min", "beta_max", "num_scales"),
+                   "subvp": ("beta_min", "beta_max", "num_scales"),
+                   "ve": ("sigma_min", "sigma_max", "num_scales"),
+                   "edm": ("sigma_min", "sigma_max", "sigma_data"), "linear": ()}
+
+
+def _comparable_process(process: Dict[str, Any]) -> Dict[str, Any]:
+  """``config.process`` as the process reads it: its own fields only, a ``sigma_min`` /
+  ``sigma_max`` left None (configs/base.py) replaced by the process's default (so a VE workdir
+  written when the base config spelled out 0.01 / 50 stays compatible)."""
+  name = process.get("name")
+  if name not in _PROCESS_FIELDS:
+    return process
+  out = {"name": name}
+  for field in _PROCESS_FIELDS[name]:
+    value = process.get(field)
+    if value is None and field in ("sigma_min", "sigma_max"):
+      value = getattr(processes.PROCESSES[name](), field)
+    out[field] = value
+  return out
+
+
 def _comparable(fingerprint: Dict[str, Any]) -> Dict[str, Any]:
   """A fingerprint with the fields that do not decide the checkpoint's contents normalized."""
   fingerprint = dict(fingerprint)
+  if isinstance(fingerprint.get("process"), dict):
+    fingerprint["process"] = _comparable_process(fingerprint["process"])
   model = dict(fingerprint.get("model", {}))
   for key in _PERF_ONLY_MODEL_FIELDS:
     model.pop(key, None)

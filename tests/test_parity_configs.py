@@ -144,3 +144,14 @@ def test_zero_ema_rate_evaluates_the_trained_parameters():
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(initial),
                                                      jax.tree_util.tree_leaves(state.params))]
   assert any(moved)
+
+
+def test_mnist_likelihood_config_clips_as_score_flow():
+  """score_flow clips its importance-sampled loss (without the normalizer Z) at 1.0; ours is Z
+  times that loss, so the MNIST likelihood config clips at Z (23.86 on its VP SDE, eps 1e-5)."""
+  from configs.mnist import vp_ddpmpp_likelihood  # pylint: disable=import-outside-toplevel
+  from jaxgen import losses, processes  # pylint: disable=import-outside-toplevel
+  config = vp_ddpmpp_likelihood.get_config()
+  assert config.training.likelihood_weighting and config.training.importance_sampling
+  z = losses.importance_sampling_normalizer(processes.VPSDE(), config.training.eps)
+  assert abs(config.optim.grad_clip - z) < 1e-9 and 23 < z < 25

@@ -925,3 +925,28 @@ def test_rerunning_a_finished_run_keeps_its_summary_and_a_resume_logs_each_step_
   writer.close()
   assert json.loads((tmp_path / "nan" / "metrics.jsonl").read_text()) == {
       "step": 1, "eval/nll": None, "eval/x": 1.0}
+
+
+def test_process_fingerprint_reads_the_process_fields_and_its_default_sigmas(tmp_path):
+  """configs/base.py leaves sigma_min / sigma_max None (the process's defaults: VE's 0.01 / 50,
+  EDM's 0.002 / 80). A VE workdir written when the base spelled out 0.01 / 50 stays compatible;
+  an EDM one written with those (VE's) numbers is refused, since EDM now reads 0.002 / 80; fields
+  a process does not read (beta_max on VE) never make a workdir incompatible."""
+  for name, compatible in (("ve", True), ("edm", False)):
+    config = base.get_base_config()
+    config.process.name = name
+    old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
+    old["process"].update(sigma_min=0.01, sigma_max=50.0)
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"fingerprint": old}))
+    if compatible:
+      train.check_workdir_compatible(str(workdir), config)
+      config.process.beta_max = 5.0
+      train.check_workdir_compatible(str(workdir), config)
+      config.process.sigma_max = 80.0
+      with pytest.raises(train.CheckpointError, match=r"process.sigma_max \(50.0 there, 80.0"):
+        train.check_workdir_compatible(str(workdir), config)
+    else:
+      with pytest.raises(train.CheckpointError, match=r"process.sigma_max \(50.0 there, 80.0"):
+        train.check_workdir_compatible(str(workdir), config)

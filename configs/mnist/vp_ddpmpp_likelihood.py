@@ -7,6 +7,7 @@ published MNIST tables. With the training images present, set data.train_split='
 data.eval_split='test'.
 """
 from configs import base
+from jaxgen import losses, processes
 
 
 def get_config():
@@ -42,6 +43,11 @@ def get_config():
   model.resblock_type = "biggan"
   model.embedding_type = "positional"
   model.ema_rate = 0.9999
+
+  # score_flow clips at 1.0 a loss without the importance-sampling normalizer Z; jaxgen's loss is
+  # Z times that (it estimates the bound; jaxgen.losses.dsm_loss), so the same clipping is Z.
+  config.optim.grad_clip = losses.importance_sampling_normalizer(
+      processes.VPSDE(config.process.beta_min, config.process.beta_max), training.eps)
 
   config.optim.lr = 2e-4
   config.sampling.method = "ode"
