@@ -436,11 +436,11 @@ def validate_loss_config(config, process: Process) -> None:
     return
   no_network = lambda *args, **kwargs: None
   try:
-    if config.method != "edm":  # EDM's network is read as a denoiser (x0)
-      predictions.as_drift_fn(process, no_network, str(config.model.prediction))
     make_model_fn(no_network, process, config.model.prediction,
                   edm_preconditioning=config.method == "edm",
                   discrete=is_discrete_training(config))
     get_loss_fn(config, no_network, process)
+    if config.method != "edm":  # EDM's network is read as a denoiser (x0)
+      predictions.as_drift_fn(process, no_network, str(config.model.prediction))
   except ValueError as e:
     raise ValueError(f"config.training / config.model: {e}") from None

@@ -22,7 +22,8 @@ TOY = [f"--config={REPO}/configs/toy/vp_mlp.py:moons", "--config.model.hidden=(1
 
 def _run(args, cwd=REPO, returncode=0):
   """``python -m jaxgen.main ARGS`` in ``cwd``; returns (stdout, stderr)."""
-  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+  path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)

@@ -581,3 +581,16 @@ def test_importance_sampling_normalizer_is_the_weight_integral(name):
   w = np.asarray(process.diffusion_squared(tt) / process.sigma(tt) ** 2, np.float64)
   quad = float(np.sum((w[1:] + w[:-1]) / 2 * np.diff(t)))
   assert abs(losses.importance_sampling_normalizer(process, eps) - quad) < 2e-3 * quad
+
+
+def test_validate_loss_config_refuses_eps_or_score_on_the_linear_path():
+  """Their probability-flow drift is infinite at T = 1 (alpha(T) = 0): the samplers and the
+  likelihood would give NaN; the loss validation names the prediction."""
+  config = _toy_config()
+  config.method, config.training.likelihood_weighting = "flow", False
+  for prediction in ("eps", "score"):
+    config.model.prediction = prediction
+    with pytest.raises(ValueError, match=rf"config\..*'{prediction}' prediction on LinearPath"):
+      losses.validate_loss_config(config, processes.LinearPath())
+  config.model.prediction = "x0"
+  losses.validate_loss_config(config, processes.LinearPath())
