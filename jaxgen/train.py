@@ -954,9 +954,15 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
       hint = (" The optimizer-state layout follows config.optim.flat_update (flat vector when "
               "True, one entry per parameter when False): a checkpoint written with the other "
               "setting resumes with --config.optim.flat_update=<that setting>.")
+    first_line = (str(e).strip().splitlines() or [""])[0]
+    first_line = first_line if len(first_line) <= 200 else first_line[:200] + " ..."
+    older = sorted((s for s in manager.all_steps() if s < step), reverse=True)
+    if older:
+      hint += (f" Older checkpoints in this workdir: steps {older[:5]}; moving step {step} "
+               f"away resumes from step {older[0]}.")
     raise CheckpointError(
         f"checkpoint {step} in {manager.directory} is corrupt or incompatible with this config "
-        f"({type(e).__name__}: {str(e)[:500]}); it is left untouched — move it away or use "
+        f"({type(e).__name__}: {first_line}); it is left untouched — move it away or use "
         f"another --workdir.{hint}") from e
   return restored["state"], restored["meta"]
 

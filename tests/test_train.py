@@ -176,9 +176,31 @@ def test_incompatible_and_corrupt_checkpoints_are_refused_and_kept(tmp_path):
       if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  with pytest.raises(train.CheckpointError, match="corrupt or incompatible"):
+  with pytest.raises(train.CheckpointError, match="corrupt or incompatible") as info:
     train.train_and_evaluate(tiny_config(6), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  older = sorted(int(s) for s in before if s.isdigit() and int(s) < 3)
+  message = str(info.value)
+  assert "\n" not in message and len(message) < 900  # one readable line, not orbax's dump
+  if older:  # the message points at the newest older checkpoint
+    assert f"resumes from step {older[-1]}" in message
+
+
+def test_corrupt_newest_checkpoint_names_the_older_one_to_resume_from(tmp_path):
+  """A corrupt newest checkpoint is refused in one line that names the older checkpoints; moving
+  it away (as the message says) resumes from the next one."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  train.train_and_evaluate(tiny_config(6), str(tmp_path))      # checkpoints 3 and 6
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "6" / "state"):
+    for name in files:
+      if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  with pytest.raises(train.CheckpointError, match=r"steps \[3\]; moving step 6 away resumes "
+                                                  r"from step 3"):
+    train.train_and_evaluate(tiny_config(9), str(tmp_path))
+  shutil.move(str(tmp_path / "checkpoints" / "6"), str(tmp_path / "step6_corrupt"))
+  assert train.train_and_evaluate(tiny_config(9), str(tmp_path))["start_step"] == 3
 
 
 def _cli(args, **kwargs):
