@@ -155,7 +155,7 @@ def get_base_config():
   optim.eps = 1e-8
   optim.weight_decay = 0.0
   optim.warmup = 5000
-  optim.grad_clip = 1.0
+  optim.grad_clip = 1.0                # global-norm clipping; <= 0: none (score_sde's -1)
   optim.flat_update = True             # optimizer/EMA on one flat vector: 1.9x bf16 on an H100
   optim.materialize_grads = False      # flat update: write the raveled gradient once (run 14: no gain)
 

@@ -32,13 +32,20 @@ class _StaticPart:
     self.treedef, self.leaves = treedef, leaves
 
   def _key(self):
-    return (self.treedef, tuple((type(l), l) if l is not None else None for l in self.leaves))
+    return (self.treedef, tuple(None if l is None else _leaf_key(l) for l in self.leaves))
 
   def __hash__(self):
     return hash(self._key())
 
   def __eq__(self, other):
     return isinstance(other, _StaticPart) and self._key() == other._key()
+
+
+def _leaf_key(leaf):
+  """A static leaf as a hashable key; a NaN float (never equal to itself) as one fixed key."""
+  if isinstance(leaf, float) and leaf != leaf:
+    return (float, "nan")
+  return (type(leaf), leaf)
 
 
 def split_callable(fn) -> Tuple[_StaticPart, list]:

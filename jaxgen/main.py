@@ -139,12 +139,29 @@ def main(argv):
     _fail(str(e))
 
 
+_OWN_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
+                  + os.sep for d in ("jaxgen", "configs"))
+
+
+def _raised_by_jaxgen(error: BaseException) -> bool:
+  """Whether the innermost frame of ``error``'s traceback is jaxgen's or a config's code (its
+  checks), not a library's (a ValueError from inside jax or flax is a bug, not a bad config)."""
+  tb, last = error.__traceback__, None
+  while tb is not None:
+    last, tb = tb, tb.tb_next
+  if last is None:  # never raised: nothing says otherwise
+    return True
+  return os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_OWN_DIRS)
+
+
 def is_user_error(error: BaseException) -> bool:
   """Whether ``error`` reports a bad config, workdir or checkpoint (one line, exit status 2)
-  rather than a bug (a traceback): ValueError, NotADirectoryError, FileExistsError and
-  :class:`jaxgen.train.CheckpointError`."""
-  if isinstance(error, (ValueError, NotADirectoryError, FileExistsError)):
+  rather than a bug (a traceback): a ValueError raised by jaxgen's own checks,
+  NotADirectoryError, FileExistsError and :class:`jaxgen.train.CheckpointError`."""
+  if isinstance(error, (NotADirectoryError, FileExistsError)):
     return True
+  if isinstance(error, ValueError):
+    return _raised_by_jaxgen(error)
   train = sys.modules.get("jaxgen.train")  # imported by now if it can have raised
   return train is not None and isinstance(error, train.CheckpointError)
 
@@ -189,7 +206,7 @@ def run(argv):
     path = os.path.join(eval_dir, f"{name}.json")
     evaluate.write_json(path, dict(results, options=evaluate.run_options(config, "eval")))
     if jax.process_index() == 0:
-      print(json.dumps(evaluate.json_safe(results)))
+      print(json.dumps(evaluate.json_safe(results), default=str))
       print(f"summary: {path}")
   else:
     mesh = parallel.make_mesh()

@@ -144,8 +144,13 @@ def velocity_to_score(process, x, t, velocity):
 
 def as_score_fn(process: Process, model_fn: Callable[[Array, Array], Array],
                 prediction_type: str) -> Callable[[Array, Array], Array]:
-  """Wrap ``model_fn(x, t)`` predicting ``prediction_type`` into ``score_fn(x, t)``."""
-  return lambda x, t: convert(process, x, t, model_fn(x, t), prediction_type, "score")
+  """Wrap ``model_fn(x, t)`` predicting ``prediction_type`` into ``score_fn(x, t)`` (a
+  ``jax.tree_util.Partial``, so that a pytree ``model_fn``'s arrays stay traced)."""
+  return jax.tree_util.Partial(_converted, process, model_fn, prediction_type, "score")
+
+
+def _converted(process, model_fn, source, target, x, t):
+  return convert(process, x, t, model_fn(x, t), source, target)
 
 
 def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
@@ -166,7 +171,7 @@ def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
   if prediction_type == "score":
     from jaxgen.processes import probability_flow_drift  # pylint: disable=import-outside-toplevel
     return probability_flow_drift(process, model_fn)
-  return lambda x, t: convert(process, x, t, model_fn(x, t), prediction_type, "velocity")
+  return jax.tree_util.Partial(_converted, process, model_fn, prediction_type, "velocity")
 
 
 # --- EDM preconditioning (Karras et al. 2022, Table 1) --------------------------------------------
@@ -185,14 +190,15 @@ def edm_preconditioning(sigma: Array, sigma_data: float = 0.5) -> Tuple[Array, A
 
 
 def edm_denoiser(network_fn: Callable[[Array, Array], Array], sigma_data: float = 0.5):
-  """Wrap a raw network ``F(x_scaled, c_noise)`` into EDM's denoiser ``D(x, sigma) -> x0``."""
+  """Wrap a raw network ``F(x_scaled, c_noise)`` into EDM's denoiser ``D(x, sigma) -> x0`` (a
+  ``jax.tree_util.Partial``, so that a pytree ``network_fn``'s arrays stay traced)."""
+  return jax.tree_util.Partial(_edm_denoise, network_fn, sigma_data)
 
-  def denoiser(x, sigma):
-    c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, sigma_data)
-    raw = network_fn(broadcast_to(c_in, x) * x, c_noise)
-    return broadcast_to(c_skip, x) * x + broadcast_to(c_out, x) * raw
 
-  return denoiser
+def _edm_denoise(network_fn, sigma_data, x, sigma):
+  c_skip, c_out, c_in, c_noise = edm_preconditioning(sigma, sigma_data)
+  raw = network_fn(broadcast_to(c_in, x) * x, c_noise)
+  return broadcast_to(c_skip, x) * x + broadcast_to(c_out, x) * raw
 
 
 def edm_loss_weight(sigma: Array, sigma_data: float = 0.5) -> Array:

@@ -369,15 +369,16 @@ def probability_flow_drift(process: Process, score_fn: ScoreFn) -> Callable[[Arr
     process: a :class:`Process`.
     score_fn: ``score_fn(x, t)`` with ``x`` ``(batch, ...)``, ``t`` ``(batch,)`` -> ``(batch, ...)``.
   Returns:
-    ``drift_fn(x, t) -> (batch, ...)``.
+    ``drift_fn(x, t) -> (batch, ...)``, a ``jax.tree_util.Partial``: the arrays a pytree
+    ``score_fn`` carries stay traced in the samplers (see ``jaxgen._jit``).
   """
+  return jax.tree_util.Partial(_probability_flow_drift, process, score_fn)
 
-  def drift_fn(x, t):
-    f = broadcast_to(process.drift_coefficient(t), x)
-    g2 = broadcast_to(process.diffusion_squared(t), x)
-    return f * x - 0.5 * g2 * score_fn(x, t)
 
-  return drift_fn
+def _probability_flow_drift(process, score_fn, x, t):
+  f = broadcast_to(process.drift_coefficient(t), x)
+  g2 = broadcast_to(process.diffusion_squared(t), x)
+  return f * x - 0.5 * g2 * score_fn(x, t)
 
 
 def reverse_sde(process: Process, score_fn: ScoreFn, probability_flow: bool = False):

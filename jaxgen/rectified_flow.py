@@ -338,8 +338,9 @@ def trajectory_statistics(drift_fn: DriftFn, z: Array, process: Process = Linear
   * ``transport_cost = |x - z|^2``.
 
   Args:
-    drift_fn: velocity ``(batch, ...)``, ``(batch,)`` -> ``(batch, ...)``; hashable (it is a static
-      argument of the jitted solve; build it once).
+    drift_fn: velocity ``(batch, ...)``, ``(batch,)`` -> ``(batch, ...)``. A plain function is
+      compiled once per function object; a ``jax.tree_util.Partial(apply, params)`` once per
+      structure (its arrays are traced; see ``jaxgen._jit``).
     z: starting points ``(batch, ...)`` (prior samples).
     process: gives ``T`` and the default ``t_end = t_min``.
     num_points: number of grid segments.
@@ -669,12 +670,12 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
   manager = train.make_checkpoint_manager(workdir, config)
   try:
     train.write_config(workdir, config)
+    if jax.process_index() == 0:  # before the checkpoint: a checkpoint never lacks its teacher
+      with open(os.path.join(workdir, WARM_START_FILE), "w") as f:
+        json.dump({"init_workdir": os.path.realpath(init_workdir),
+                   "teacher_step": int(teacher.step)}, f)
     train.save_checkpoint(manager, state, 0, force=True)
     manager.wait_until_finished()
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, WARM_START_FILE), "w") as f:
-        json.dump({"init_workdir": os.path.abspath(init_workdir),
-                   "teacher_step": int(teacher.step)}, f)
     train.log(f"warm start: {workdir} starts from the EMA parameters of {init_workdir} "
               f"(step {int(teacher.step)})")
     return True
@@ -694,7 +695,7 @@ def _check_same_teacher(workdir: str, init_workdir: str) -> None:
     return
   with open(path) as f:
     recorded = json.load(f).get("init_workdir")
-  if recorded and os.path.abspath(recorded) != os.path.abspath(init_workdir):
+  if recorded and os.path.realpath(recorded) != os.path.realpath(init_workdir):
     raise train.CheckpointError(
         f"workdir {workdir} was warm-started from the teacher {recorded!r}, not from "
         f"config.reflow.init_workdir = {init_workdir!r}; it is left untouched (use another "

@@ -178,7 +178,7 @@ _NUMBER_FIELDS = (
     ("optim", "eps", "float", 0.0, None),
     ("optim", "warmup", "int", 0, None),
     ("optim", "weight_decay", "float", 0.0, None),
-    ("optim", "grad_clip", "float", 0.0, None),
+    ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0: no clipping (score_sde's -1)
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
     ("sampling", "batch_size", "int", 1, None),
     ("sampling", "num_samples", "int", 0, None),
@@ -735,7 +735,10 @@ def _config_fingerprint(config) -> Dict[str, Any]:
   ``training`` section is compared only when a run resumes training
   (:func:`check_workdir_compatible`).
   """
-  fingerprint = {"model": config.model.to_dict(), "process": config.process.to_dict(),
+  model = config.model.to_dict()
+  if str(model.get("name", "")).lower() == "ffjord_multiscale":
+    model["squeeze_order"] = _SQUEEZE_ORDER
+  fingerprint = {"model": model, "process": config.process.to_dict(),
                  "method": config.method, "data_shape": list(data_shape(config)),
                  "optim": {"optimizer": config.optim.optimizer}}
   for (section, field), get in _FINGERPRINT_FIELDS.items():
@@ -762,8 +765,13 @@ _FINGERPRINT_FIELDS = {
 # (:func:`restore_state`), so a run can turn it on or off when it resumes.
 _PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_barrier",
                            "two_stage_grads", "remat_policy", "remat")
-# Model fields added after checkpoints were written, with what those checkpoints hold.
-_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO"}
+# Model fields added after checkpoints were written, with what those checkpoints hold
+# (``zero_last`` only changes the initialization).
+_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO", "zero_last": False}
+# FFJORD's multiscale squeeze order (channel c*4 + dy*2 + dx) since 2026-11-30; checkpoints of the
+# order before ((dy*2 + dx)*C + c) compute another function with the same parameters, so their
+# fingerprint (which lacks the field) is refused by name rather than silently evaluated.
+_SQUEEZE_ORDER = "ffjord"
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
 
 
@@ -802,6 +810,8 @@ def _comparable(fingerprint: Dict[str, Any]) -> Dict[str, Any]:
     model.setdefault(key, value)
   if str(model.get("name", "")).lower() not in _MODELS_WITH_KERNEL_LAYOUT:
     model.pop("kernel_layout", None)
+  if str(model.get("name", "")).lower() == "ffjord_multiscale":
+    model.setdefault("squeeze_order", "jaxgen_before_2026_11_30")
   fingerprint["model"] = model
   return fingerprint
 
@@ -1192,10 +1202,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       log(f"already trained to step {start} (config.training.n_iters = {n_iters}); nothing to "
           f"train: raise training.n_iters to continue")
       previous = _read_summary(workdir)
+      if previous is not None and not (previous.get("final_step") == start
+                                       and not previous.get("stopped_early")):
+        previous = None  # another (shorter) run's summary: not this step's results
       if previous is not None:
         summary = {**previous, "already_complete": True}
       elif evaluate_fn is not None and training.eval_every:
-        log(f"no train_summary.json from the run that reached step {start}: running its final "
+        log(f"no train_summary.json of the run that reached step {start}: running its final "
             f"evaluation")
         results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
         writer.write(start, {f"eval/{k}": v for k, v in results.items()

@@ -81,7 +81,7 @@ setup() {
   # tracked and untracked files that exist (ls-files also lists tracked files deleted from the
   # work tree, which tar would fail on)
   (cd "$REPO_ROOT" && git ls-files -co --exclude-standard -z \
-     | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
+     | while IFS= read -r -d '' f; do if [[ -e "$f" ]]; then printf '%s\0' "$f"; fi; done \
      | tar --null -T - -czf "$tarball")
   "${GCLOUD[@]}" scp "$tarball" "$TPU_NAME:~/jaxgen_src.tar.gz" "${COMMON[@]}" --worker=all
   rm -f "$tarball"

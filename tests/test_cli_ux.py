@@ -69,6 +69,15 @@ def test_user_errors_and_bugs_are_told_apart():
   assert not main.is_user_error(RuntimeError("a bug"))
   assert not main.is_user_error(TypeError("a bug"))
   assert not main.is_user_error(KeyError("a bug"))
+  # a ValueError raised inside a library (a shape bug) keeps its traceback; jaxgen's checks don't
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxgen import likelihood  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError) as library:
+    jnp.split(jnp.ones((3,)), 2)  # raised inside jax.numpy
+  assert not main.is_user_error(library.value)
+  with pytest.raises(ValueError) as ours:
+    likelihood.bits_per_dim(jnp.ones((2,)), (0,))
+  assert main.is_user_error(ours.value)
 
 
 def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):

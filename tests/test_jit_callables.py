@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from jaxgen import closed_form, likelihood, processes, solvers
+from jaxgen import closed_form, likelihood, predictions, processes, solvers
 from jaxgen._jit import merge_callable, split_callable
 
 KEY = jax.random.PRNGKey(0)
@@ -73,3 +73,45 @@ def test_split_and_merge_round_trip():
   plain = lambda x, t: x
   s_plain, a_plain = split_callable(plain)
   assert a_plain == [None] and merge_callable(s_plain, a_plain) is plain
+
+
+ADAPTERS = {
+    "probability_flow_drift": (lambda fn: processes.probability_flow_drift(VP, fn),
+                               CALLS["solve_ode"]),
+    "as_drift_fn_eps": (lambda fn: predictions.as_drift_fn(VP, fn, "eps"),  # sigma(0) = 0: t > 0
+                        lambda fn: solvers.solve_ode(fn, jnp.ones((4, 2)), 0.5, 1.0)[0]),
+    "as_score_fn_eps": (lambda fn: predictions.as_score_fn(VP, fn, "eps"), CALLS["pc_sample"]),
+    "edm_denoiser": (predictions.edm_denoiser, CALLS["edm_heun_sample"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_jaxgen_adapters_keep_partial_parameters_traced(name):
+  """probability_flow_drift / as_score_fn / as_drift_fn / edm_denoiser return Partials, so a
+  Partial network passed through them still compiles once for all its parameter sets."""
+  wrap, call = ADAPTERS[name]
+  traces = []
+  apply = _counting(traces)
+  outs = []
+  for scale in (1.0, 2.0, 3.0):
+    outs.append(np.asarray(call(wrap(Partial(apply, {"scale": jnp.float32(scale)})))))
+    if scale == 1.0:
+      first = len(traces)
+  assert first > 0 and len(traces) == first
+  assert not np.allclose(outs[0], outs[2])
+
+
+def test_nan_static_leaf_does_not_retrace():
+  """A Python NaN carried by a Partial (never equal to itself) still hits the cache."""
+  traces = []
+
+  def drift(c, x, t):
+    traces.append(1)
+    return -x if c != c else x  # a static Python branch on the NaN
+
+  counts = []
+  for _ in range(3):
+    solvers.solve_ode(Partial(drift, float("nan")), jnp.ones((4, 2)), 0.0, 1.0, solver="euler",
+                      num_steps=2)
+    counts.append(len(traces))
+  assert counts[0] > 0 and counts == [counts[0]] * 3

@@ -803,7 +803,7 @@ def _tiny_flow_config():
     ("flow", "optim.lr", -1.0, r"config.optim.lr must be > 0.0, got -1.0"),
     ("flow", "optim.beta1", 1.5, r"config.optim.beta1 must be >= 0.0 and < 1.0"),
     ("flow", "optim.warmup", -5, r"config.optim.warmup must be >= 0"),
-    ("flow", "optim.grad_clip", -1.0, r"config.optim.grad_clip must be >= 0"),
+    ("flow", "optim.grad_clip", float("nan"), r"config.optim.grad_clip must be a number"),
     ("flow", "model.ema_rate", 1.5, r"config.model.ema_rate must be >= 0.0 and < 1.0"),
     ("flow", "sampling.batch_size", 0, r"config.sampling.batch_size must be >= 1"),
     ("flow", "sampling.num_samples", -3, r"config.sampling.num_samples must be >= 0"),
@@ -976,3 +976,42 @@ def test_process_fingerprint_reads_the_process_fields_and_its_default_sigmas(tmp
     else:
       with pytest.raises(train.CheckpointError, match=r"process.sigma_max \(50.0 there, 80.0"):
         train.check_workdir_compatible(str(workdir), config)
+
+
+def test_a_shorter_runs_summary_is_not_reported_for_a_longer_finished_run(tmp_path):
+  """A train_summary.json of another final step (an earlier, shorter run) is not this run's: a
+  re-run at the newest checkpoint runs the final evaluation instead of reporting it."""
+  workdir = tmp_path / "run"
+  config = _tiny_flow_config()
+  config.training.n_iters = 4
+  train.train_and_evaluate(config, str(workdir))
+  (workdir / "train_summary.json").write_text(json.dumps({"final_step": 2, "nll_nats": 9.0}))
+  calls = []
+  config.training.eval_every = 100
+  out = train.train_and_evaluate(
+      config, str(workdir), evaluate_fn=lambda s, st, step, wd, m: calls.append(step) or
+      {"nll_nats": 1.5})
+  assert calls == [4] and out["nll_nats"] == 1.5 and "already_complete" not in out
+
+
+def test_cnf_workdirs_before_zero_last_and_the_squeeze_order(tmp_path):
+  """``model.zero_last`` (initialization only) absent from an older CNF fingerprint reads as
+  False, so such a workdir stays compatible; an older ``ffjord_multiscale`` fingerprint (the
+  squeeze order before FFJORD's) is refused by name, as its checkpoint would compute another
+  function with the same parameters."""
+  from configs.cnf import mnist_multiscale, toy  # pylint: disable=import-outside-toplevel
+  for name, config, refused in (("toy", toy.get_config("moons"), None),
+                                ("mnist", mnist_multiscale.get_config(), "model.squeeze_order")):
+    old = train._jsonable(train._config_fingerprint(config))  # pylint: disable=protected-access
+    old["model"].pop("zero_last", None)
+    old["model"].pop("squeeze_order", None)
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"fingerprint": old}))
+    if refused is None:
+      train.check_workdir_compatible(str(workdir), config)
+    else:
+      with pytest.raises(train.CheckpointError, match=refused):
+        train.check_workdir_compatible(str(workdir), config)
+  assert train._config_fingerprint(mnist_multiscale.get_config())["model"]["squeeze_order"] == \
+      "ffjord"  # pylint: disable=protected-access
