@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable, ClassVar, Optional, Sequence, Tuple
 
 import diffrax
@@ -313,6 +314,11 @@ def ode_log_likelihood(drift_fn: DriftFn,
     if given != num_probes:
       raise ValueError(f"num_probes={num_probes} but the explicit `probes` hold {given} "
                        f"(shape {probes.shape}): drop num_probes or pass that many probes")
+  owner = getattr(prior_logp, "__self__", None)  # a process's own prior_logp: its density at T
+  owner_T = getattr(owner, "T", None) if hasattr(owner, "marginal") else None
+  if owner_T is not None and not math.isclose(t1, float(owner_T), rel_tol=1e-6):
+    warnings.warn(f"ode_log_likelihood: prior_logp is {type(owner).__name__}'s prior, its density "
+                  f"at T = {owner_T}, but t1 = {t1} (pass t1=process.T)", stacklevel=2)
   prior_shape = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape
   if prior_shape != x.shape[:1]:
     raise ValueError(f"`prior_logp` must return one log-density per example, shape "

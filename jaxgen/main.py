@@ -155,15 +155,17 @@ def _raised_by_jaxgen(error: BaseException) -> bool:
 
 
 def is_user_error(error: BaseException) -> bool:
-  """Whether ``error`` reports a bad config, workdir or checkpoint (one line, exit status 2)
-  rather than a bug (a traceback): a ValueError raised by jaxgen's own checks,
-  NotADirectoryError, FileExistsError and :class:`jaxgen.train.CheckpointError`."""
+  """Whether ``error`` reports a bad config, workdir or checkpoint, or a run that diverged (one
+  line, exit status 2) rather than a bug (a traceback): a ValueError raised by jaxgen's own
+  checks, NotADirectoryError, FileExistsError, :class:`jaxgen.train.CheckpointError` and
+  :class:`jaxgen.train.NonFiniteLossError` (its message names the step and the checkpoint kept)."""
   if isinstance(error, (NotADirectoryError, FileExistsError)):
     return True
   if isinstance(error, ValueError):
     return _raised_by_jaxgen(error)
   train = sys.modules.get("jaxgen.train")  # imported by now if it can have raised
-  return train is not None and isinstance(error, train.CheckpointError)
+  return train is not None and isinstance(error, (train.CheckpointError,
+                                                  train.NonFiniteLossError))
 
 
 def run(argv):

@@ -66,6 +66,7 @@ def test_user_errors_and_bugs_are_told_apart():
   assert main.is_user_error(ValueError("config.x must be > 0"))
   assert main.is_user_error(NotADirectoryError("w"))
   assert main.is_user_error(train.CheckpointError("corrupt"))
+  assert main.is_user_error(train.NonFiniteLossError("non-finite loss at step 6"))
   assert not main.is_user_error(RuntimeError("a bug"))
   assert not main.is_user_error(TypeError("a bug"))
   assert not main.is_user_error(KeyError("a bug"))

@@ -1,6 +1,8 @@
 """ode_log_likelihood and bits/dim against closed forms."""
 import math
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -393,3 +395,17 @@ def test_uniform_dequantize_cells():
     x = np.asarray(fn(jax.random.PRNGKey(0), levels))
     k = np.arange(256)
     assert np.all(x >= -1 + 2 * k / 256) and np.all(x < -1 + 2 * (k + 1) / 256)
+
+
+def test_a_process_prior_with_another_end_time_warns():
+  """``prior_logp=process.prior_logp`` is the density at ``process.T``; integrating to another
+  ``t1`` (the default 1.0 on EDM's path, T = 80) warns, naming both."""
+  edm = processes.EDMPath()
+  x = jnp.ones((2, 2))
+  with pytest.warns(UserWarning, match=r"EDMPath's prior, its density at T = 80.0, but t1 = 1.0"):
+    likelihood.ode_log_likelihood(lambda y, t: y / t[:, None], x, prior_logp=edm.prior_logp,
+                                  t0=0.5, t1=1.0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    likelihood.ode_log_likelihood(lambda y, t: -0.5 * y, x, prior_logp=processes.VPSDE().prior_logp,
+                                  t0=1e-5, t1=1.0)
