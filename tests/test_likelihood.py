@@ -1,6 +1,5 @@
 """ode_log_likelihood and bits/dim against closed forms."""
 import math
-
 import warnings
 
 import jax
