@@ -16,20 +16,14 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
-from jaxgen.processes import Process, _check_batch, broadcast_to
+from jaxgen.processes import Process, _check_batch, broadcast_to, float32_time
 
 Array = jax.Array
 PREDICTION_TYPES = ("score", "eps", "x0", "velocity")
 
 
-def _time(t: Array) -> Array:
-  """``t`` in at least float32: bf16 times would round the coefficients by up to ~1 %."""
-  t = jnp.asarray(t)
-  return t.astype(jnp.promote_types(t.dtype, jnp.float32))
-
-
 def _coefficients(process: Process, t: Array, x: Array):
-  t = _time(t)
+  t = float32_time(t)
   return (broadcast_to(process.alpha(t), x), broadcast_to(process.sigma(t), x),
           broadcast_to(process.alpha_dot(t), x), broadcast_to(process.sigma_dot(t), x))
 
@@ -95,7 +89,7 @@ def convert(process: Process, x: Array, t: Array, prediction: Array, source: str
     raise ValueError(f"prediction has shape {jnp.shape(prediction)} but x has shape {jnp.shape(x)}")
   if source == target:
     return prediction
-  t = _time(t)
+  t = float32_time(t)
   sigma = broadcast_to(process.sigma(t), x)
   if {source, target} == {"score", "eps"}:
     return -sigma * prediction if source == "score" else -prediction / sigma

@@ -53,8 +53,10 @@ def _standard_normal_logp(z: Array, scale: float = 1.0) -> Array:
   return -0.5 * d * math.log(2 * math.pi * scale**2) - 0.5 * sq / scale**2
 
 
-def _upcast_time(t: Array) -> Array:
-  """``t`` in at least float32: a bfloat16 ``t`` would round sigma by ~0.1 %."""
+def float32_time(t: Array) -> Array:
+  """``t`` in at least float32: a bfloat16 ``t`` would round the coefficients (sigma by ~0.1 %,
+  a VE eps -> score conversion by ~1 %). Shared by ``marginal``/``sde`` and
+  :mod:`jaxgen.predictions`."""
   t = jnp.asarray(t)
   return t.astype(jnp.promote_types(t.dtype, jnp.float32))
 
@@ -128,13 +130,13 @@ class Process:
     """Mean and std of ``p(x_t | x_0)``: ``x0`` ``(batch, ...)``, ``t`` ``(batch,)`` ->
     (mean ``(batch, ...)``, std ``(batch,)``)."""
     _check_batch(x0, t)
-    t = _upcast_time(t)
+    t = float32_time(t)
     return broadcast_to(self.alpha(t), x0) * x0, self.sigma(t)
 
   def sde(self, x: Array, t: Array) -> Tuple[Array, Array]:
     """Forward SDE ``dx = drift dt + diffusion dw``: -> (drift ``(batch, ...)``, diffusion ``(batch,)``)."""
     _check_batch(x, t)
-    t = _upcast_time(t)
+    t = float32_time(t)
     return broadcast_to(self.drift_coefficient(t), x) * x, jnp.sqrt(self.diffusion_squared(t))
 
   def prior_sample(self, key: Array, shape) -> Array:

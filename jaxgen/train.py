@@ -75,16 +75,19 @@ def get_process(config) -> processes.Process:
   if config.data.get("source", ""):  # a linear path from a toy source instead of N(0, I)
     from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
     return rectified_flow.source_path(config)
-  if name in ("vp", "subvp"):
-    return processes.get_process(name, beta_min=p.beta_min, beta_max=p.beta_max, N=p.num_scales)
-  # sigma_min / sigma_max left None (configs/base.py) take the process's own defaults: VE's
-  # 0.01 / 50 (score_sde) or EDM's 0.002 / 80 (Karras et al.)
-  sigmas = {k: p.get(k) for k in ("sigma_min", "sigma_max") if p.get(k) is not None}
-  if name == "ve":
-    return processes.get_process(name, N=p.num_scales, **sigmas)
-  if name == "edm":
-    return processes.get_process(name, sigma_data=p.sigma_data, **sigmas)
-  return processes.get_process(name)
+  # fields left None (configs/base.py's sigma_min / sigma_max) take the process's own defaults:
+  # VE's 0.01 / 50 (score_sde) or EDM's 0.002 / 80 (Karras et al.)
+  args = {arg: p.get(field) for field, arg in _PROCESS_ARGS.get(name, ())
+          if p.get(field) is not None}
+  return processes.get_process(name, **args)
+
+
+# The config.process fields each process reads, as (config field, process argument); the others
+# neither build the process nor decide a checkpoint (:func:`_comparable_process`).
+_BETAS = (("beta_min", "beta_min"), ("beta_max", "beta_max"), ("num_scales", "N"))
+_SIGMAS = (("sigma_min", "sigma_min"), ("sigma_max", "sigma_max"))
+_PROCESS_ARGS = {"vp": _BETAS, "subvp": _BETAS, "ve": _SIGMAS + (("num_scales", "N"),),
+                 "edm": _SIGMAS + (("sigma_data", "sigma_data"),), "linear": ()}
 
 
 def make_optimizer(optim_config) -> optax.GradientTransformation:
@@ -184,7 +187,6 @@ _NUMBER_FIELDS = (
     ("sampling", "num_samples", "int", 0, None),
     ("eval", "num_bpd_batches", "int", 0, None),
     ("eval", "num_probes", "int", 1, None),
-    ("eval", "num_repeats", "int", 1, None),
 )
 
 
@@ -775,26 +777,17 @@ _SQUEEZE_ORDER = "ffjord"
 _MODELS_WITH_KERNEL_LAYOUT = ("ncsnpp", "ddpmpp")
 
 
-# The config.process fields each process reads (the others do not decide a checkpoint).
-_PROCESS_FIELDS = {"vp": ("beta_min", "beta_max", "num_scales"),
-                   "subvp": ("beta_min", "beta_max", "num_scales"),
-                   "ve": ("sigma_min", "sigma_max", "num_scales"),
-                   "edm": ("sigma_min", "sigma_max", "sigma_data"), "linear": ()}
-
-
 def _comparable_process(process: Dict[str, Any]) -> Dict[str, Any]:
-  """``config.process`` as the process reads it: its own fields only, a ``sigma_min`` /
-  ``sigma_max`` left None (configs/base.py) replaced by the process's default (so a VE workdir
-  written when the base config spelled out 0.01 / 50 stays compatible)."""
+  """``config.process`` as the process reads it (:data:`_PROCESS_ARGS`): its own fields only, one
+  left None (configs/base.py's sigmas) replaced by the process's default (so a VE workdir written
+  when the base config spelled out 0.01 / 50 stays compatible)."""
   name = process.get("name")
-  if name not in _PROCESS_FIELDS:
+  if name not in _PROCESS_ARGS:
     return process
   out = {"name": name}
-  for field in _PROCESS_FIELDS[name]:
+  for field, arg in _PROCESS_ARGS[name]:
     value = process.get(field)
-    if value is None and field in ("sigma_min", "sigma_max"):
-      value = getattr(processes.PROCESSES[name](), field)
-    out[field] = value
+    out[field] = getattr(processes.PROCESSES[name](), arg) if value is None else value
   return out
 
 
@@ -1093,8 +1086,8 @@ class MetricWriter:
     """Appends ``scalars`` at ``step`` to metrics.jsonl (and TensorBoard when available)."""
     if not self.active:
       return
-    values = {k: float(v) for k, v in scalars.items()}
-    line = {"step": int(step), **{k: v if math.isfinite(v) else None for k, v in values.items()}}
+    from jaxgen.evaluate import json_safe  # pylint: disable=import-outside-toplevel
+    line = json_safe({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
     with open(self.path, "a") as f:
       f.write(json.dumps(line, allow_nan=False) + "\n")
     if self.tb is not None:
