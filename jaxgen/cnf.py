@@ -13,11 +13,16 @@ Hutchinson's estimator. Gradients flow either by backpropagation through the sol
 ``drift_args`` so both see them.
 
 RNODE's regularizers are integrated along the same trajectory (``extra_fn`` of the likelihood
-routine), with RNODE's per-dimension normalisation, per example:
+routine), with RNODE's per-dimension normalisation, per example, over the block's own time
+``[0, T]`` as Finlay et al. (and ffjord-rnode, which integrates ``f`` over ``[0, T]``) define them:
 
-* kinetic energy  ``K = int_0^1 0.5 |g|^2 / D ds``;
-* Jacobian norm   ``B = int_0^1 |dg/dx|_F^2 / D ds`` (exact from the ``D`` Jacobian columns, or
-  ``|(dg/dx) eps|^2`` with the Hutchinson probe, unbiased).
+* kinetic energy  ``K = int_0^T 0.5 |f|^2 / D dt = (1 / T) int_0^1 0.5 |g|^2 / D ds``;
+* Jacobian norm   ``B = int_0^T |df/dx|_F^2 / D dt = (1 / T) int_0^1 |dg/dx|_F^2 / D ds`` (exact
+  from the ``D`` Jacobian columns, or ``|(dg/dx) eps|^2`` with the Hutchinson probe, unbiased).
+
+Both grow linearly with ``T`` (a constant field ``v``: ``K = 0.5 |v|^2 T / D``; a linear field
+``A x``: ``B = |A|_F^2 T / D``). The unit-interval integrals alone would be ``T`` times larger
+(``T^2`` growth), which penalises a learnable end time more than RNODE does.
 
 The loss is ``NLL + kinetic_energy * mean K + jacobian_norm2 * mean B`` (summed over blocks).
 
@@ -230,7 +235,8 @@ def cnf_block(vector_field: VectorField, params: Any, x: Array, *, end_time=1.0,
     regularize: also integrate RNODE's kinetic energy and Jacobian norm.
   Returns:
     ``(z (batch, ...), log_det (batch,), nfe (int32), regs (batch, 2) or None)`` where
-    ``log p(x) = log p(z) + log_det`` and ``regs[:, 0]``/``[:, 1]`` are ``K``/``B``. A failed
+    ``log p(x) = log p(z) + log_det`` and ``regs[:, 0]``/``[:, 1]`` are ``K``/``B``, integrals
+    over ``t in [0, end_time]`` (see the module docstring). A failed
     solve with ``options.throw=False`` gives ``log_det`` NaN for the whole batch.
   """
   drift = _unit_interval_drift(vector_field)
@@ -246,6 +252,10 @@ def cnf_block(vector_field: VectorField, params: Any, x: Array, *, end_time=1.0,
       drift_args=(params, end_time), extra_fn=extra_fn, throw=options.throw)
   if regularize:
     log_det, z, nfe, regs = out
+    # The solve integrates over s in [0, 1] with g = T f; RNODE's integrals over t in [0, T] are
+    # 1/T of that (both integrands are quadratic in the field). T = 0 is the identity: no cost.
+    positive = end_time > 0
+    regs = jnp.where(positive, regs / jnp.where(positive, end_time, 1.0).astype(regs.dtype), 0.0)
   else:
     (log_det, z, nfe), regs = out, None
   return z, log_det, nfe, regs

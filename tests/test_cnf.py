@@ -210,6 +210,51 @@ def test_linear_field_log_likelihood_closed_form(dim):
     assert abs(err.mean()) < 4 * err.std() / math.sqrt(len(err)) + 1e-3
 
 
+def _constant_field(params, x, t):
+  del t
+  return jnp.broadcast_to(params["v"], x.shape)
+
+
+def _pure_linear_field(params, x, t):
+  del t
+  return x @ params["a"].T
+
+
+def test_rnode_penalties_are_integrals_over_zero_to_end_time():
+  """RNODE (ffjord-rnode integrates f over [0, T]): a constant field v has
+  K = int_0^T 0.5 |v|^2 / D dt = 0.5 |v|^2 T / D and a linear field A x has B = |A|_F^2 T / D
+  (the unit-interval integrals of g = T f alone were T times these: T^2 growth)."""
+  dim = 3
+  v = jnp.asarray([1.0, 2.0, -2.0])
+  a = jnp.asarray([[0.1, 0.2, 0.0], [0.0, -0.3, 0.1], [0.2, 0.0, 0.05]])
+  x = 0.1 * jnp.ones((4, dim))
+  # Both integrands are constant along any trajectory: a cheap fixed-step solve is exact.
+  opts = cnf.SolveOptions(solver="heun", num_steps=2)
+
+  @jax.jit
+  def regs(end_time):
+    _, _, _, k = cnf.cnf_block(_constant_field, {"v": v}, x, end_time=end_time, options=opts,
+                               regularize=True)
+    _, _, _, b = cnf.cnf_block(_pure_linear_field, {"a": a}, x, end_time=end_time, options=opts,
+                               regularize=True)
+    return k[:, 0], b[:, 1]
+
+  for end_time in (0.5, 2.0):
+    kinetic, jacobian = regs(jnp.float32(end_time))
+    np.testing.assert_allclose(kinetic, 0.5 * float(v @ v) * end_time / dim, rtol=1e-5)
+    np.testing.assert_allclose(jacobian, float(jnp.sum(a**2)) * end_time / dim, rtol=1e-4)
+  kinetic, jacobian = regs(jnp.float32(0.0))   # T = 0 is the identity: no cost, no NaN
+  np.testing.assert_array_equal(kinetic, 0.0)
+  # Hutchinson (Gaussian probes): unbiased for |A|_F^2 T / D over many examples.
+  xs = jax.random.normal(jax.random.PRNGKey(0), (512, dim))
+  hopts = cnf.SolveOptions(divergence="gaussian", solver="heun", num_steps=2)
+  _, _, _, r = jax.jit(lambda k: cnf.cnf_block(_pure_linear_field, {"a": a}, xs, end_time=2.0,
+                                               key=k, options=hopts, regularize=True))(
+      jax.random.PRNGKey(1))
+  expected = float(jnp.sum(a**2)) * 2.0 / dim
+  assert abs(float(jnp.mean(r[:, 1])) - expected) < 4 * float(jnp.std(r[:, 1])) / math.sqrt(512)
+
+
 # --------------------------------------------------------------------------------------------------
 # gradients: adjoint method against backpropagation through the solver
 # --------------------------------------------------------------------------------------------------
