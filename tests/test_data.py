@@ -343,6 +343,38 @@ def test_dequantization_range_and_bins(num_levels):
     data.preprocess(None, levels, config, False)
 
 
+def test_dequantized_values_stay_inside_their_bins_at_float32_edges(monkeypatch):
+  """In float32, 255 + u rounds to 256 for u > 1 - 2**-17: with the real draws, 3 of 2**20
+  values of level 255 came out as exactly 1.0 (the next bin; centered: 1.0), about 5 per million
+  of every level >= 128. Now every value lies in [k / K, (k + 1) / K), also at the extreme draws
+  u = 0 and u = 1 - 2**-23 and for K not a power of two (rounded division)."""
+  key = jax.random.PRNGKey(0)
+  levels = jnp.full((2**20,), 255, jnp.uint8)
+  naive = (255.0 + np.asarray(jax.random.uniform(key, levels.shape, jnp.float32))) / 256.0
+  assert (naive >= 1.0).sum() > 0  # the draws that used to leave the bin
+  x = np.asarray(jax.jit(data.transforms.uniform_dequantize, static_argnums=2)(key, levels, 256))
+  assert x.max() < 1.0
+  np.testing.assert_array_equal(x[naive < 1.0], naive[naive < 1.0])  # the others are unchanged
+
+  # the extreme draws, every level, under jit: u (3, 1) is traced in for the patched draw
+  extremes = jnp.array([[0.0], [1.0 - 2.0**-23], [np.nextafter(np.float32(1), np.float32(0))]],
+                       jnp.float32)
+  for num_levels in (17, 255, 256):
+    def dequantize(u, levels, num_levels=num_levels):
+      monkeypatch.setattr(data.transforms.parallel, "global_batch_draw",
+                          lambda draw, key, shape: jnp.broadcast_to(u, shape))
+      return data.transforms.uniform_dequantize(key, levels, num_levels)
+    k = np.arange(num_levels, dtype=np.float64)
+    x = np.asarray(jax.jit(dequantize)(extremes, jnp.tile(jnp.asarray(k, jnp.float32), (3, 1))),
+                   np.float64)
+    assert np.all(k / num_levels <= x) and np.all(x < (k + 1) / num_levels), num_levels
+  monkeypatch.setattr(data.transforms.parallel, "global_batch_draw",
+                      lambda draw, key, shape: jnp.full(shape, 1.0 - 2.0**-23, jnp.float32))
+  centered = make_data_config(num_levels=256, uniform_dequantization=True)
+  top = data.preprocess(key, jnp.full((1, 1, 1, 1), 255, jnp.uint8), centered, False)
+  assert float(top.max()) < 1.0
+
+
 def test_scaling_and_postprocess_round_trip():
   images = jnp.arange(256, dtype=jnp.uint8).reshape(4, 8, 8, 1)
   for centered in (True, False):
