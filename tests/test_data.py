@@ -141,6 +141,14 @@ def test_mnist_local_errors(tmp_path):
     prepare_local_dataset("mnist_local", str(tmp_path / "a"), "")
   with pytest.raises(ValueError, match="no complete split"):
     prepare_local_dataset("mnist_local", str(tmp_path / "b"), str(tmp_path))
+  # an empty folder: a ValueError naming the field and the files needed (TFDS's own check raised
+  # an AssertionError, a traceback in the CLI, and left folders behind in data_dir)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match=r"config.data.source_dir '.*empty' for data set "
+                     r"'mnist_local': .*no complete split: it needs t10k-images-idx3-ubyte.gz"):
+    prepare_local_dataset("mnist_local", str(tmp_path / "c"), str(empty))
+  assert not (tmp_path / "c").exists()
 
 
 # --- pipeline ---------------------------------------------------------------------------------

@@ -45,6 +45,14 @@ def prepare_local_dataset(name, data_dir=None, source_dir=""):
                   f"absolute path)")
       raise ValueError(f"config.data.source_dir {given!r} for data set {name!r} is not a folder: "
                        f"tried {source_dir}{relative}")
+    check = getattr(builder_cls, "check_source_dir", None)
+    if check is not None:
+      # before TFDS starts (it would stop at an empty folder with an AssertionError and leave
+      # folders behind in data_dir): which files are missing, as a ValueError naming the field
+      try:
+        check(source_dir)
+      except ValueError as e:
+        raise ValueError(f"config.data.source_dir {given!r} for data set {name!r}: {e}") from None
     download_config = tfds.download.DownloadConfig(manual_dir=source_dir)
   try:
     builder.download_and_prepare(download_config=download_config)

@@ -128,6 +128,11 @@ class MnistLocal(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # TFDS's own lookup needs the `importlib_resources` backport for builders inside packages.
     return epath.Path(__file__)
 
+  @staticmethod
+  def check_source_dir(folder):
+    """ValueError unless `folder` holds at least one complete split (see `available_splits`)."""
+    available_splits(folder)
+
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
