@@ -246,7 +246,7 @@ class FakeImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def test_tfds_path_decodes_crops_and_resizes(tmp_path):
   FakeImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   config = make_data_config(dataset="fake_images", data_dir=str(tmp_path), image_size=8,
-                            num_channels=3)
+                            num_channels=3, num_levels=256)
   dataset = data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
   assert dataset.image_shape == (8, 8, 3)
   batch = next(dataset.iterate(4))
@@ -255,6 +255,15 @@ def test_tfds_path_decodes_crops_and_resizes(tmp_path):
   with pytest.raises(ValueError, match="3 channels but config.data.num_channels is 1"):
     data.get_dataset(make_data_config(dataset="fake_images", data_dir=str(tmp_path)), "train",
                      seed=0, process_index=0, process_count=1)
+  # pixels 0..200 read with 100 levels would scale to 200 / 99 ~ 2 (centered: 3.04): refused
+  config.num_levels = 100
+  few_levels = data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match=r"'fake_images' \('train'\) holds pixel level 200, but "
+                     r"config.data.num_levels is 100"):
+    few_levels.get_batch(0, 4)
+  config.num_levels = 1024
+  with pytest.raises(ValueError, match="num_levels is 1024.*at most 256 levels"):
+    data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
 
   # celeb_a's entry: centre crop 140 of 218 x 178, then resize.
   image = np.zeros((218, 178, 3), np.uint8)
@@ -290,6 +299,21 @@ def test_errors(digits_config):
                      "devices 8"):
     data.check_batch_size(12, 8, 2)
   assert data.check_batch_size(128, 8, 2) == 64
+
+
+def test_num_levels_must_match_the_builders_data(digits_config):
+  """digits holds levels 0..16: read with the 8-bit default (num_levels 256) it trained on
+  images in [-1, -0.875] (samples nearly black), with no error."""
+  kwargs = dict(seed=0, process_index=0, process_count=1)
+  eight_bit = make_data_config(data_dir=digits_config.data_dir, num_levels=256)
+  with pytest.raises(ValueError, match="data set 'digits' has 17 levels per pixel, but "
+                     "config.data.num_levels is 256"):
+    data.get_dataset(eight_bit, "train", **kwargs)
+  batch = data.get_dataset(digits_config, "train", **kwargs).get_batch(0, 256)["image"]
+  assert (batch.min(), batch.max()) == (0, 16)  # with num_levels 17: [-1, 1] exactly
+  with pytest.raises(ValueError, match="config.data.num_levels must be an int >= 2, got 1"):
+    data.get_dataset(make_data_config(data_dir=digits_config.data_dir, num_levels=1), "train",
+                     **kwargs)
 
 
 def test_default_process_index_and_count(digits_config):

@@ -42,6 +42,11 @@ def prepare_local_dataset(*args, **kwargs):
   from jaxgen.data import builders  # pylint: disable=import-outside-toplevel
   return builders.prepare_local_dataset(*args, **kwargs)
 
+# Levels per pixel of our own builders' data (other TFDS image data sets are 8-bit: at most 256);
+# `config.data.num_levels` must agree, since the scaling to [-1, 1] / [0, 1] is computed from it.
+DATASET_LEVELS = {"digits": 17, "mnist_local": 256}
+UINT8_LEVELS = 256
+
 # Shards up to this size (after cropping / resizing) are read into memory once.
 CACHE_LIMIT_BYTES = 512 * 2**20
 # Size of the fixed evaluation set that `iterate` walks over for toy data (over all hosts).
@@ -207,8 +212,9 @@ class TfdsDataset(EpochOrder):
   """
 
   def __init__(self, source, *, name, split, image_size, num_channels, spec, seed,
-               process_index, process_count):
+               process_index, process_count, num_levels=None):
     self.name = name
+    self.num_levels = None if num_levels is None else int(num_levels)
     self.split = split
     self.seed = int(seed)
     self.process_index = process_index
@@ -239,7 +245,14 @@ class TfdsDataset(EpochOrder):
       labels = [int(r[self._spec.label_key]) for r in records]
     else:
       labels = [-1] * len(records)
-    return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+    images = np.stack(images)
+    if self.num_levels is not None and images.size and images.max() >= self.num_levels:
+      # (cached shards are checked once, when they are read; others on every read)
+      raise ValueError(f"data set {self.name!r} ({self.split!r}) holds pixel level "
+                       f"{int(images.max())}, but config.data.num_levels is {self.num_levels} "
+                       f"(levels 0..{self.num_levels - 1}): set it to the data's number of levels "
+                       f"({UINT8_LEVELS} for 8-bit images)")
+    return {"image": images, "label": np.asarray(labels, np.int32)}
 
   def _load_cache(self):
     chunks = [self._read_source(range(lo, min(lo + 1024, self._end)))
@@ -453,6 +466,7 @@ def get_dataset(data_config, split, *, seed, process_index=None, process_count=N
       raise ValueError(f"split {split!r} is not a toy split; use one of {list(_TOY_SPLITS)}")
     return ToyDataset(toy_name, **common)
 
+  num_levels = _check_num_levels(name, _config_value(data_config, "num_levels", None))
   data_dir = _resolve_data_dir(_config_value(data_config, "data_dir", ""))
   if name in LOCAL_BUILDERS:
     prepare_local_dataset(name, data_dir, _config_value(data_config, "source_dir", ""))
@@ -463,4 +477,28 @@ def get_dataset(data_config, split, *, seed, process_index=None, process_count=N
   num_channels = int(_config_value(data_config, "num_channels", 0))
   spec = _SOURCE_SPECS.get(name, _SourceSpec())
   return TfdsDataset(source, image_size=image_size, num_channels=num_channels, spec=spec,
-                     **common)
+                     num_levels=num_levels, **common)
+
+
+def _check_num_levels(name, num_levels):
+  """`config.data.num_levels` checked against what data set `name` holds (None: not given).
+
+  The transforms scale by it: digits (levels 0..16) read with 256 levels train on images in
+  [-1, -0.87] (samples come out nearly black), MNIST read with 17 levels on values up to 31, with
+  no error. Data sets of `DATASET_LEVELS` must match exactly; other (8-bit) TFDS images allow at
+  most 256 levels, and every read checks that no pixel reaches `num_levels`.
+  """
+  if num_levels is None:
+    return None
+  if isinstance(num_levels, bool) or int(num_levels) != num_levels or num_levels < 2:
+    raise ValueError(f"config.data.num_levels must be an int >= 2, got {num_levels!r}")
+  num_levels = int(num_levels)
+  expected = DATASET_LEVELS.get(name)
+  if expected is not None and num_levels != expected:
+    raise ValueError(f"data set {name!r} has {expected} levels per pixel, but "
+                     f"config.data.num_levels is {num_levels}: set --config.data.num_levels="
+                     f"{expected}")
+  if num_levels > UINT8_LEVELS:
+    raise ValueError(f"config.data.num_levels is {num_levels}, but TFDS data set {name!r} is read "
+                     f"as uint8 images (at most {UINT8_LEVELS} levels)")
+  return num_levels
