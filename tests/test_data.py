@@ -149,6 +149,13 @@ def test_mnist_local_errors(tmp_path):
                      r"'mnist_local': .*no complete split: it needs t10k-images-idx3-ubyte.gz"):
     prepare_local_dataset("mnist_local", str(tmp_path / "c"), str(empty))
   assert not (tmp_path / "c").exists()
+  # a truncated .gz (an interrupted copy): a ValueError naming the file, not a bare EOFError
+  write_idx(empty / "t10k-images-idx3-ubyte.gz", np.zeros((50, 28, 28)))
+  write_idx(empty / "t10k-labels-idx1-ubyte.gz", np.zeros(50))
+  whole = (empty / "t10k-images-idx3-ubyte.gz").read_bytes()
+  (empty / "t10k-images-idx3-ubyte.gz").write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz cannot be read \(EOFError"):
+    prepare_local_dataset("mnist_local", str(tmp_path / "d"), str(empty))
 
 
 # --- pipeline ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ Images are stored raw as uint8 `(28, 28, 1)` tensors (PNG encoding in TFDS needs
 import gzip
 import hashlib
 import os
+import zlib
 
 from etils import epath
 import numpy as np
@@ -26,8 +27,12 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path):
   """Reads an idx file (optionally gzip-compressed) into an array of its stored shape."""
   opener = gzip.open if str(path).endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a truncated or damaged download
+    raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is truncated or "
+                     f"damaged; copy it again") from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
     raise ValueError(f"{path} is not an idx file (magic bytes {data[:4]!r})")
   ndim = data[3]
