@@ -23,7 +23,8 @@ The pieces, each on the shared core (processes, solvers, likelihood, train loop)
   ``x_hat = z - v_theta(z, 1)``) on ``|x - x_hat|^2`` over the pairs of a teacher
   (:func:`make_distill_loss_fn`, :func:`make_distilled_sample_fn`, :func:`run_distill`).
 * **Measures**: :func:`trajectory_statistics` gives the straightness
-  ``S = E int_0^1 |(z - x) - v(x_t, t)|^2 dt`` along the ODE trajectory (Liu et al. 2022, Def. 3.2)
+  ``S = E int_0^1 |(z - x) - dx_s/ds|^2 ds`` along the ODE trajectory, its time rescaled to
+  ``s in [0, 1]`` (Liu et al. 2022, Def. 3.2)
   and the transport cost ``E |x - z|^2``; :func:`sliced_wasserstein_distance` compares samples.
 * **Likelihood**: :func:`log_likelihood` is :func:`jaxgen.likelihood.ode_log_likelihood` with the
   path's prior; bits/dim of a flow come from ``--mode=eval`` like every other model.
@@ -180,6 +181,16 @@ def minibatch_ot_coupling(key: Array, x: Array, z: Array, *, reg: float = 0.05,
   return z[partner]
 
 
+def check_pair_shapes(batch) -> None:
+  """A batch of pairs must hold one ``noise`` row per ``image`` row, of the same shape: shapes
+  that merely broadcast (``(1, d)`` noise against ``(b, d)`` data) would train on another
+  coupling without an error."""
+  x_shape, z_shape = jnp.shape(batch["image"]), jnp.shape(batch["noise"])
+  if x_shape != z_shape:
+    raise ValueError(f"a batch of pairs needs batch['noise'] of the shape of batch['image'] "
+                     f"(one coupled noise per example), got noise {z_shape} and image {x_shape}")
+
+
 def make_coupled_flow_loss_fn(config, setup) -> Callable:
   """Flow-matching loss whose noise is re-paired with the data (``training.coupling``).
 
@@ -199,7 +210,12 @@ def make_coupled_flow_loss_fn(config, setup) -> Callable:
                                    time_sampling=training.get("time_sampling", "uniform"),
                                    eps=training.eps, reduce_mean=training.reduce_mean)
   if coupling == "independent":
-    return base
+    def independent_loss_fn(params, key, batch, train: bool = True):
+      if "noise" in batch:
+        check_pair_shapes(batch)
+      return base(params, key, batch, train)
+
+    return independent_loss_fn
   reg, num_iters = float(training.get("ot_reg", 0.05)), int(training.get("ot_iters", 200))
   if not reg > 0 or num_iters <= 0:
     raise ValueError(f"config.training.ot_reg={reg} and ot_iters={num_iters} must be positive")
@@ -207,6 +223,7 @@ def make_coupled_flow_loss_fn(config, setup) -> Callable:
 
   def loss_fn(params, key, batch, train: bool = True):
     if "noise" in batch:
+      check_pair_shapes(batch)
       return base(params, key, batch, train)
     k_z, k_plan, k_loss = jax.random.split(key, 3)
     x = batch["image"]
@@ -270,6 +287,7 @@ def make_distill_loss_fn(config, setup) -> Callable:
   def loss_fn(params, key, batch, train: bool = True):
     if "noise" not in batch:
       return fallback(params, key, batch, train)
+    check_pair_shapes(batch)
     x, z = batch["image"], batch["noise"]
     labels = batch.get("label")
     network = lambda y, t: model_fn(params, y, t, train=train, key=key, labels=labels)
@@ -316,8 +334,12 @@ def _trajectory(drift_fn, z, t_start, t_end, *, num_points, steps_per_point, sol
   x_end, (velocities, nfes) = jax.lax.scan(segment, z, (times[:-1], times[1:]))
   last = drift_fn(x_end, jnp.full((batch,), t_end, x_end.dtype))
   velocities = jnp.concatenate([velocities, last[None]], axis=0)    # (K + 1, batch, ...)
-  chord = (z - x_end) / (t_start - t_end)                             # the straight line's velocity
-  deviation = jnp.sum(jnp.square(chord[None] - velocities).reshape(num_points + 1, batch, -1), -1)
+  # On the rescaled time s in [0, 1] (Liu et al.'s), the straight line's velocity is z - x and the
+  # trajectory's is (t_start - t_end) v: the deviation carries the span squared.
+  span = t_start - t_end
+  chord = z - x_end
+  deviation = jnp.sum(jnp.square(chord[None] - span * velocities).reshape(num_points + 1, batch,
+                                                                           -1), -1)
   weights = jnp.ones((num_points + 1,)).at[0].set(0.5).at[-1].set(0.5) / num_points
   straightness = jnp.sum(weights[:, None] * deviation, axis=0)       # trapezoid on [0, 1]
   transport_cost = jnp.sum(jnp.square(x_end - z).reshape(batch, -1), -1)
@@ -332,9 +354,10 @@ def trajectory_statistics(drift_fn: DriftFn, z: Array, process: Process = Linear
   The trajectory is solved with ``solver`` (``steps_per_point`` steps) between ``num_points + 1``
   uniform times; the velocity is evaluated at each of them. With ``x`` the end point:
 
-  * ``straightness = int_0^1 |(z - x) - v(x_t, t)|^2 dt`` (time rescaled to [0, 1]; trapezoid rule
-    over the grid), Liu et al. (2022)'s ``S``; zero exactly when the trajectory is a straight line
-    run at constant speed;
+  * ``straightness = int_0^1 |(z - x) - dx/ds|^2 ds`` with the time rescaled to ``s in [0, 1]``
+    (``dx/ds = (T - t_end) v(x_t, t)``; trapezoid rule over the grid), Liu et al. (2022)'s ``S``,
+    in the units of ``transport_cost`` whatever the time span (``|z - x|^2``, not per unit time
+    squared); zero exactly when the trajectory is a straight line run at constant speed;
   * ``transport_cost = |x - z|^2``.
 
   Args:
@@ -355,9 +378,13 @@ def trajectory_statistics(drift_fn: DriftFn, z: Array, process: Process = Linear
   for name, value in (("num_points", num_points), ("steps_per_point", steps_per_point)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
       raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+  if jnp.ndim(z) < 2:
+    raise ValueError(f"`z` must have shape (batch, ...) with at least one data axis, got shape "
+                     f"{jnp.shape(z)}")
   t_end = float(process.t_min) if t_end is None else float(t_end)
-  if not t_end < float(process.T):
-    raise ValueError(f"`t_end` must be below T = {process.T}, got {t_end}")
+  if not float(process.t_min) <= t_end < float(process.T):
+    raise ValueError(f"`t_end` must lie in [t_min, T) = [{process.t_min}, {process.T}) of "
+                     f"{type(process).__name__}, got {t_end}")
   x, straightness, cost, nfe = _trajectory(drift_fn, z, jnp.float32(process.T),
                                            jnp.float32(t_end), num_points=int(num_points),
                                            steps_per_point=int(steps_per_point), solver=solver)
@@ -471,7 +498,7 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     seed: seed of the noise.
     solver, rtol, atol, num_steps: as in :func:`jaxgen.solvers.solve_ode` (adaptive Dopri5 by
       default; ``num_steps`` for the fixed-step solvers).
-    eps: final time of the solve.
+    eps: final time of the solve, in ``[process.t_min, process.T)``.
     mesh: device mesh (default :func:`jaxgen.parallel.make_mesh`).
     max_chunks: make at most this many new chunks, then return (a time-limited job).
     progress: show a progress bar (host 0).
@@ -492,8 +519,9 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     raise ValueError(f"unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
   if max_chunks is not None and (isinstance(max_chunks, bool) or max_chunks < 0):
     raise ValueError(f"`max_chunks` must be None or a non-negative int, got {max_chunks!r}")
-  if not 0.0 <= float(eps) < float(process.T):
-    raise ValueError(f"`eps` must lie in [0, T = {process.T}), got {eps!r}")
+  if not float(process.t_min) <= float(eps) < float(process.T):
+    raise ValueError(f"`eps` must lie in [t_min, T) = [{process.t_min}, {process.T}) of "
+                     f"{type(process).__name__}, got {eps!r}")
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_global_batch(batch_size, mesh, "batch_size")
   shape = tuple(int(s) for s in shape)

@@ -2,9 +2,11 @@
 import glob
 import os
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
@@ -14,7 +16,7 @@ from jaxgen import closed_form
 from jaxgen import data as data_lib
 from jaxgen import evaluate, parallel, rectified_flow, train
 from jaxgen.data import pairs as pairs_lib
-from jaxgen.processes import LinearPath
+from jaxgen.processes import EDMPath, LinearPath
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -254,6 +256,48 @@ def test_trajectory_statistics_of_a_constant_field_are_straight():
   # A rotation field is not straight: its trajectories are circular arcs.
   rotate = lambda x, t: jnp.stack([-x[:, 1], x[:, 0]], -1)
   assert float(jnp.min(rectified_flow.trajectory_statistics(rotate, z)["straightness"])) > 1e-3
+
+
+def test_straightness_is_liu_s_on_the_rescaled_time_whatever_the_span():
+  """Liu et al.'s S = int_0^1 |(z - x) - dx/ds|^2 ds on s in [0, 1]. A rotation by the total angle
+  theta at constant speed has S = |z|^2 (theta^2 - 4 sin^2(theta / 2)) however the same path is
+  timed: t in [0.5, 1] at rate 1, t in [0, 1] at rate 0.5, or EDM's [0.002, 80]. (Before, the
+  deviation was taken per unit t: 4x the value on [0.5, 1] and 1/6400 of it on EDM's path.)"""
+  z = jnp.asarray([[1.0, 0.0], [0.0, 2.0]])
+  rotation = lambda rate: (lambda x, t: rate * jnp.stack([-x[:, 1], x[:, 0]], -1))
+  theta = 0.5
+  expected = np.sum(np.asarray(z) ** 2, -1) * (theta**2 - 4 * np.sin(theta / 2) ** 2)
+  edm = EDMPath()
+  for fn, process, t_end in ((rotation(1.0), LinearPath(), 0.5), (rotation(0.5), LinearPath(), None),
+                             (rotation(theta / (edm.T - edm.t_min)), edm, None)):
+    stats = rectified_flow.trajectory_statistics(fn, z, process, t_end=t_end, num_points=32)
+    np.testing.assert_allclose(stats["straightness"], expected, rtol=2e-3)
+    np.testing.assert_allclose(stats["transport_cost"], 4 * np.sin(theta / 2) ** 2
+                               * np.sum(np.asarray(z) ** 2, -1), rtol=1e-4)
+
+
+def test_bad_pairs_and_time_ranges_are_refused_naming_the_value(tmp_path):
+  config = ml_collections.ConfigDict({"distill": {"num_steps": 1}, "training": {
+      "reduce_mean": True, "time_sampling": "uniform", "eps": 1e-3}})
+  setup = types.SimpleNamespace(process=LinearPath(), prediction="velocity",
+                                model_fn=lambda params, x, t, **kwargs: x * params)
+  loss_fn = rectified_flow.make_distill_loss_fn(config, setup)
+  x = jnp.ones((8, 2))
+  loss, _ = loss_fn(0.5, jax.random.PRNGKey(0), {"image": x, "noise": x})
+  assert float(loss) == pytest.approx(0.25)          # x_hat = z - 0.5 z
+  for noise in (jnp.ones((1, 2)), jnp.ones((8, 1))):  # both broadcast against (8, 2) silently
+    with pytest.raises(ValueError, match=rf"noise \({noise.shape[0]}, {noise.shape[1]}\) and "
+                                         r"image \(8, 2\)"):
+      loss_fn(0.5, jax.random.PRNGKey(0), {"image": x, "noise": noise})
+  drift = lambda y, t: -y
+  with pytest.raises(ValueError, match=r"t_end.*\[0.0, 1.0\).*got -0.5"):
+    rectified_flow.trajectory_statistics(drift, x, t_end=-0.5)
+  with pytest.raises(ValueError, match=r"got shape \(2,\)"):
+    rectified_flow.trajectory_statistics(drift, jnp.ones((2,)))
+  with pytest.raises(ValueError, match=r"eps.*\[0.002, 80.0\).*got 0.0"):
+    rectified_flow.generate_pairs(lambda p, y, t: -y, {}, EDMPath(), (2,), str(tmp_path),
+                                  num_pairs=8, chunk_size=8, eps=0.0, progress=False)
+  assert not os.listdir(tmp_path)
 
 
 def test_every_rectified_flow_config_builds():
