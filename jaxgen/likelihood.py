@@ -519,6 +519,39 @@ def _nfe_from_stats(stats, solver, adaptive_init):
 # --------------------------------------------------------------------------------------------------
 # dequantization and bits/dim
 # --------------------------------------------------------------------------------------------------
+def _float32_steps(x: Array, steps: int, direction: float) -> Array:
+  """``x`` moved ``steps`` representable float32 values toward ``direction`` (+-inf)."""
+  for _ in range(steps):
+    x = jnp.nextafter(x, jnp.float32(direction))
+  return x
+
+
+# Bin edges ``k / K`` computed on a device may be off by an ulp or two when ``K`` is not a power of
+# two (XLA may divide through a reciprocal); values are kept this many floats inside them.
+_EDGE_ULPS = 3
+
+
+def dequantized_in_bins(levels: Array, u: Array, num_levels: int) -> Array:
+  """``(k + u) / K`` in float32, kept inside the bin of its level: ``k / K <= x < (k + 1) / K``.
+
+  ``levels``: integer levels ``k`` (any shape, integer or float dtype); ``u``: float32 draws in
+  ``[0, 1)`` of the same shape; returns float32 of that shape in ``[0, 1)``. In float32 ``k + u``
+  rounds up to ``k + 1`` when ``u`` is within half an ulp of ``k + 1`` (for ``k >= 128``,
+  ``u > 1 - 2**-17``: about 5 values in a million), which would put ``x`` on the lower edge of the
+  next bin (``x = 1.0`` exactly for ``k = K - 1``); such sums are moved to the largest float32
+  below ``k + 1``. For ``K`` a power of two the division is exact; otherwise its rounding can cross
+  a bin edge too, and values within 3 ulps of an edge are moved inside (a shift far below the
+  float32 resolution of ``k + u`` itself). Other values are unchanged.
+  """
+  levels = jnp.asarray(levels).astype(jnp.float32)
+  upper = levels + 1.0  # exact for levels below 2**24
+  x = jnp.minimum(levels + u, _float32_steps(upper, 1, -jnp.inf)) / num_levels
+  if num_levels & (num_levels - 1):  # not a power of two: k / K and (k + 1) / K are rounded
+    low = jnp.where(levels > 0, _float32_steps(levels / num_levels, _EDGE_ULPS, jnp.inf), 0.0)
+    x = jnp.clip(x, low, _float32_steps(upper / num_levels, _EDGE_ULPS, -jnp.inf))
+  return x
+
+
 def uniform_dequantize(key: Array, levels: Array, num_levels: int = 256, low: float = -1.0,
                        high: float = 1.0) -> Array:
   """Map integer levels ``k in {0..K-1}`` to ``low + (high - low) (k + u) / K``, ``u ~ U[0, 1)``.
@@ -546,7 +579,7 @@ def uniform_dequantize(key: Array, levels: Array, num_levels: int = 256, low: fl
       raise ValueError(f"`levels` must lie in [0, {num_levels}), got values in "
                        f"[{values.min()}, {values.max()}]")
   u = jax.random.uniform(key, levels.shape, jnp.float32)
-  return low + (high - low) * (levels.astype(jnp.float32) + u) / num_levels
+  return low + (high - low) * dequantized_in_bins(levels, u, num_levels)
 
 
 def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional[int] = 256,

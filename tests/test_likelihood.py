@@ -396,6 +396,26 @@ def test_uniform_dequantize_cells():
     assert np.all(x >= -1 + 2 * k / 256) and np.all(x < -1 + 2 * (k + 1) / 256)
 
 
+def test_uniform_dequantize_stays_in_its_cell_at_float32_edges():
+  """In float32, 255 + u rounds to 256 for u > 1 - 2**-17: of 2**20 draws of level 255 (key 0),
+  some came out as exactly 1.0, the next cell's edge. Every value now lies inside its own cell,
+  and ``dequantized_in_bins`` keeps the extreme draws in their bins for K not a power of two."""
+  key = jax.random.PRNGKey(0)
+  levels = jnp.full((2**20,), 255, jnp.uint8)
+  naive = -1 + 2 * (255.0 + np.asarray(jax.random.uniform(key, levels.shape, jnp.float32))) / 256
+  assert (naive >= 1.0).sum() > 0  # the draws that used to leave the cell
+  x = np.asarray(jax.jit(likelihood.uniform_dequantize)(key, levels))
+  assert x.max() < 1.0
+  u = jnp.array([[0.0], [np.nextafter(np.float32(1), np.float32(0))]], jnp.float32)
+  for num_levels in (17, 100, 255):
+    k = np.arange(num_levels, dtype=np.float64)
+    y = jax.jit(likelihood.dequantized_in_bins, static_argnums=2)(
+        jnp.tile(jnp.asarray(k, jnp.float32), (2, 1)), jnp.broadcast_to(u, (2, num_levels)),
+        num_levels)
+    y = np.asarray(y, np.float64)
+    assert np.all(k / num_levels <= y) and np.all(y < (k + 1) / num_levels), num_levels
+
+
 def test_a_process_prior_with_another_end_time_warns():
   """``prior_logp=process.prior_logp`` is the density at ``process.T``; integrating to another
   ``t1`` (the default 1.0 on EDM's path, T = 80) warns, naming both."""

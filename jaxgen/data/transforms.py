@@ -13,40 +13,19 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import parallel
+from jaxgen.likelihood import dequantized_in_bins
 
 
 def _is_toy(data_config):
   return str(data_config.dataset).startswith("toy_")
 
 
-def _below(x, steps):
-  """The float32 `steps` representable values below `x` (toward -inf)."""
-  for _ in range(steps):
-    x = jnp.nextafter(x, jnp.float32(-jnp.inf))
-  return x
-
-
-def _above(x, steps):
-  for _ in range(steps):
-    x = jnp.nextafter(x, jnp.float32(jnp.inf))
-  return x
-
-
-# Bin edges `k / K` computed on the device may be off by an ulp or two when `K` is not a power of
-# two (XLA may divide through a reciprocal); values are kept this many floats inside them.
-_EDGE_ULPS = 3
-
-
 def uniform_dequantize(key, levels, num_levels):
   """Uniform dequantization `(k + u) / num_levels`, `u ~ U[0, 1)`.
 
-  Every value stays inside the bin of its level, `k / K <= x < (k + 1) / K`, so `x < 1`. In
-  float32, `k + u` rounds up to `k + 1` when `u` is within half a unit in the last place of
-  `k + 1` (for `k >= 128`, `u > 1 - 2**-17`: about 5 values in a million), which would put `x` on
-  the lower edge of the next bin (`x = 1.0` exactly for `k = K - 1`); such sums are moved to the
-  largest float32 below `k + 1`. For `K` a power of two the division is exact; otherwise its
-  rounding can cross a bin edge too, and values within 3 ulps of an edge are moved inside (a
-  shift far below the float32 resolution of `k + u` itself).
+  Every value stays inside the bin of its level, `k / K <= x < (k + 1) / K`, so `x < 1`, also
+  where float32 rounding of `k + u` or of the division would cross a bin edge
+  (`likelihood.dequantized_in_bins`).
 
   Args:
     key: PRNG key.
@@ -62,12 +41,7 @@ def uniform_dequantize(key, levels, num_levels):
   # (inside a per-device train step: this device's rows of the global batch's draw)
   noise = parallel.global_batch_draw(
       lambda k, s: jax.random.uniform(k, s, dtype=jnp.float32), key, levels.shape)
-  upper = levels + 1.0  # exact for levels below 2**24
-  x = jnp.minimum(levels + noise, _below(upper, 1)) / num_levels
-  if num_levels & (num_levels - 1):  # not a power of two: k / K and (k + 1) / K are rounded
-    low = jnp.where(levels > 0, _above(levels / num_levels, _EDGE_ULPS), 0.0)
-    x = jnp.clip(x, low, _below(upper / num_levels, _EDGE_ULPS))
-  return x
+  return dequantized_in_bins(levels, noise, num_levels)
 
 
 def random_flip_left_right(key, images):
