@@ -242,9 +242,16 @@ def check_pairs_compatible(config) -> None:
   """With ``config.data.pairs_dir`` (reflow pairs as the training split): refuse pairs whose
   ``meta.json`` records another example shape or another noise source (the process's prior,
   ``config.data.source``) than the config (ValueError; see
-  :func:`jaxgen.data.pairs.check_pairs_fit`)."""
+  :func:`jaxgen.data.pairs.check_pairs_fit`), and an ``eval_split`` equal to the training split
+  (the pairs would be evaluated as data)."""
   directory = str(config.data.get("pairs_dir", "") or "")
   if directory:
+    train_split = config.data.get("train_split", "train")
+    if config.data.get("eval_split", "test") == train_split:
+      raise ValueError(f"config.data.pairs_dir replaces the training split {train_split!r} with "
+                       f"reflow pairs, but config.data.eval_split is the same split: evaluation "
+                       f"would read the pairs as data; set config.data.eval_split to a held-out "
+                       f"split")
     from jaxgen.data import pairs  # pylint: disable=import-outside-toplevel
     pairs.check_pairs_fit(directory, shape=data_shape(config), process=get_process(config))
 

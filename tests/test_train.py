@@ -1015,3 +1015,15 @@ def test_cnf_workdirs_before_zero_last_and_the_squeeze_order(tmp_path):
         train.check_workdir_compatible(str(workdir), config)
   assert train._config_fingerprint(mnist_multiscale.get_config())["model"]["squeeze_order"] == \
       "ffjord"  # pylint: disable=protected-access
+
+
+def test_reflow_pairs_with_the_training_split_as_eval_split_are_refused():
+  """With ``data.pairs_dir`` the training split is replaced by reflow pairs; an ``eval_split``
+  equal to it would evaluate the pairs as if they were data (scaled a second time), so it is
+  refused by name before anything reads the pairs."""
+  from configs.rectified_flow import digits_2rf  # pylint: disable=import-outside-toplevel
+  config = digits_2rf.get_config()
+  config.data.pairs_dir = "/nonexistent/pairs"
+  config.data.eval_split = config.data.train_split
+  with pytest.raises(ValueError, match=r"config.data.eval_split is the same split"):
+    train.check_pairs_compatible(config)
