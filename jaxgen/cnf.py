@@ -345,7 +345,7 @@ def make_flow(model, data_shape: Sequence[int], time_length: float = 1.0) -> Flo
   else:
     steps = (("cnf", 0, tuple(int(s) for s in data_shape)),)
   if end_time is None:
-    t_fixed = float(time_length)
+    t_fixed = _check_positive_time(time_length, "make_flow time_length (config.model.time_length)")
     end_time = lambda params, index: jnp.asarray(t_fixed, jnp.float32)
   for step in steps:
     if step[0] not in STEP_KINDS:
@@ -359,10 +359,26 @@ def vector_field_flow(vector_field: VectorField, data_shape: Sequence[int],
   the whole tree), each integrated over ``[0, end_time]``."""
   shape = tuple(int(s) for s in data_shape)
   velocity = _shared_velocity(vector_field)
-  t_fixed = float(end_time)
+  t_fixed = _check_positive_time(end_time, "vector_field_flow end_time")
   return Flow(tuple(("cnf", i, shape) for i in range(num_blocks)), velocity,
               lambda params, index: params,
               lambda params, index: jnp.asarray(t_fixed, jnp.float32))
+
+
+def _check_positive_time(value, name: str) -> float:
+  value = float(value)
+  if not (math.isfinite(value) and value > 0):
+    raise ValueError(f"{name} must be a finite number > 0 (a CNF block's integration time T), "
+                     f"got {value!r}")
+  return value
+
+
+def _check_block_input(x: Array, step: tuple, direction: str) -> None:
+  """The examples reaching CNF block ``step`` must have the shape the flow's layout gives it."""
+  if len(step) > 2 and tuple(x.shape[1:]) != tuple(step[2]):
+    raise ValueError(f"{direction}: CNF block {step[1]} of this flow acts on examples of shape "
+                     f"{tuple(step[2])}, got {tuple(x.shape[1:])} (batch shape {tuple(x.shape)}); "
+                     f"the data shape does not match the flow's")
 
 
 @functools.lru_cache(maxsize=None)
@@ -427,6 +443,7 @@ def flow_log_likelihood(flow: Flow, params: Any, x: Array, *, key: Optional[Arra
   for step in flow.steps:
     kind = step[0]
     if kind == "cnf":
+      _check_block_input(x, step, "flow_log_likelihood")
       index = step[1]
       sub = None
       if key is not None:
@@ -481,6 +498,7 @@ def flow_sample(flow: Flow, params: Any, key: Array, n: int, data_shape: Sequenc
   for step in reversed(flow.steps):
     kind = step[0]
     if kind == "cnf":
+      _check_block_input(x, step, f"flow_sample with data_shape {tuple(data_shape)}")
       index = step[1]
       x, m = cnf_block_inverse(flow.field(index), flow.block_params(params, index), x,
                                end_time=flow.end_time(params, index), options=options)

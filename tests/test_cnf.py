@@ -255,6 +255,21 @@ def test_rnode_penalties_are_integrals_over_zero_to_end_time():
   assert abs(float(jnp.mean(r[:, 1])) - expected) < 4 * float(jnp.std(r[:, 1])) / math.sqrt(512)
 
 
+def test_data_of_another_shape_or_a_bad_end_time_is_refused_by_name():
+  flow = cnf.vector_field_flow(_pure_linear_field, (2,))
+  params = {"a": 0.1 * jnp.eye(2)}
+  with pytest.raises(ValueError, match=r"shape \(2,\), got \(3,\)"):
+    cnf.flow_log_likelihood(flow, params, jnp.ones((4, 3)))
+  with pytest.raises(ValueError, match=r"data_shape \(3,\).*shape \(2,\), got \(3,\)"):
+    cnf.flow_sample(flow, params, jax.random.PRNGKey(0), 3, (3,))
+  model = ffjord.FFJORDMultiscale(hidden_dims=(4,), num_blocks=1, image_size=8)
+  with pytest.raises(ValueError, match=r"shape \(8, 8, 1\), got \(8, 8, 3\)"):
+    cnf.flow_log_likelihood(cnf.make_flow(model, (8, 8, 1)), {}, jnp.full((2, 8, 8, 3), 0.5))
+  for bad in (0.0, -1.0, float("nan")):
+    with pytest.raises(ValueError, match=f"end_time must be .*got {bad}"):
+      cnf.vector_field_flow(_pure_linear_field, (2,), end_time=bad)
+
+
 # --------------------------------------------------------------------------------------------------
 # gradients: adjoint method against backpropagation through the solver
 # --------------------------------------------------------------------------------------------------
