@@ -381,6 +381,10 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
     t = _rows(lambda k, s: sample_time(k, s[0], eps, t_max, time_sampling), k_t, (n,))
     if "noise" in batch:
       z = batch["noise"]
+      if jnp.shape(z) != x0.shape:  # shapes that merely broadcast would train another coupling
+        raise ValueError(f"batch['noise'] (coupled noise, e.g. reflow pairs) must have the shape "
+                         f"of batch['image'], one noise per example: got noise {jnp.shape(z)} and "
+                         f"image {x0.shape}")
     elif isinstance(process, LinearPath):  # the noise end is the prior (N(0, I) or a source)
       z = _rows(process.prior_sample, k_z, x0.shape)
     else:

@@ -159,6 +159,18 @@ def test_flow_matching_oracle_attains_minimum(name, prediction):
   _assert_close(_monte_carlo(loss_fn, seed=3), reference, f"{name} {prediction}")
 
 
+def test_flow_matching_refuses_coupled_noise_that_only_broadcasts():
+  """Reflow pairs carry ``batch["noise"]``; noise of shape (1, d) or (b, 1) against (b, d) images
+  broadcast silently (a loss of another coupling); it is refused naming both shapes."""
+  loss_fn = losses.flow_matching_loss(lambda params, x, t, **kw: x, processes.LinearPath())
+  image = jnp.ones((8, 2))
+  loss, _ = loss_fn(None, jax.random.PRNGKey(0), {"image": image, "noise": jnp.zeros((8, 2))})
+  assert np.isfinite(float(loss))
+  for shape in ((1, 2), (8, 1)):
+    with pytest.raises(ValueError, match=rf"noise \({shape[0]}, {shape[1]}\) and image \(8, 2\)"):
+      loss_fn(None, jax.random.PRNGKey(0), {"image": image, "noise": jnp.zeros(shape)})
+
+
 @pytest.mark.parametrize("reduce_mean", [True, False])
 def test_edm_loss_oracle_attains_minimum(reduce_mean):
   """At D = E[x0 | x_t]: E = E_sigma[lambda(sigma) sum_i l_i sigma^2 / (l_i + sigma^2)] (/ d),
