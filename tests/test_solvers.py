@@ -536,6 +536,20 @@ def _bad_calls():
                                        ts=[0.0, float("nan"), 1.0])),
       ("S_tmax", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), S_churn=40.0,
                                                  S_tmax=float("nan"))),
+      # num_steps = 1 on a process with a DDPM/SMLD discretization used to fail naming `N`
+      ("num_steps", lambda: solvers.euler_maruyama_sample(KEY, vp, s, (2, 2), num_steps=1)),
+      ("num_steps", lambda: solvers.check_pc_options(PROCESSES["ve"], num_steps=1)),
+      # infinite schedule ends / noise used to give all-NaN samples
+      ("sigma_max", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), sigma_max=float("inf"))),
+      ("S_noise", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), S_churn=5.0,
+                                                  S_noise=float("inf"))),
+      ("rho", lambda: solvers.heun_sample(KEY, vp, s, (2, 2), 5, rho=float("inf"))),
+      # arrays where a scalar belongs used to be taken as per-example times or fail obscurely
+      ("t0", lambda: solvers.solve_ode(_linear_drift, x, jnp.asarray([0.0, 0.5]), 1.0,
+                                       solver="rk4")),
+      ("eps", lambda: solvers.pc_sample(KEY, vp, s, (2, 2), eps=jnp.asarray([1e-3, 1e-3]))),
+      ("snr", lambda: solvers.pc_sample(KEY, vp, s, (64, 2), num_steps=50,
+                                        snr=jnp.asarray([0.1, 0.1]))),
   ]
 
 
@@ -580,3 +594,44 @@ def test_langevin_corrector_warns_on_small_low_dimensional_batches():
     solvers.pc_sample(KEY, vp, s, (64, 2), num_steps=50)
     solvers.pc_sample(KEY, vp, s, (1, 16, 16, 3), num_steps=50)
     solvers.pc_sample(KEY, vp, s, (4, 2), num_steps=50, corrector="none")
+
+
+def test_user_functions_returning_the_wrong_shape_are_refused_by_name():
+  """A network returning ``(batch, 1)`` for ``(batch, 2)`` data used to broadcast silently: e.g.
+  ``pc_sample`` gave samples of size 3e5 and ``solve_ode`` a wrong answer with a normal NFE. The
+  check runs while tracing (no run-time cost) and names the function."""
+  vp, bad = PROCESSES["vp"], lambda x, t: x[:, :1]
+  calls = [
+      ("drift_fn", lambda: solvers.solve_ode(bad, jnp.ones((3, 2)), 0.0, 1.0, solver="rk4")),
+      ("drift_fn", lambda: solvers.solve_ode(bad, jnp.ones((3, 2)), 0.0, 1.0, solver="euler")),
+      ("drift_fn", lambda: solvers.solve_ode(bad, jnp.ones((3, 2)), 0.0, 1.0)),
+      ("score_fn", lambda: solvers.pc_sample(KEY, vp, bad, (3, 2), num_steps=30,
+                                             corrector="none")),
+      ("eps_fn", lambda: solvers.ddim_sample(KEY, vp, bad, (3, 2), num_steps=3)),
+      ("drift_fn", lambda: solvers.heun_sample(KEY, vp, bad, (3, 2), 3)),
+      ("denoiser_fn", lambda: solvers.edm_heun_sample(KEY, bad, (3, 2), num_steps=3)),
+  ]
+  for name, call in calls:
+    with pytest.raises(ValueError, match=f"`{name}` must return an array of x's shape \\(3, 2\\), "
+                                         f"got shape \\(3, 1\\)"):
+      call()
+
+
+@pytest.mark.parametrize("solver", ["rk4", "heun", "dopri5"])
+def test_solve_ode_integrates_bfloat16_and_integer_states_in_float32(solver):
+  """RK4 used to fail on a bfloat16 (or integer) ``x`` with a scan carry TypeError while the diffrax
+  solvers returned float32, and Dopri5's first-step choice called the drift with bfloat16 ``x``
+  and ``t``. Every solver now integrates (and calls the drift) in float32."""
+  seen = set()
+
+  def drift(x, t):
+    seen.add((x.dtype, t.dtype))
+    return _linear_drift(x, t)
+
+  ref, _ = solvers.solve_ode(drift, jnp.ones((2, 2)), 0.0, 1.0, solver=solver, num_steps=10)
+  for dtype in (jnp.bfloat16, jnp.int32):
+    out, _ = solvers.solve_ode(drift, jnp.ones((2, 2), dtype), 0.0, 1.0, solver=solver,
+                               num_steps=10)
+    assert out.dtype == jnp.float32, (dtype, out.dtype)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+  assert seen == {(jnp.dtype(jnp.float32), jnp.dtype(jnp.float32))}, seen

@@ -74,6 +74,31 @@ def _check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
   return shape
 
 
+def _check_scalar(value, name: str) -> None:
+  """``value`` must be a scalar (a grid time, a tolerance, ...), not an array of several."""
+  if jnp.ndim(value) != 0:
+    raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(value)}")
+
+
+def _check_finite_positive(value, name: str) -> None:
+  v = _concrete(value)
+  if v is not None and not (v > 0 and math.isfinite(v)):  # also rejects NaN
+    raise ValueError(f"`{name}` must be finite and positive, got {value!r}")
+
+
+def _shape_checked(fn, name: str):
+  """``fn(x, t)`` that raises (while tracing, so at no run-time cost) when its output does not have
+  ``x``'s shape: a ``(batch, 1)`` output for ``(batch, d)`` data would otherwise broadcast
+  silently into wrong samples."""
+  def checked(x, t):
+    out = fn(x, t)
+    if jnp.shape(out) != jnp.shape(x):
+      raise ValueError(f"`{name}` must return an array of x's shape {jnp.shape(x)}, got shape "
+                       f"{jnp.shape(out)}")
+    return out
+  return checked
+
+
 def _check_positive_int(value, name: str) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
     raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -96,6 +121,7 @@ def _resolve_eps(process: Process, eps) -> float:
   ``process.t_min <= eps < process.T`` when ``eps`` is concrete."""
   if eps is None:
     return max(1e-3, float(process.t_min))
+  _check_scalar(eps, "eps")
   v = _concrete(eps)
   if v is not None and not process.t_min <= v < process.T:
     raise ValueError(f"`eps` must lie in [process.t_min, process.T) = "
@@ -156,6 +182,7 @@ def _initial_step(drift, x, t0, t1, rtol, atol, order):
 @jit_with_callables(static_argnames=("solver", "max_steps"), callable_argnames=("drift_fn",))
 def _solve_ode(drift_fn, x, t0, t1, ts, rtol, atol, *, solver, max_steps):
   batch = x.shape[0]
+  drift_fn = _shape_checked(drift_fn, "drift_fn")
   if solver == "rk4":
     return _rk4(drift_fn, x, ts), jnp.asarray(4 * (ts.shape[0] - 1), jnp.int32)
 
@@ -200,13 +227,21 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
       ``t0`` to ``t1`` (overrides ``num_steps``).
     max_steps: cap on adaptive steps (diffrax raises if it is reached).
   Returns:
-    ``(x_t1, nfe)``: ``x_t1`` ``(batch, ...)``; ``nfe`` int32 scalar, calls of ``drift_fn``
+    ``(x_t1, nfe)``: ``x_t1`` ``(batch, ...)`` in at least float32 (a bfloat16 or integer ``x``
+    is integrated and returned in float32); ``nfe`` int32 scalar, calls of ``drift_fn``
     (``EVALS_PER_STEP[solver] * num_steps`` for the fixed-step solvers; for the adaptive
     solvers ``3 + 6 * (accepted + rejected steps)`` from diffrax's statistics).
   """
   _check_choice(solver, SOLVERS, "solver")
   if jnp.ndim(x) < 1:
     raise ValueError(f"`x` must have shape (batch, ...), got shape {jnp.shape(x)}")
+  # The state is integrated in at least float32 by every solver (diffrax's already promoted a
+  # bfloat16 state, RK4's scan refused it): int / bfloat16 data come back float32.
+  x = jnp.asarray(x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  for name, value in (("t0", t0), ("t1", t1), ("rtol", rtol), ("atol", atol)):
+    if value is not None:
+      _check_scalar(value, name)
   if solver in ADAPTIVE_SOLVERS:
     _check_positive(rtol, "rtol")
     _check_positive(atol, "atol")
@@ -285,6 +320,7 @@ def ode_sample(key: Array, process: Process, drift_fn: DriftFn, shape, *, solver
 
 @jit_with_callables(static_argnames=("process",), callable_argnames=("drift_fn",))
 def _denoise_from_velocity(process, drift_fn, x, t):
+  drift_fn = _shape_checked(drift_fn, "drift_fn")
   t = _full(t, x.shape[0], x.dtype)
   x0, _ = predictions.to_x0_eps(process, x, t, drift_fn(x, t), "velocity")
   return x0
@@ -300,7 +336,9 @@ def edm_time_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float
   """
   num_steps = _check_positive_int(num_steps, "num_steps")
   _check_positive(sigma_min, "sigma_min")
-  _check_positive(rho, "rho")
+  _check_finite_positive(rho, "rho")
+  if not math.isfinite(float(sigma_max)):  # inf: a NaN schedule, all-NaN samples
+    raise ValueError(f"`sigma_max` must be finite, got {sigma_max!r}")
   if not float(sigma_max) > float(sigma_min):
     raise ValueError(f"`sigma_max` must exceed `sigma_min`, got {sigma_max!r} <= {sigma_min!r}")
   return _rho_schedule(num_steps, float(sigma_min), float(sigma_max), float(rho), append_zero=True)
@@ -323,6 +361,9 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
     v = _concrete(value)
     if v is not None and not v >= 0:
       raise ValueError(f"`{name}` must be non-negative, got {value!r}")
+  v = _concrete(S_noise)
+  if v is not None and not math.isfinite(v):  # inf noise: all-NaN samples
+    raise ValueError(f"`S_noise` must be finite, got {S_noise!r}")
   if _concrete(S_tmax) is not None and _concrete(S_tmin) is not None and not S_tmax >= S_tmin:
     raise ValueError(f"`S_tmax` must be >= `S_tmin` (inf for no upper limit), got "
                      f"S_tmax={S_tmax!r}, S_tmin={S_tmin!r}")
@@ -331,6 +372,7 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
 @jit_with_callables(static_argnames=("shape", "num_steps"), callable_argnames=("denoiser_fn",))
 def _edm_heun(key, t_steps, S_churn, S_tmin, S_tmax, S_noise, *, denoiser_fn, shape, num_steps):
   batch = shape[0]
+  denoiser_fn = _shape_checked(denoiser_fn, "denoiser_fn")
   k_prior, k_loop = jax.random.split(key)
   x = jax.random.normal(k_prior, shape) * t_steps[0]
 
@@ -440,7 +482,7 @@ def _time_grid(process, num_steps, schedule, eps, rho):
   T = float(process.T)
   if schedule == "uniform":
     return jnp.asarray(np.linspace(T, eps, num_steps), jnp.float32)
-  _check_positive(rho, "rho")
+  _check_finite_positive(rho, "rho")
   ends = np.asarray(_noise_to_signal(process, jnp.asarray([eps, T], jnp.float32)), np.float64)
   if not (np.all(np.isfinite(ends)) and ends[0] > 0):
     raise ValueError(f"`schedule` 'edm' needs a finite, positive sigma/alpha at eps and T; "
@@ -464,6 +506,7 @@ def _eps_from_velocity(process: Process, x: Array, t: Array, velocity: Array) ->
 def _heun_on_grid(key, times, *, process, drift_fn, shape, edm_variables):
   """Heun between consecutive ``times`` ``(N + 1,)``, the last step an Euler step."""
   batch = shape[0]
+  drift_fn = _shape_checked(drift_fn, "drift_fn")
   full = lambda t: _full(t, batch)
   k_prior, _ = jax.random.split(key)  # the same latent as edm_heun_sample's for the same key
   x = process.prior_sample(k_prior, shape)
@@ -535,6 +578,7 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
                     callable_argnames=("eps_fn",))
 def _ddim(key, times, eta, *, process, eps_fn, shape, prediction_type, stochastic):
   batch = shape[0]
+  eps_fn = _shape_checked(eps_fn, "eps_fn")
   num_steps = times.shape[0]
   k_prior, k_loop = jax.random.split(key)
   x = process.prior_sample(k_prior, shape)
