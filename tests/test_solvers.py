@@ -635,3 +635,15 @@ def test_solve_ode_integrates_bfloat16_and_integer_states_in_float32(solver):
     assert out.dtype == jnp.float32, (dtype, out.dtype)
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
   assert seen == {(jnp.dtype(jnp.float32), jnp.dtype(jnp.float32))}, seen
+
+
+def test_ddim_default_grid_is_edm_on_the_edm_path():
+  """ddim_sample's default grid was uniform in t on every process; on EDM's path (t = sigma in
+  [0.002, 80]) that left the covariance of Gaussian data 57% off at 100 steps (5% with EDM's
+  schedule). The default is now EDM's schedule there and DDIM's uniform grid elsewhere."""
+  edm, vp = oracle("edm", 2), oracle("vp", 2)
+  for o, schedule in ((edm, "edm"), (vp, "uniform")):
+    default, _ = solvers.ddim_sample(KEY, o.process, o.eps_fn, (8, 2), num_steps=6)
+    explicit, _ = solvers.ddim_sample(KEY, o.process, o.eps_fn, (8, 2), num_steps=6,
+                                      schedule=schedule)
+    np.testing.assert_array_equal(default, explicit)

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxgen import predictions
 from jaxgen._jit import jit_with_callables
-from jaxgen.processes import Process, alpha_at_end, broadcast_to
+from jaxgen.processes import EDMPath, Process, alpha_at_end, broadcast_to
 
 Array = jax.Array
 DriftFn = Callable[[Array, Array], Array]
@@ -609,7 +609,8 @@ def _ddim(key, times, eta, *, process, eps_fn, shape, prediction_type, stochasti
 
 
 def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], Array], shape, *,
-                num_steps: int = 100, eta: float = 0.0, eps=None, schedule: str = "uniform",
+                num_steps: int = 100, eta: float = 0.0, eps=None,
+                schedule: Optional[str] = None,
                 rho: float = 7.0, prediction_type: str = "eps") -> Tuple[Array, Array]:
   """DDIM for any process, as the exponential-integrator step of the probability-flow ODE.
 
@@ -629,8 +630,10 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
     num_steps: number of network evaluations (``num_steps - 1`` DDIM steps, then ``x0_hat``).
     eta: DDIM's stochasticity, in ``[0, 1]``.
     eps: final time in ``[process.t_min, T)``; ``None`` -> ``max(1e-3, t_min)``.
-    schedule, rho: the grid (:func:`time_grid`): ``'uniform'`` in ``t`` (DDIM's) or ``'edm'``
-      (advisable on the EDM path, whose ``t`` spans ``[0.002, 80]``).
+    schedule, rho: the grid (:func:`time_grid`): ``'uniform'`` in ``t`` (DDIM's) or ``'edm'``.
+      ``None`` (the default) picks ``'edm'`` on :class:`~jaxgen.processes.EDMPath`, whose ``t``
+      spans ``[0.002, 80]`` (uniform there: covariance 57% off at 100 steps on Gaussian data,
+      against 5% with ``'edm'``), and DDIM's ``'uniform'`` on every other process.
     prediction_type: what ``eps_fn`` predicts: ``eps``, ``x0``, ``score`` or ``velocity``. With
       ``alpha(T) = 0`` (the linear path) an ``eps``/``score`` prediction cannot give ``x0`` at
       ``T``: use ``x0`` or ``velocity``.
@@ -643,6 +646,8 @@ def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], A
   if v is None or not 0 <= v <= 1:
     raise ValueError(f"`eta` must be a number in [0, 1] (1 is DDPM's ancestral noise; more would "
                      f"exceed the posterior's std), got {eta!r}")
+  if schedule is None:
+    schedule = "edm" if isinstance(process, EDMPath) else "uniform"
   times = time_grid(process, num_steps, schedule, eps, rho)
   if prediction_type in ("eps", "score"):
     if alpha_at_end(process) == 0.0:
