@@ -641,7 +641,7 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
       solver=str(reflow.solver), rtol=float(reflow.rtol), atol=float(reflow.atol),
       num_steps=int(reflow.num_steps), eps=float(reflow.eps), mesh=mesh, max_chunks=max_chunks,
       metadata={"model_step": int(state.step), "method": config.method,
-                "model": str(config.model.name)},
+                "model": str(config.model.name), **pairs_lib.data_scaling(config.data)},
       compiler_options=evaluate.xla_options(config))
   if jax.process_index() == 0:
     with open(os.path.join(directory, "summary.json"), "w") as f:

@@ -253,7 +253,8 @@ def check_pairs_compatible(config) -> None:
                        f"would read the pairs as data; set config.data.eval_split to a held-out "
                        f"split")
     from jaxgen.data import pairs  # pylint: disable=import-outside-toplevel
-    pairs.check_pairs_fit(directory, shape=data_shape(config), process=get_process(config))
+    pairs.check_pairs_fit(directory, shape=data_shape(config), process=get_process(config),
+                          data_config=config.data)
 
 
 def train_compiler_options(config) -> Optional[Dict[str, Any]]:

@@ -385,6 +385,28 @@ def test_pairs_of_another_shape_or_noise_source_are_refused(tmp_path):
     pairs_lib.check_pairs_fit(directory, shape=(2,), process=linear)
 
 
+def test_pairs_of_another_data_scaling_are_refused(tmp_path):
+  """--mode=reflow records the teacher's data scaling (data.centered, data.num_levels) in the
+  pairs' metadata; a student config that scales its data otherwise is refused by field name.
+  Pairs without the record (toy data, older generations) pass."""
+  from configs.rectified_flow import digits_2rf  # pylint: disable=import-outside-toplevel
+  config = digits_2rf.get_config()
+  directory = str(tmp_path / "pairs")
+  os.makedirs(directory)
+  shape = (8, 8, 1)
+  pairs_lib.write_meta(directory, {"shape": list(shape), "process": "LinearPath()",
+                                   "metadata": pairs_lib.data_scaling(config.data)})
+  assert pairs_lib.data_scaling(config.data) == {
+      "data_centered": bool(config.data.centered), "data_num_levels": config.data.num_levels}
+  pairs_lib.check_pairs_fit(directory, shape=shape, process=LinearPath(), data_config=config.data)
+  config.data.centered = not config.data.centered
+  with pytest.raises(ValueError, match=r"config.data.centered = (True|False), but the config"):
+    pairs_lib.check_pairs_fit(directory, shape=shape, process=LinearPath(),
+                              data_config=config.data)
+  pairs_lib.write_meta(directory, {"shape": list(shape), "process": "LinearPath()"})
+  pairs_lib.check_pairs_fit(directory, shape=shape, process=LinearPath(), data_config=config.data)
+
+
 def test_distill_checks_the_config_teacher_and_pairs_before_writing(tmp_path):
   """--mode=distill validates the config, the teacher's network and the pairs (shape, noise
   source) before the warm start writes a checkpoint or config.json: a refused run leaves the

@@ -177,7 +177,16 @@ def _prior(process):
   return f"N(0, {float(process.prior_std):g}^2 I)"
 
 
-def check_pairs_fit(directory, *, shape, process):
+def data_scaling(data_config) -> dict:
+  """The fields of ``config.data`` that fix the space reflow pairs' ``x`` live in (image data:
+  ``centered``, ``num_levels``), as recorded in ``meta.json``'s ``metadata``; empty for toy data."""
+  if str(data_config.get("dataset", "")).startswith("toy_"):
+    return {}
+  return {"data_centered": bool(data_config.get("centered", True)),
+          "data_num_levels": int(data_config.get("num_levels", 256))}
+
+
+def check_pairs_fit(directory, *, shape, process, data_config=None):
   """Raise ValueError unless the pairs in ``directory`` fit a config with examples of ``shape``
   and noise process ``process``.
 
@@ -185,7 +194,9 @@ def check_pairs_fit(directory, *, shape, process):
   drew their ``z``. The shapes must be equal; the process must be the same, or at least draw its
   noise from the same prior (e.g. the VP SDE's and the linear path's N(0, I): a flow trained on
   a diffusion model's ODE pairs); pairs of another prior (``data.source``) are refused, since the
-  trained model would then sample and evaluate likelihoods from the wrong noise.
+  trained model would then sample and evaluate likelihoods from the wrong noise. With
+  ``data_config``, the data scaling recorded by ``--mode=reflow`` (:func:`data_scaling`) must
+  match it too.
   """
   meta = read_meta(directory)
   theirs, mine = tuple(int(s) for s in meta.get("shape", ())), tuple(int(s) for s in shape)
@@ -193,6 +204,15 @@ def check_pairs_fit(directory, *, shape, process):
     raise ValueError(f"reflow pairs in {os.fspath(directory)!r} have examples of shape {theirs}, "
                      f"but the config's data (config.data: dataset, dim / image_size, "
                      f"num_channels) has shape {mine}")
+  if data_config is not None:
+    recorded_scaling = meta.get("metadata", {})
+    for key, value in data_scaling(data_config).items():
+      if key in recorded_scaling and recorded_scaling[key] != value:
+        field = key.replace("data_", "config.data.", 1)
+        raise ValueError(f"reflow pairs in {os.fspath(directory)!r} hold data scaled with "
+                         f"{field} = {recorded_scaling[key]!r}, but the config has {field} = "
+                         f"{value!r}: the pairs' images and the evaluation data would live in "
+                         f"different ranges; set {field} to the teacher's")
   recorded = meta.get("process")
   if recorded is None or recorded == repr(process):
     return
