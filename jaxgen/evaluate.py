@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -36,6 +37,10 @@ def _check_sampling_method(method: str, process) -> None:
     raise ValueError(f"config.sampling.method 'edm_heun' runs on the EDM path (sigma = t); the "
                      f"config's process is {type(process).__name__}: use 'heun' (Heun with EDM's "
                      "time schedule for any process)")
+
+
+# Below this many uniform steps, predictor-corrector / Euler-Maruyama sampling on EDM's path warns.
+_EDM_UNIFORM_GRID_STEPS = 1000
 
 
 def validate_sampling_config(config, process) -> None:
@@ -77,6 +82,15 @@ def validate_sampling_config(config, process) -> None:
     except ValueError as e:
       field = "config.sampling.eps" if str(e).startswith("`eps`") else "config.sampling"
       raise ValueError(f"{field} (method {sampling.method!r}): {e}") from None
+    if isinstance(process, EDMPath) and sampling.method in ("pc", "em") and \
+        0 < int(num_steps) < _EDM_UNIFORM_GRID_STEPS:
+      warnings.warn(
+          f"config.sampling.method={sampling.method!r} steps uniformly in t = sigma over "
+          f"[{process.sigma_min}, {process.sigma_max}] (score_sde's grid); with num_steps="
+          f"{num_steps} on EDM's path it barely resolves small sigma (2-D Gaussian data with the "
+          f"exact score: covariance 9x off at 100 steps, 1.2% at 1000). Use method 'heun' or "
+          f"'ddim' (EDM's rho schedule), or {_EDM_UNIFORM_GRID_STEPS}+ steps", UserWarning,
+          stacklevel=2)
 
 
 def _validate_conditioning(config, process) -> None:

@@ -1027,3 +1027,24 @@ def test_reflow_pairs_with_the_training_split_as_eval_split_are_refused():
   config.data.eval_split = config.data.train_split
   with pytest.raises(ValueError, match=r"config.data.eval_split is the same split"):
     train.check_pairs_compatible(config)
+
+
+def test_uniform_grid_samplers_on_the_edm_path_warn_below_1000_steps():
+  """Predictor-corrector / Euler-Maruyama step uniformly in t = sigma; on EDM's path (sigma up to
+  80) a few hundred steps barely resolve small sigma, so config validation warns (by field and
+  method) and points to 'heun' / 'ddim'; 1000 steps, or another process, do not warn."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
+  config = base.get_base_config()
+  config.process.name = "edm"
+  config.method = "edm"
+  config.sampling.method = "em"
+  config.sampling.num_steps = 100
+  with pytest.warns(UserWarning, match=r"config.sampling.method='em' steps uniformly.*'heun'"):
+    evaluate.validate_sampling_config(config, train.get_process(config))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    config.sampling.num_steps = 1000
+    evaluate.validate_sampling_config(config, train.get_process(config))
+    config.sampling.num_steps, config.process.name, config.method = 100, "vp", "score"
+    evaluate.validate_sampling_config(config, train.get_process(config))
