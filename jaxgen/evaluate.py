@@ -48,7 +48,8 @@ def validate_sampling_config(config, process) -> None:
   the method, ``num_steps``, ``eps``, the tolerances of ``'ode'``, the predictor-corrector
   options of ``'pc'`` / ``'em'`` / ``'ancestral'`` for ``process``, and the model's use of the
   noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``); and
-  ``eval.num_repeats``."""
+  ``eval.num_repeats``. Warns (UserWarning) for ``'pc'`` / ``'em'`` on EDM's path with fewer than
+  1000 steps, whose uniform grid in ``t = sigma`` resolves small noise levels poorly."""
   _validate_conditioning(config, process)
   eval_num_repeats(config.eval)
   if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)

@@ -543,6 +543,11 @@ def dequantized_in_bins(levels: Array, u: Array, num_levels: int) -> Array:
   a bin edge too, and values within 3 ulps of an edge are moved inside (a shift far below the
   float32 resolution of ``k + u`` itself). Other values are unchanged.
   """
+  if isinstance(num_levels, (float, np.floating)) and float(num_levels).is_integer():
+    num_levels = int(num_levels)  # 256.0 from a config
+  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
+      or num_levels < 2:
+    raise ValueError(f"`num_levels` must be an int >= 2, got {num_levels!r}")
   levels = jnp.asarray(levels).astype(jnp.float32)
   upper = levels + 1.0  # exact for levels below 2**24
   x = jnp.minimum(levels + u, _float32_steps(upper, 1, -jnp.inf)) / num_levels

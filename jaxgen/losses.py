@@ -360,6 +360,16 @@ def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std
   return loss_fn
 
 
+def check_pair_shapes(batch) -> None:
+  """A batch of coupled pairs (reflow pairs, an OT coupling) must hold one ``noise`` row per
+  ``image`` row, of the same shape: shapes that merely broadcast (``(1, d)`` noise against
+  ``(b, d)`` data) would train on another coupling without an error (ValueError)."""
+  x_shape, z_shape = jnp.shape(batch["image"]), jnp.shape(batch["noise"])
+  if x_shape != z_shape:
+    raise ValueError(f"a batch of pairs needs batch['noise'] of the shape of batch['image'] "
+                     f"(one coupled noise per example), got noise {z_shape} and image {x_shape}")
+
+
 def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "velocity", *,
                        time_sampling: str = "uniform", eps: float = 1e-5,
                        reduce_mean: bool = True) -> Callable:
@@ -380,11 +390,8 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
     k_t, k_z, k_drop = jax.random.split(key, 3)
     t = _rows(lambda k, s: sample_time(k, s[0], eps, t_max, time_sampling), k_t, (n,))
     if "noise" in batch:
+      check_pair_shapes(batch)
       z = batch["noise"]
-      if jnp.shape(z) != x0.shape:  # shapes that merely broadcast would train another coupling
-        raise ValueError(f"batch['noise'] (coupled noise, e.g. reflow pairs) must have the shape "
-                         f"of batch['image'], one noise per example: got noise {jnp.shape(z)} and "
-                         f"image {x0.shape}")
     elif isinstance(process, LinearPath):  # the noise end is the prior (N(0, I) or a source)
       z = _rows(process.prior_sample, k_z, x0.shape)
     else:

@@ -181,20 +181,11 @@ def minibatch_ot_coupling(key: Array, x: Array, z: Array, *, reg: float = 0.05,
   return z[partner]
 
 
-def check_pair_shapes(batch) -> None:
-  """A batch of pairs must hold one ``noise`` row per ``image`` row, of the same shape: shapes
-  that merely broadcast (``(1, d)`` noise against ``(b, d)`` data) would train on another
-  coupling without an error."""
-  x_shape, z_shape = jnp.shape(batch["image"]), jnp.shape(batch["noise"])
-  if x_shape != z_shape:
-    raise ValueError(f"a batch of pairs needs batch['noise'] of the shape of batch['image'] "
-                     f"(one coupled noise per example), got noise {z_shape} and image {x_shape}")
-
-
 def make_coupled_flow_loss_fn(config, setup) -> Callable:
   """Flow-matching loss whose noise is re-paired with the data (``training.coupling``).
 
-  ``'independent'``: :func:`jaxgen.losses.flow_matching_loss` as is. ``'minibatch_ot'``: the noise
+  ``'independent'``: :func:`jaxgen.losses.flow_matching_loss` as is (which refuses pairs whose
+  shapes differ, :func:`jaxgen.losses.check_pair_shapes`). ``'minibatch_ot'``: the noise
   is drawn from the path's prior and coupled by :func:`minibatch_ot_coupling` (``training.ot_reg``,
   ``training.ot_iters``) before the loss; batches that carry their own ``noise`` (reflow pairs)
   are left as they are. Returns ``loss(params, key, batch, train=True) -> (loss, aux)``.
@@ -210,20 +201,14 @@ def make_coupled_flow_loss_fn(config, setup) -> Callable:
                                    time_sampling=training.get("time_sampling", "uniform"),
                                    eps=training.eps, reduce_mean=training.reduce_mean)
   if coupling == "independent":
-    def independent_loss_fn(params, key, batch, train: bool = True):
-      if "noise" in batch:
-        check_pair_shapes(batch)
-      return base(params, key, batch, train)
-
-    return independent_loss_fn
+    return base
   reg, num_iters = float(training.get("ot_reg", 0.05)), int(training.get("ot_iters", 200))
   if not reg > 0 or num_iters <= 0:
     raise ValueError(f"config.training.ot_reg={reg} and ot_iters={num_iters} must be positive")
   process = setup.process
 
   def loss_fn(params, key, batch, train: bool = True):
-    if "noise" in batch:
-      check_pair_shapes(batch)
+    if "noise" in batch:  # base checks the pairs' shapes
       return base(params, key, batch, train)
     k_z, k_plan, k_loss = jax.random.split(key, 3)
     x = batch["image"]
@@ -287,7 +272,7 @@ def make_distill_loss_fn(config, setup) -> Callable:
   def loss_fn(params, key, batch, train: bool = True):
     if "noise" not in batch:
       return fallback(params, key, batch, train)
-    check_pair_shapes(batch)
+    losses.check_pair_shapes(batch)
     x, z = batch["image"], batch["noise"]
     labels = batch.get("label")
     network = lambda y, t: model_fn(params, y, t, train=train, key=key, labels=labels)
@@ -438,6 +423,19 @@ _RESUME_FIELDS = ("format", "num_pairs", "chunk_size", "batch_size", "num_chunks
                   "solver", "rtol", "atol", "num_steps", "eps", "process", "metadata")
 
 
+# ``metadata`` keys that ``run_reflow`` records since a later version (the data scaling,
+# :func:`jaxgen.data.pairs.data_scaling`): a generation begun without them still resumes.
+_LATER_METADATA_KEYS = ("data_centered", "data_num_levels")
+
+
+def _same_field(old_meta, meta, field) -> bool:
+  """Whether a resumed generation's ``meta.json`` (``old_meta``) agrees with ``meta`` on ``field``."""
+  old, new = old_meta.get(field), meta[field]
+  if field == "metadata" and isinstance(old, dict) and isinstance(new, dict):
+    new = {k: v for k, v in new.items() if k in old or k not in _LATER_METADATA_KEYS}
+  return old == new
+
+
 def _positive_int(value, name):
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
     raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -535,7 +533,7 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
 
   if os.path.exists(os.path.join(directory, pairs_lib.META_FILE)):
     old = pairs_lib.read_meta(directory)
-    diffs = [k for k in _RESUME_FIELDS if old.get(k) != meta[k]]
+    diffs = [k for k in _RESUME_FIELDS if not _same_field(old, meta, k)]
     if diffs:
       detail = "; ".join(f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in diffs)
       raise ValueError(f"pairs directory {directory!r} holds another generation ({detail}); "

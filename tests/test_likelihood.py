@@ -414,6 +414,10 @@ def test_uniform_dequantize_stays_in_its_cell_at_float32_edges():
         num_levels)
     y = np.asarray(y, np.float64)
     assert np.all(k / num_levels <= y) and np.all(y < (k + 1) / num_levels), num_levels
+  x = likelihood.dequantized_in_bins(jnp.arange(4.0), jnp.full((4,), 0.5), 256.0)  # a config's
+  np.testing.assert_allclose(np.asarray(x), (np.arange(4) + 0.5) / 256)
+  with pytest.raises(ValueError, match=r"`num_levels` must be an int >= 2, got 2.5"):
+    likelihood.dequantized_in_bins(jnp.arange(2.0), jnp.zeros((2,)), 2.5)
 
 
 def test_a_process_prior_with_another_end_time_warns():

@@ -135,6 +135,14 @@ def test_interrupted_pair_generation_resumes_to_the_same_pairs(tmp_path):
 
   with pytest.raises(ValueError, match="seed"):
     rectified_flow.generate_pairs(*args, part, **{**kwargs, "seed": 6})
+  # A generation begun before run_reflow recorded the data scaling still resumes with it added;
+  # another model step is another generation.
+  scaled = {"model_step": 7, "data_centered": True, "data_num_levels": 17}
+  again = rectified_flow.generate_pairs(*args, part, **{**kwargs, "metadata": scaled})
+  assert again["complete"] and again["generated"] == 0
+  with pytest.raises(ValueError, match="metadata"):
+    rectified_flow.generate_pairs(*args, part, **{**kwargs, "metadata": {**scaled,
+                                                                         "model_step": 8}})
   with pytest.raises(ValueError, match="chunk_size"):
     rectified_flow.generate_pairs(*args, str(tmp_path / "bad"), **{**kwargs, "batch_size": 96})
 
