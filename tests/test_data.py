@@ -110,6 +110,29 @@ def test_mnist_local_with_test_files_only(data_dir):
     data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
 
 
+def test_mnist_local_with_test_files_only_synthetic(tmp_path):
+  """The layout of ../shared/data/mnist (test images and labels, the training labels alone), on
+  synthetic files, so that it is tested where the real files are absent: only the complete
+  'test' split is built, in file order, sliceable, and 'train' is refused by name."""
+  rng = np.random.default_rng(1)
+  source_dir = tmp_path / "raw"
+  source_dir.mkdir()
+  images, labels = rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20)
+  write_idx(source_dir / "t10k-images-idx3-ubyte.gz", images)
+  write_idx(source_dir / "t10k-labels-idx1-ubyte.gz", labels)
+  write_idx(source_dir / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 7))
+  data_dir = str(tmp_path / "tfds")
+  builder = prepare_local_dataset("mnist_local", data_dir, str(source_dir))
+  assert sorted(builder.info.splits.keys()) == ["test"]
+  config = make_data_config(dataset="mnist_local", data_dir=data_dir, source_dir=str(source_dir),
+                            image_size=28, num_levels=256)
+  held_out = data.get_dataset(config, "test[16:]", seed=0, process_index=0, process_count=1)
+  assert held_out.num_examples == 4 and held_out.image_shape == (28, 28, 1)
+  np.testing.assert_array_equal(next(held_out.iterate(4))["image"][..., 0], images[16:])
+  with pytest.raises(ValueError, match=r"split 'train'.*available splits: \['test'\]"):
+    data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
+
+
 def test_mnist_local_with_all_four_files(tmp_path):
   rng = np.random.default_rng(0)
   source_dir = tmp_path / "raw"
