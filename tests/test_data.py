@@ -307,9 +307,15 @@ def test_tfds_path_decodes_crops_and_resizes(tmp_path):
 
 def test_errors(digits_config):
   kwargs = dict(seed=0, process_index=0, process_count=1)
-  with pytest.raises(ValueError, match="unknown dataset 'no_such_set'"):
+  with pytest.raises(ValueError, match="unknown dataset 'no_such_set'") as info:
     data.get_dataset(make_data_config(dataset="no_such_set",
                                       data_dir=digits_config.data_dir), "train", **kwargs)
+  assert "did you mean" not in str(info.value)
+  # score_sde's spelling of a TFDS name gets TFDS's (and ours get ours)
+  for wrong, right in (("CIFAR10", "cifar10"), ("MNIST_local", "mnist_local")):
+    with pytest.raises(ValueError, match=rf"unknown dataset '{wrong}'.*did you mean '{right}'\?"):
+      data.get_dataset(make_data_config(dataset=wrong, data_dir=digits_config.data_dir), "train",
+                       **kwargs)
   with pytest.raises(ValueError, match="unknown dataset 'toy_nope'.*toy_checkerboard"):
     data.get_dataset(make_data_config(dataset="toy_nope"), "train", **kwargs)
   with pytest.raises(ValueError, match=r"split 'valid'.*\['test', 'train'\]"):

@@ -389,6 +389,20 @@ class ToyDataset:
       yield _pad_batch(chunk, hi - lo, local_batch_size, self.image_shape, np.float32)
 
 
+def _tfds_name_hint(tfds, name) -> str:
+  """``'; did you mean 'cifar10'?'`` for a name that TFDS knows in another spelling (score_sde's
+  configs write ``'CIFAR10'``; TFDS names are snake_case), else ``''``."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  try:
+    known = list(tfds.list_builders(with_community_datasets=False)) + sorted(LOCAL_BUILDERS)
+  except Exception:  # pylint: disable=broad-except  # a hint only
+    return ""
+  key = lambda n: str(n).lower().replace("_", "").replace("-", "")
+  exact = [n for n in known if key(n) == key(name)]
+  close = exact or difflib.get_close_matches(str(name).lower(), known, n=1, cutoff=0.8)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _tfds_source(name, split, data_dir):
   """`tfds.data_source` for a prepared data set, with clear errors for the usual mistakes."""
   tfds = _tfds()
@@ -398,7 +412,7 @@ def _tfds_source(name, split, data_dir):
     raise ValueError(
         f"unknown dataset {name!r}: not toy_<name> (names: {', '.join(toy.TOY_DATASETS)}), not "
         f"one of our builders ({', '.join(sorted(LOCAL_BUILDERS))}), and not a TFDS data set "
-        f"registered or prepared in {data_dir!r}") from None
+        f"registered or prepared in {data_dir!r}{_tfds_name_hint(tfds, name)}") from None
   if not builder.is_prepared():
     raise ValueError(
         f"TFDS data set {name!r} is not prepared in {data_dir!r}; prepare it once where it can be "
