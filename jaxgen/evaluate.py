@@ -308,7 +308,7 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   The pass over the batches runs ``config.eval.num_repeats`` times, each with fresh
   dequantization noise and divergence probes; the mean is over all the values, ``num_examples``
   and ``num_failed`` count values (examples times repeats) and the standard error is over the
-  examples' means. ``cache``: a dict kept between calls with the same setup and mesh (the
+  examples' means (sample standard deviation, ``ddof=1``; NaN for fewer than two examples). ``cache``: a dict kept between calls with the same setup and mesh (the
   jitted program).
   """
   config = setup.config
@@ -362,8 +362,10 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   mean = float(np.mean(good)) if len(good) else float("nan")
   counts = np.sum(~failed, axis=0)  # the standard error is over examples, not correlated repeats
   per_example = np.sum(np.where(failed, 0.0, values), axis=0)[counts > 0] / counts[counts > 0]
-  stderr = (float(np.std(per_example) / max(math.sqrt(len(per_example)), 1))
-            if len(per_example) else float("nan"))
+  # the sample standard deviation (ddof=1): the population one understates the error by
+  # sqrt(n / (n - 1)); one example gives no estimate (NaN, null in JSON)
+  stderr = (float(np.std(per_example, ddof=1) / math.sqrt(len(per_example)))
+            if len(per_example) > 1 else float("nan"))
   out = {name: mean, f"{name}_stderr": stderr,
          "num_examples": int(len(good)), "num_failed": int(failed.sum()),
          "mean_nfe": float(np.mean(nfes)) if nfes else 0.0, "seconds": time.time() - t_start}
@@ -501,10 +503,14 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
 def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[dict] = None,
                      progress: bool = True) -> Tuple[np.ndarray, int]:
   """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``,
-  with a progress bar (``progress``) when there is more than one batch.
+  with a progress bar (``progress``) when there is more than one batch; ``num >= 1``
+  (ValueError naming ``config.sampling.num_samples`` otherwise).
   ``cache``: a dict kept between calls with the same setup and mesh (the jitted program)."""
   config = setup.config
-  batch = min(int(config.sampling.batch_size), max(num, 1))
+  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+    raise ValueError(f"config.sampling.num_samples must be an int >= 1 to generate samples, got "
+                     f"{num!r}")
+  batch = min(int(config.sampling.batch_size), int(num))
   devices = parallel.data_parallel_size(mesh)
   batch = int(math.ceil(batch / devices) * devices)
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -595,10 +601,19 @@ def run_options(config, kind: str) -> Dict[str, Any]:
   values, written next to it so that results of one step made with other options can be told
   apart: ``config.eval`` (solver, tolerances, divergence, probes, precision, ...) or
   ``config.sampling`` (method, num_steps, ...), with ``config.cnf`` / ``config.distill`` where
-  the method reads them."""
-  out = {"method": config.method, kind: config[kind].to_dict()}
+  the method reads them; and ``model_dtype`` (the network's arithmetic), plus for ``'eval'`` the
+  ``seed`` (a toy data set's evaluation set depends on it) and ``data`` (data set, and the
+  ``num_levels`` / ``centered`` of the bits/dim convention)."""
+  out = {"method": config.method, kind: config[kind].to_dict(),
+         # the network's arithmetic (eval.precision 'model' and sampling run at this dtype)
+         "model_dtype": str(config.model.get("dtype", "float32"))}
   if kind == "eval":
     out["split"] = config.data.eval_split
+    out["seed"] = config.seed  # the data set's seed: it draws a toy data set's evaluation set
+    data = config.data
+    out["data"] = {"dataset": data.dataset}
+    if not is_toy(config):  # the bits/dim convention: log2(num_levels / data range) is added
+      out["data"].update(num_levels=int(data.num_levels), centered=bool(data.centered))
   for section in ("cnf", "distill"):
     if config.method == section and section in config:
       out[section] = config[section].to_dict()
