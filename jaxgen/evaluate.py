@@ -308,8 +308,8 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   The pass over the batches runs ``config.eval.num_repeats`` times, each with fresh
   dequantization noise and divergence probes; the mean is over all the values, ``num_examples``
   and ``num_failed`` count values (examples times repeats) and the standard error is over the
-  examples' means (sample standard deviation, ``ddof=1``; NaN for fewer than two examples). ``cache``: a dict kept between calls with the same setup and mesh (the
-  jitted program).
+  examples' means (sample standard deviation, ``ddof=1``; NaN for fewer than two examples).
+  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program).
   """
   config = setup.config
   split = split or config.data.eval_split
