@@ -77,6 +77,7 @@ def get_base_config():
   evaluate.solver = "dopri5"
   evaluate.num_repeats = 1             # dequantization repeats over the test split
   evaluate.precision = "model"         # model | float32 | highest: the likelihood's arithmetic
+  evaluate.seed = 0                    # dequantization noise and probes of every bits/dim pass
 
   # --- data -------------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()

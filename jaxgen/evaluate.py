@@ -140,10 +140,7 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
   def fn(params, key, n):
     shape = (n,) + tuple(setup.shape)
     params = setup.inference_params(params)  # kernels cast once, not on every network call
-    labels = None
-    if num_classes:  # class-conditional: a uniformly drawn class per sample
-      key, k_labels = jax.random.split(key)
-      labels = jax.random.randint(k_labels, (n,), 0, num_classes)
+    key, labels = draw_class_labels(key, n, num_classes)
     model = lambda x, t: model_fn(params, x, t, labels=labels)
     score_fn = predictions.as_score_fn(process, model, prediction)
     drift_fn = predictions.as_drift_fn(process, model, prediction)
@@ -300,9 +297,12 @@ def _cached(cache: Optional[dict], key: str, build: Callable[[], Any]) -> Any:
 
 
 def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
-                        max_batches: Optional[int] = None, seed: int = 0,
+                        max_batches: Optional[int] = None, seed: Optional[int] = None,
                         progress: bool = True, cache: Optional[dict] = None) -> Dict[str, float]:
   """Mean bits/dim (nats for toy data) over ``split`` (default ``config.data.eval_split``).
+
+  ``seed`` (default ``config.eval.seed``, 0 where absent) draws the dequantization noise and the
+  divergence probes: the periodic, final and ``--mode=eval`` evaluations of one checkpoint agree.
 
   Batched over ``config.eval.batch_size`` (global), sharded over devices, with a progress bar.
   The pass over the batches runs ``config.eval.num_repeats`` times, each with fresh
@@ -313,6 +313,8 @@ def evaluate_likelihood(setup, params, mesh, split: Optional[str] = None,
   """
   config = setup.config
   split = split or config.data.eval_split
+  if seed is None:
+    seed = int(config.eval.get("seed", 0))
   num_repeats = eval_num_repeats(config.eval)
   ds = data_lib.get_dataset(config.data, split, seed=config.seed)
   local_batch = parallel.check_global_batch(config.eval.batch_size, mesh, "config.eval.batch_size")
@@ -465,9 +467,13 @@ def unused_name(directory: str, name: str, suffixes: Tuple[str, ...]) -> str:
 
 def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
                   keep_existing: bool = False,
-                  metadata: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+                  metadata: Optional[Dict[str, Any]] = None,
+                  labels: Optional[np.ndarray] = None) -> Dict[str, str]:
   """Save samples as ``.npz`` and a PNG (grid for images, scatter for 2-D) under
   ``workdir/samples`` (process 0 only); returns their absolute paths.
+
+  ``labels``: a class-conditional model's sampled classes ``(num,)``, saved in the ``.npz`` as
+  ``labels`` beside ``samples``.
 
   ``keep_existing``: where ``name`` was written before, write ``name_2`` (``name_3``, ...)
   instead. ``metadata``: also written next to them as ``<name>.json`` (key ``json``).
@@ -484,7 +490,13 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
   if jax.process_index() != 0:  # every host holds all samples; one writes them
     return paths
   os.makedirs(out_dir, exist_ok=True)
-  np.savez_compressed(npz, samples=np.asarray(samples))
+  arrays = {"samples": np.asarray(samples)}
+  if labels is not None:
+    if len(labels) != len(samples):
+      raise ValueError(f"`labels` must have one class per sample: {len(labels)} labels for "
+                       f"{len(samples)} samples")
+    arrays["labels"] = np.asarray(labels)
+  np.savez_compressed(npz, **arrays)
   if is_toy(config):
     reference = np.asarray(data_lib.sample_toy(config.data.dataset[len("toy_"):], 0,
                                                len(samples)))
@@ -500,12 +512,33 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
   return paths
 
 
+def draw_class_labels(key: Array, n: int, num_classes: int) -> Tuple[Array, Optional[Array]]:
+  """The classes a class-conditional sampler draws: ``(key, labels)``, ``labels`` of shape
+  ``(n,)`` uniform in ``0 .. num_classes - 1`` from a split of ``key`` and ``key`` replaced by the
+  other half; ``(key, None)`` unchanged for ``num_classes = 0`` (an unconditional model)."""
+  if not num_classes:
+    return key, None
+  key, k_labels = jax.random.split(key)
+  return key, jax.random.randint(k_labels, (n,), 0, num_classes)
+
+
+def _conditional_classes(setup) -> int:
+  """Classes of a class-conditional score / flow network whose sampler draws labels (0: none)."""
+  if setup.config.method in ("cnf", "distill"):
+    return 0
+  return int(setup.config.model.get("num_classes", 0) or 0)
+
+
 def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[dict] = None,
-                     progress: bool = True) -> Tuple[np.ndarray, int]:
+                     progress: bool = True, return_labels: bool = False):
   """``num`` samples with the config's sampler, in sharded batches of ``sampling.batch_size``,
   with a progress bar (``progress``) when there is more than one batch; ``num >= 1``
   (ValueError naming ``config.sampling.num_samples`` otherwise).
-  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program)."""
+  ``cache``: a dict kept between calls with the same setup and mesh (the jitted program).
+
+  Returns ``(samples, nfe)``, with ``return_labels`` ``(samples, nfe, labels)``: ``labels``
+  ``(num,)`` int32 are the classes a class-conditional network sampled (drawn from the same keys
+  by :func:`draw_class_labels`), None for an unconditional one."""
   config = setup.config
   if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
     raise ValueError(f"config.sampling.num_samples must be an int >= 1 to generate samples, got "
@@ -524,16 +557,23 @@ def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[d
   num_batches = int(math.ceil(num / batch))
   bar = _progress(num_batches, f"samples ({config.sampling.method})",
                   progress and num_batches > 1)
-  out, nfe = [], 0
+  num_classes = _conditional_classes(setup)
+  out, labels, nfe = [], [], 0
   for i in range(num_batches):
-    x, nfe = run(params, jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    x, nfe = run(params, key)
     out.append(parallel.to_host(x))
+    if return_labels and num_classes:  # the draw of the jitted sampler, repeated on the host
+      labels.append(np.asarray(draw_class_labels(key, batch, num_classes)[1], np.int32))
     if bar is not None:
       bar.update(1)
       bar.set_postfix(nfe=int(nfe))
   if bar is not None:
     bar.close()
-  return np.concatenate(out)[:num], int(nfe)
+  samples = np.concatenate(out)[:num]
+  if not return_labels:
+    return samples, int(nfe)
+  return samples, int(nfe), (np.concatenate(labels)[:num] if labels else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,10 +616,10 @@ def make_periodic_evaluation(config) -> Callable:
                                 cache=cache)
       results.update({k: v for k, v in lik.items() if k in ("bpd", "nll_nats", "mean_nfe")})
     if config.sampling.num_samples:
-      samples, nfe = generate_samples(setup, state.ema_params, mesh,
-                                      int(config.sampling.num_samples), seed=step, cache=cache,
-                                      progress=False)
-      paths = write_samples(setup, samples, workdir, f"step_{step:07d}")  # absolute
+      samples, nfe, labels = generate_samples(setup, state.ema_params, mesh,
+                                              int(config.sampling.num_samples), seed=step,
+                                              cache=cache, progress=False, return_labels=True)
+      paths = write_samples(setup, samples, workdir, f"step_{step:07d}", labels=labels)
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
     toy_2d = is_toy(config) and data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) == 2

@@ -531,6 +531,17 @@ def _float32_steps(x: Array, steps: int, direction: float) -> Array:
 _EDGE_ULPS = 3
 
 
+def check_num_levels(num_levels, name: str = "`num_levels`") -> int:
+  """``num_levels`` as an int ``>= 2`` (an integer-valued float such as ``256.0`` from a config is
+  accepted; ``True``, ``2.5`` or ``1`` are refused with a ValueError naming ``name``)."""
+  if isinstance(num_levels, (float, np.floating)) and float(num_levels).is_integer():
+    num_levels = int(num_levels)
+  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
+      or num_levels < 2:
+    raise ValueError(f"{name} must be an int >= 2, got {num_levels!r}")
+  return int(num_levels)
+
+
 def dequantized_in_bins(levels: Array, u: Array, num_levels: int) -> Array:
   """``(k + u) / K`` in float32, kept inside the bin of its level: ``k / K <= x < (k + 1) / K``.
 
@@ -543,11 +554,7 @@ def dequantized_in_bins(levels: Array, u: Array, num_levels: int) -> Array:
   a bin edge too, and values within 3 ulps of an edge are moved inside (a shift far below the
   float32 resolution of ``k + u`` itself). Other values are unchanged.
   """
-  if isinstance(num_levels, (float, np.floating)) and float(num_levels).is_integer():
-    num_levels = int(num_levels)  # 256.0 from a config
-  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
-      or num_levels < 2:
-    raise ValueError(f"`num_levels` must be an int >= 2, got {num_levels!r}")
+  num_levels = check_num_levels(num_levels)
   levels = jnp.asarray(levels).astype(jnp.float32)
   upper = levels + 1.0  # exact for levels below 2**24
   x = jnp.minimum(levels + u, _float32_steps(upper, 1, -jnp.inf)) / num_levels
@@ -565,9 +572,7 @@ def uniform_dequantize(key: Array, levels: Array, num_levels: int = 256, low: fl
   of the same shape. Values are checked where they are concrete (not under ``jit``): data already
   scaled to ``[0, 1]`` (``k / 255``) or levels ``>= K`` are refused.
   """
-  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
-      or num_levels < 2:
-    raise ValueError(f"`num_levels` must be an int >= 2, got {num_levels!r}")
+  num_levels = check_num_levels(num_levels)
   if not (math.isfinite(low) and math.isfinite(high) and low < high):
     raise ValueError(f"need finite low < high, got low={low!r}, high={high!r}")
   levels = jnp.asarray(levels)

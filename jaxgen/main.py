@@ -213,12 +213,13 @@ def run(argv):
   else:
     mesh = parallel.make_mesh()
     setup, state = train.load_state(config, workdir, mesh)
-    samples, nfe = evaluate.generate_samples(setup, state.ema_params, mesh,
-                                             int(config.sampling.num_samples), seed=config.seed)
+    samples, nfe, labels = evaluate.generate_samples(
+        setup, state.ema_params, mesh, int(config.sampling.num_samples), seed=config.seed,
+        return_labels=True)
     metadata = {"step": int(state.step), "num_samples": len(samples), "nfe": nfe,
                 "seed": config.seed, "options": evaluate.run_options(config, "sampling")}
     paths = evaluate.write_samples(setup, samples, workdir, f"sample_step_{int(state.step)}",
-                                   keep_existing=True, metadata=metadata)
+                                   keep_existing=True, metadata=metadata, labels=labels)
     if jax.process_index() == 0:
       print(f"{len(samples)} samples ({config.sampling.method}, NFE {nfe}): {paths['npz']}")
       print(f"sample grid: {paths['png']}")

@@ -425,7 +425,7 @@ _RESUME_FIELDS = ("format", "num_pairs", "chunk_size", "batch_size", "num_chunks
 
 # ``metadata`` keys that ``run_reflow`` records since a later version (the data scaling,
 # :func:`jaxgen.data.pairs.data_scaling`): a generation begun without them still resumes.
-_LATER_METADATA_KEYS = ("data_centered", "data_num_levels")
+_LATER_METADATA_KEYS = tuple(pairs_lib.data_scaling({"dataset": "images"}))
 
 
 def _same_field(old_meta, meta, field) -> bool:
@@ -625,6 +625,9 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
                      f"'score'), got {config.method!r}")
   if "reflow" not in config:
     raise ValueError("--mode=reflow needs a config.reflow section (see configs/rectified_flow)")
+  if int(config.model.get("num_classes", 0) or 0) > 0:
+    raise ValueError(f"--mode=reflow draws unlabelled pairs, but config.model.num_classes="
+                     f"{config.model.num_classes}: a class-conditional teacher is not supported")
   reflow = config.reflow
   mesh = parallel.make_mesh()
   setup, state = train.load_state(config, workdir, mesh)

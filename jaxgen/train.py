@@ -187,6 +187,7 @@ _NUMBER_FIELDS = (
     ("sampling", "num_samples", "int", 0, None),
     ("eval", "num_bpd_batches", "int", 0, None),
     ("eval", "num_probes", "int", 1, None),
+    ("eval", "seed", "int", 0, None),
 )
 
 
@@ -243,9 +244,16 @@ def check_pairs_compatible(config) -> None:
   ``meta.json`` records another example shape or another noise source (the process's prior,
   ``config.data.source``) than the config (ValueError; see
   :func:`jaxgen.data.pairs.check_pairs_fit`), and an ``eval_split`` equal to the training split
-  (the pairs would be evaluated as data)."""
+  (the pairs would be evaluated as data), and a class-conditional network (pairs carry no
+  labels)."""
   directory = str(config.data.get("pairs_dir", "") or "")
   if directory:
+    num_classes = int(config.model.get("num_classes", 0) or 0)
+    if num_classes > 0:
+      raise ValueError(f"config.model.num_classes={num_classes}, but reflow pairs "
+                       f"(config.data.pairs_dir) carry no class labels: rectified flow with reflow "
+                       f"and distillation train unconditional networks here; set "
+                       f"config.model.num_classes=0")
     train_split = config.data.get("train_split", "train")
     if config.data.get("eval_split", "test") == train_split:
       raise ValueError(f"config.data.pairs_dir replaces the training split {train_split!r} with "

@@ -4,6 +4,19 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# A persistent compilation cache shared by the test processes (both xdist workers and the
+# subprocesses they start): many tests compile the same step or network again (a run and its
+# resumed half, the 'gspmd' and 'shard_map' sides, each config's one-step check), and a cache hit
+# skips XLA's compile. Entries are keyed by the HLO, the compile options, the devices and the
+# jax/jaxlib versions, so a stale directory only costs space. JAX_COMPILATION_CACHE_DIR= (empty)
+# turns it off.
+import tempfile  # noqa: E402  pylint: disable=wrong-import-position
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"jaxgen-test-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # Compiler options for the tests' own jits of small networks and steps: XLA's cheapest CPU code
 # generation halves their compile time (the NCSN++ config's step: 46 s -> 23 s) and costs nothing
 # measurable when they run at test sizes. Both sides of every comparison compile alike.

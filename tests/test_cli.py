@@ -153,24 +153,28 @@ def test_sampler_and_conditioning_options_are_refused_by_name():
       train.validate_config(config, num_devices=8)
 
 
-def test_class_conditional_model_samples_and_evaluates_with_labels():
+def test_class_conditional_model_samples_and_evaluates_with_labels(tmp_path):
   """A class-conditional U-Net (model.num_classes = data.num_classes = 10) used to fail in the
   sampler and the likelihood (no labels passed); samples now draw a class each, and the
-  likelihood reads the batch's labels (another label, another bits/dim)."""
+  likelihood reads the batch's labels (another label, another bits/dim).
+
+  ``generate_samples(..., return_labels=True)`` gives the classes the jitted sampler drew: the
+  sampler run again by hand with those labels and the rest of the key gives the same samples,
+  and other labels give other samples. ``write_samples`` saves them in the ``.npz``."""
   from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  from jaxgen import predictions, solvers  # pylint: disable=import-outside-toplevel
   config = vp_unet.get_config()
   config.model.nf, config.model.ch_mult, config.model.num_res_blocks = 8, (1, 2), 1
   config.model.attn_resolutions = ()
   config.model.num_classes = config.data.num_classes = 10
   config.sampling.method, config.sampling.num_steps = "euler", 4
+  config.sampling.batch_size = config.sampling.num_samples = 8
   config.eval.rtol = config.eval.atol = 1e-2
   train.validate_config(config, num_devices=8)
   setup = train.Setup(config)
   params = setup.init_state(jax.random.PRNGKey(0)).params
   params = jax.tree_util.tree_map(
       lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape, p.dtype), params)
-  samples, _ = evaluate.make_sample_fn(setup, config.sampling)(params, jax.random.PRNGKey(2), 4)
-  assert samples.shape == (4, 8, 8, 1) and bool(np.all(np.isfinite(np.asarray(samples))))
   nll = jax.jit(evaluate.make_nll_fn(setup, config.eval))
   images = np.random.default_rng(0).integers(0, 17, (2, 8, 8, 1)).astype(np.uint8)
   key = jax.random.PRNGKey(3)
@@ -178,6 +182,35 @@ def test_class_conditional_model_samples_and_evaluates_with_labels():
   b = nll(params, key, {"image": images, "label": np.array([7, 5], np.int32)})[0]
   assert bool(np.all(np.isfinite(np.asarray(a))))
   assert not np.allclose(np.asarray(a), np.asarray(b))
+  samples, _, labels = evaluate.generate_samples(setup, params, parallel.make_mesh(), 8, seed=4,
+                                                 return_labels=True)
+  assert samples.shape == (8, 8, 8, 1) and bool(np.all(np.isfinite(samples)))
+  assert labels.shape == (8,) and labels.dtype == np.int32
+  assert labels.min() >= 0 and labels.max() < 10 and len(set(labels.tolist())) > 1
+
+  def by_hand(classes):
+    key, _ = evaluate.draw_class_labels(jax.random.fold_in(jax.random.PRNGKey(4), 0), 8, 10)
+    model = lambda x, t: setup.model_fn(setup.inference_params(params), x, t,
+                                        labels=jax.numpy.asarray(classes))
+    drift = predictions.as_drift_fn(setup.process, model, setup.prediction)
+    return np.asarray(solvers.ode_sample(key, setup.process, drift, (8, 8, 8, 1), solver="euler",
+                                         num_steps=4, eps=float(config.sampling.eps))[0])
+
+  np.testing.assert_allclose(by_hand(labels), samples, rtol=1e-5, atol=1e-4)
+  assert not np.allclose(by_hand((labels + 1) % 10), samples, rtol=1e-3, atol=1e-2)
+  paths = evaluate.write_samples(setup, samples, str(tmp_path), "s", labels=labels)
+  saved = np.load(paths["npz"])
+  np.testing.assert_array_equal(saved["labels"], labels)
+  np.testing.assert_array_equal(saved["samples"], samples)
+  with pytest.raises(ValueError, match="one class per sample"):
+    evaluate.write_samples(setup, samples, str(tmp_path), "t", labels=labels[:3])
+  toy = vp_mlp.get_config()
+  toy.model.hidden = (8, 8)
+  toy.sampling.method, toy.sampling.num_steps = "euler", 2
+  toy_setup = train.Setup(toy)
+  out = evaluate.generate_samples(toy_setup, toy_setup.init_state(jax.random.PRNGKey(0)).params,
+                                  parallel.make_mesh(), 8, seed=0, return_labels=True)
+  assert out[0].shape == (8, 2) and out[2] is None
 
 
 def test_periodic_evaluation_builds_its_programs_once(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ import zlib
 import jax
 import numpy as np
 from jaxgen.data import toy
+from jaxgen.likelihood import check_num_levels
 
 # TFDS and our builders are imported on first use (``_tfds()``), so that importing jaxgen (and
 # toy-data or random-data runs) does not pay TFDS's import time or need it installed.
@@ -504,9 +505,7 @@ def _check_num_levels(name, num_levels):
   """
   if num_levels is None:
     return None
-  if isinstance(num_levels, bool) or int(num_levels) != num_levels or num_levels < 2:
-    raise ValueError(f"config.data.num_levels must be an int >= 2, got {num_levels!r}")
-  num_levels = int(num_levels)
+  num_levels = check_num_levels(num_levels, "config.data.num_levels")
   expected = DATASET_LEVELS.get(name)
   if expected is not None and num_levels != expected:
     raise ValueError(f"data set {name!r} has {expected} levels per pixel, but "

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import parallel
-from jaxgen.likelihood import dequantized_in_bins
+from jaxgen.likelihood import check_num_levels, dequantized_in_bins
 
 
 def _is_toy(data_config):
@@ -35,8 +35,7 @@ def uniform_dequantize(key, levels, num_levels):
   Returns:
     float32 array of the shape of `levels`, values in `[0, 1)`.
   """
-  if num_levels < 2:
-    raise ValueError(f"num_levels must be at least 2, got {num_levels}")
+  num_levels = check_num_levels(num_levels)
   levels = jnp.asarray(levels).astype(jnp.float32)
   # (inside a per-device train step: this device's rows of the global batch's draw)
   noise = parallel.global_batch_draw(

@@ -80,12 +80,6 @@ def _check_scalar(value, name: str) -> None:
     raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(value)}")
 
 
-def _check_finite_positive(value, name: str) -> None:
-  v = _concrete(value)
-  if v is not None and not (v > 0 and math.isfinite(v)):  # also rejects NaN
-    raise ValueError(f"`{name}` must be finite and positive, got {value!r}")
-
-
 def _shape_checked(fn, name: str):
   """``fn(x, t)`` that raises (while tracing, so at no run-time cost) when its output does not have
   ``x``'s shape: a ``(batch, 1)`` output for ``(batch, d)`` data would otherwise broadcast
@@ -105,9 +99,14 @@ def _check_positive_int(value, name: str) -> int:
   return int(value)
 
 
-def _check_positive(value, name: str) -> None:
+def _check_positive(value, name: str, finite: bool = False) -> None:
+  """``value > 0`` (and finite with ``finite=True``) when it is concrete; NaN is refused."""
   v = _concrete(value)
-  if v is not None and not v > 0:  # also rejects NaN
+  if v is None:
+    return
+  if finite and not (v > 0 and math.isfinite(v)):
+    raise ValueError(f"`{name}` must be finite and positive, got {value!r}")
+  if not v > 0:
     raise ValueError(f"`{name}` must be positive, got {value!r}")
 
 
@@ -336,9 +335,8 @@ def edm_time_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float
   """
   num_steps = _check_positive_int(num_steps, "num_steps")
   _check_positive(sigma_min, "sigma_min")
-  _check_finite_positive(rho, "rho")
-  if not math.isfinite(float(sigma_max)):  # inf: a NaN schedule, all-NaN samples
-    raise ValueError(f"`sigma_max` must be finite, got {sigma_max!r}")
+  _check_positive(rho, "rho", finite=True)
+  _check_positive(sigma_max, "sigma_max", finite=True)  # inf: a NaN schedule, all-NaN samples
   if not float(sigma_max) > float(sigma_min):
     raise ValueError(f"`sigma_max` must exceed `sigma_min`, got {sigma_max!r} <= {sigma_min!r}")
   return _rho_schedule(num_steps, float(sigma_min), float(sigma_max), float(rho), append_zero=True)
@@ -482,7 +480,7 @@ def _time_grid(process, num_steps, schedule, eps, rho):
   T = float(process.T)
   if schedule == "uniform":
     return jnp.asarray(np.linspace(T, eps, num_steps), jnp.float32)
-  _check_finite_positive(rho, "rho")
+  _check_positive(rho, "rho", finite=True)
   ends = np.asarray(_noise_to_signal(process, jnp.asarray([eps, T], jnp.float32)), np.float64)
   if not (np.all(np.isfinite(ends)) and ends[0] > 0):
     raise ValueError(f"`schedule` 'edm' needs a finite, positive sigma/alpha at eps and T; "
