@@ -127,7 +127,10 @@ def langevin_step(key, process, score_fn, x, t, snr, n_steps_each):
   ``(batch,)``. Returns ``(x, x_mean)``. The batch mean is needed, not only score_sde's habit:
   a step size from each example's own norms depends on where that example is, which biases the
   unadjusted Langevin chain (tried: the closed-form covariance test failed in 2, 16 and 64
-  dimensions).
+  dimensions). The price, in corrector-only sampling (predictor ``'none'``): one step size for
+  all directions, set by the average score norm, so a direction of small variance takes a large
+  step relative to it (2-D Gaussian data on VE, snr 0.16: its variance comes out 16 % low,
+  as the chain's own recursion predicts; tests/test_solvers.py).
   """
   batch = x.shape[0]
   if isinstance(process, VPSDE):  # sub-VP included, as score_sde intends
