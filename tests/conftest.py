@@ -17,11 +17,19 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# Compiler options for the tests' own jits of small networks and steps: XLA's cheapest CPU code
-# generation halves their compile time (the NCSN++ config's step: 46 s -> 23 s) and costs nothing
-# measurable when they run at test sizes. Both sides of every comparison compile alike.
-# (Imported by the test modules: ``from conftest import FAST_COMPILE``.)
+# XLA's cheapest CPU code generation (`xla_backend_optimization_level=0`) for every compile
+# of the test processes, the library's jits included: it halves the compile time of the networks'
+# steps (the NCSN++ config's step: 46 s -> 23 s) and costs nothing measurable when they run at
+# test sizes. Both sides of every comparison compile alike. Measured on 2 cores with the cache
+# above: the suite 1,007 s -> 873 s. The few tests whose time is spent running (the trained toy CNF
+# of tests/test_cnf.py: 73 s -> 169 s) compile with ``FULL_OPTIMIZATION``. The main job's test
+# runs its subprocess with its own XLA_FLAGS, at XLA's default level.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+
+# Per-jit compiler options (``from conftest import FAST_COMPILE, FULL_OPTIMIZATION``).
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FULL_OPTIMIZATION = {"xla_backend_optimization_level": 3}  # XLA's default
 
 
 def perturbed_params(setup, scale, seed=0):

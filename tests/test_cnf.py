@@ -3,6 +3,7 @@
 The slow part is one module-scoped fixture that trains the FFJORD toy CNF twice (plain and RNODE)
 with one compiled step; the density, Hutchinson and RNODE tests share it.
 """
+import functools
 import math
 import types
 
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import FULL_OPTIMIZATION  # pylint: disable=wrong-import-order
 from configs.cnf import toy as toy_config
 from jaxgen import cnf
 from jaxgen.data import sample_toy
@@ -329,7 +331,7 @@ def trained():
     return nll + lam[0] * jnp.mean(out["kinetic"]) + lam[1] * jnp.mean(out["jacobian"]), (
         out["nfe"])
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FULL_OPTIMIZATION)  # 1,600 steps: time is run time
   def step(params, opt_state, x, lam):
     (_, nfe), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, lam)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -344,7 +346,7 @@ def trained():
       params, opt_state, nfe = step(params, opt_state, x, jnp.asarray(lam, jnp.float32))
       nfes.append(int(nfe))
     runs[name] = {"params": params, "nfe_end": float(np.mean(nfes[-30:]))}
-  nll = jax.jit(cnf.make_nll_fn(setup, setup.config.eval))
+  nll = jax.jit(cnf.make_nll_fn(setup, setup.config.eval), compiler_options=FULL_OPTIMIZATION)
   test = sample_toy(RNODE_DATA, jax.random.PRNGKey(123), TEST_SIZE)
   for run in runs.values():
     values = np.concatenate([np.asarray(nll(run["params"], jax.random.PRNGKey(0),
