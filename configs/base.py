@@ -64,6 +64,7 @@ def get_base_config():
   sampling.eps = 1e-3                  # smallest sampling time
   sampling.num_samples = 64
   sampling.batch_size = 64
+  sampling.class_label = -1            # class-conditional models: -1 draws a class per sample
 
   # --- evaluation -------------------------------------------------------------------------------
   config.eval = evaluate = ml_collections.ConfigDict()

@@ -47,11 +47,20 @@ def validate_sampling_config(config, process) -> None:
   """Rejects a bad ``config.sampling`` before training starts (ValueError naming the field):
   the method, ``num_steps``, ``eps``, the tolerances of ``'ode'``, the predictor-corrector
   options of ``'pc'`` / ``'em'`` / ``'ancestral'`` for ``process``, and the model's use of the
-  noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``); and
-  ``eval.num_repeats``. Warns (UserWarning) for ``'pc'`` / ``'em'`` on EDM's path with fewer than
-  1000 steps, whose uniform grid in ``t = sigma`` resolves small noise levels poorly."""
+  noise level (``model.embedding_type``, ``model.scale_by_sigma``, ``model.num_classes``), the
+  ``class_label`` to sample (-1 or a class of the model); and ``eval.num_repeats``. Warns
+  (UserWarning) for ``'pc'`` / ``'em'`` on EDM's path with fewer than 1000 steps, whose uniform
+  grid in ``t = sigma`` resolves small noise levels poorly."""
   _validate_conditioning(config, process)
   eval_num_repeats(config.eval)
+  num_classes = int(config.model.get("num_classes", 0) or 0)
+  label = config.sampling.get("class_label", -1)
+  if isinstance(label, bool) or not isinstance(label, int) or label < -1:
+    raise ValueError(f"config.sampling.class_label must be an int >= -1 (-1: a random class per "
+                     f"sample), got {label!r}")
+  if label >= 0 and not label < num_classes:
+    raise ValueError(f"config.sampling.class_label={label} needs a class-conditional model with "
+                     f"more classes: config.model.num_classes is {num_classes}")
   if config.method in ("cnf", "distill"):  # they sample their own way (adaptive ODE, one step)
     return
   sampling = config.sampling
@@ -135,12 +144,13 @@ def make_sample_fn(setup, sampling_config) -> Callable[[Any, Array, int], Tuple[
   num_steps = int(sampling_config.num_steps) or int(getattr(process, "N", 1000))
 
   num_classes = int(setup.config.model.get("num_classes", 0) or 0)
+  class_label = int(sampling_config.get("class_label", -1))
   heun_schedule = "edm" if alpha_at_end(process) > 0 else "uniform"  # EDM's needs sigma/alpha at T
 
   def fn(params, key, n):
     shape = (n,) + tuple(setup.shape)
     params = setup.inference_params(params)  # kernels cast once, not on every network call
-    key, labels = draw_class_labels(key, n, num_classes)
+    key, labels = draw_class_labels(key, n, num_classes, class_label)
     model = lambda x, t: model_fn(params, x, t, labels=labels)
     score_fn = predictions.as_score_fn(process, model, prediction)
     drift_fn = predictions.as_drift_fn(process, model, prediction)
@@ -512,13 +522,18 @@ def write_samples(setup, samples: np.ndarray, workdir: str, name: str,
   return paths
 
 
-def draw_class_labels(key: Array, n: int, num_classes: int) -> Tuple[Array, Optional[Array]]:
+def draw_class_labels(key: Array, n: int, num_classes: int,
+                      class_label: int = -1) -> Tuple[Array, Optional[Array]]:
   """The classes a class-conditional sampler draws: ``(key, labels)``, ``labels`` of shape
-  ``(n,)`` uniform in ``0 .. num_classes - 1`` from a split of ``key`` and ``key`` replaced by the
-  other half; ``(key, None)`` unchanged for ``num_classes = 0`` (an unconditional model)."""
+  ``(n,)`` uniform in ``0 .. num_classes - 1`` from a split of ``key`` (all ``class_label`` when it
+  is ``>= 0``: ``config.sampling.class_label``) and ``key`` replaced by the other half, so that the
+  sampling noise does not depend on how the classes were chosen; ``(key, None)`` unchanged for
+  ``num_classes = 0`` (an unconditional model)."""
   if not num_classes:
     return key, None
   key, k_labels = jax.random.split(key)
+  if class_label >= 0:
+    return key, jnp.full((n,), class_label, jnp.int32)
   return key, jax.random.randint(k_labels, (n,), 0, num_classes)
 
 
@@ -564,7 +579,8 @@ def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[d
     x, nfe = run(params, key)
     out.append(parallel.to_host(x))
     if return_labels and num_classes:  # the draw of the jitted sampler, repeated on the host
-      labels.append(np.asarray(draw_class_labels(key, batch, num_classes)[1], np.int32))
+      labels.append(np.asarray(draw_class_labels(
+          key, batch, num_classes, int(config.sampling.get("class_label", -1)))[1], np.int32))
     if bar is not None:
       bar.update(1)
       bar.set_postfix(nfe=int(nfe))

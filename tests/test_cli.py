@@ -148,6 +148,16 @@ def test_sampler_and_conditioning_options_are_refused_by_name():
   c = vp_mlp.get_config()
   c.model.num_classes = 3
   cases.append((c, "config.model.num_classes"))
+  for label, match in ((0, r"class_label=0 needs a class-conditional model.*num_classes is 0"),
+                       (-2, r"config.sampling.class_label must be an int >= -1")):
+    c = vp_mlp.get_config()
+    c.sampling.class_label = label
+    cases.append((c, match))
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  c = vp_unet.get_config()
+  c.model.num_classes = c.data.num_classes = 10
+  c.sampling.class_label = 10
+  cases.append((c, r"class_label=10 needs a class-conditional model with more classes"))
   for config, match in cases:
     with pytest.raises(ValueError, match=match):
       train.validate_config(config, num_devices=8)
@@ -160,7 +170,8 @@ def test_class_conditional_model_samples_and_evaluates_with_labels(tmp_path):
 
   ``generate_samples(..., return_labels=True)`` gives the classes the jitted sampler drew: the
   sampler run again by hand with those labels and the rest of the key gives the same samples,
-  and other labels give other samples. ``write_samples`` saves them in the ``.npz``."""
+  and other labels give other samples; ``config.sampling.class_label`` fixes the class of every
+  sample. ``write_samples`` saves them in the ``.npz``."""
   from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
   from jaxgen import predictions, solvers  # pylint: disable=import-outside-toplevel
   config = vp_unet.get_config()
@@ -197,7 +208,16 @@ def test_class_conditional_model_samples_and_evaluates_with_labels(tmp_path):
                                          num_steps=4, eps=float(config.sampling.eps))[0])
 
   np.testing.assert_allclose(by_hand(labels), samples, rtol=1e-5, atol=1e-4)
-  assert not np.allclose(by_hand((labels + 1) % 10), samples, rtol=1e-3, atol=1e-2)
+  # config.sampling.class_label: every sample of one class, from the same noise
+  config.sampling.class_label = 3
+  train.validate_config(config, num_devices=8)
+  threes, _, three_labels = evaluate.generate_samples(train.Setup(config), params,
+                                                      parallel.make_mesh(), 8, seed=4,
+                                                      return_labels=True)
+  np.testing.assert_array_equal(three_labels, np.full(8, 3))
+  np.testing.assert_allclose(by_hand(np.full(8, 3)), threes, rtol=1e-5, atol=1e-4)
+  assert not np.all(labels == 3)
+  assert not np.allclose(threes, samples, rtol=1e-3, atol=1e-2)  # the labels change the samples
   paths = evaluate.write_samples(setup, samples, str(tmp_path), "s", labels=labels)
   saved = np.load(paths["npz"])
   np.testing.assert_array_equal(saved["labels"], labels)
