@@ -54,10 +54,7 @@ def validate_sampling_config(config, process) -> None:
   _validate_conditioning(config, process)
   eval_num_repeats(config.eval)
   num_classes = int(config.model.get("num_classes", 0) or 0)
-  label = config.sampling.get("class_label", -1)
-  if isinstance(label, bool) or not isinstance(label, int) or label < -1:
-    raise ValueError(f"config.sampling.class_label must be an int >= -1 (-1: a random class per "
-                     f"sample), got {label!r}")
+  label = config.sampling.get("class_label", -1)  # an int >= -1: train._NUMBER_FIELDS
   if label >= 0 and not label < num_classes:
     raise ValueError(f"config.sampling.class_label={label} needs a class-conditional model with "
                      f"more classes: config.model.num_classes is {num_classes}")

@@ -185,6 +185,7 @@ _NUMBER_FIELDS = (
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
     ("sampling", "batch_size", "int", 1, None),
     ("sampling", "num_samples", "int", 0, None),
+    ("sampling", "class_label", "int", -1, None),  # -1: a class drawn per sample
     ("eval", "num_bpd_batches", "int", 0, None),
     ("eval", "num_probes", "int", 1, None),
     ("eval", "seed", "int", 0, None),

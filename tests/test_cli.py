@@ -149,7 +149,7 @@ def test_sampler_and_conditioning_options_are_refused_by_name():
   c.model.num_classes = 3
   cases.append((c, "config.model.num_classes"))
   for label, match in ((0, r"class_label=0 needs a class-conditional model.*num_classes is 0"),
-                       (-2, r"config.sampling.class_label must be an int >= -1")):
+                       (-2, r"config.sampling.class_label must be >= -1, got -2")):
     c = vp_mlp.get_config()
     c.sampling.class_label = label
     cases.append((c, match))
