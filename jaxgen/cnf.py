@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxgen._checks import check_int, is_int
 from jaxgen import likelihood
 from jaxgen import solvers
 
@@ -119,10 +120,8 @@ class SolveOptions:
     if self.error_norm not in likelihood.ERROR_NORMS:
       raise ValueError(f"unknown cnf error_norm {self.error_norm!r}; expected one of "
                        f"{sorted(likelihood.ERROR_NORMS)}")
-    if not (isinstance(self.num_probes, int) and self.num_probes > 0):
-      raise ValueError(f"cnf num_probes must be a positive int, got {self.num_probes!r}")
-    if not (isinstance(self.max_steps, int) and self.max_steps > 0):
-      raise ValueError(f"cnf max_steps must be a positive int, got {self.max_steps!r}")
+    check_int(self.num_probes, "cnf num_probes")
+    check_int(self.max_steps, "cnf max_steps")
     # The likelihood routine's solver tables (its own check runs only when a solve is traced).
     if self.solver in likelihood.ADAPTIVE_SOLVERS:
       for name in ("rtol", "atol"):
@@ -135,10 +134,9 @@ class SolveOptions:
                          f"{self.solver!r} picks its own steps (rtol/atol): set num_steps=0, or "
                          f"a fixed-step solver {sorted(likelihood.FIXED_SOLVERS)}")
     elif self.solver in likelihood.FIXED_SOLVERS:
-      if isinstance(self.num_steps, bool) or not (isinstance(self.num_steps, int)
-                                                  and self.num_steps > 0):
-        raise ValueError(f"cnf solver {self.solver!r} is fixed-step: it needs num_steps >= 1, "
-                         f"got {self.num_steps!r}")
+      if not is_int(self.num_steps) or self.num_steps < 1:
+        raise ValueError(f"cnf solver {self.solver!r} is fixed-step: it needs num_steps, a "
+                         f"positive int, got {self.num_steps!r}")
     else:
       raise ValueError(f"unknown cnf solver {self.solver!r}; expected one of "
                        f"{sorted(likelihood.ADAPTIVE_SOLVERS)} (adaptive) or "
@@ -490,6 +488,7 @@ def flow_sample(flow: Flow, params: Any, key: Array, n: int, data_shape: Sequenc
                 options: SolveOptions = SolveOptions()) -> Tuple[Array, Array]:
   """``n`` samples: prior draws pushed back through the flow. Returns ``(x (n, *data_shape),
   nfe)``."""
+  n = check_int(n, "flow_sample's `n`")
   shapes = _piece_shapes(flow, data_shape)
   keys = jax.random.split(key, len(shapes))
   pieces = [jax.random.normal(k, (n,) + s, jnp.float32) for k, s in zip(keys, shapes)]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int
 from jaxgen import data as data_lib
 from jaxgen import likelihood, parallel, predictions, solvers
 from jaxgen.processes import EDMPath, VESDE, alpha_at_end
@@ -62,10 +63,8 @@ def validate_sampling_config(config, process) -> None:
     return
   sampling = config.sampling
   _check_sampling_method(sampling.method, process)
-  num_steps = sampling.get("num_steps", 0)
-  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-    raise ValueError(f"config.sampling.num_steps must be an int >= 0 (0: the process's N), got "
-                     f"{num_steps!r}")
+  num_steps = check_int(sampling.get("num_steps", 0), "config.sampling.num_steps", minimum=0,
+                      note=" (0: the process's N)")
   eps = sampling.get("eps", 1e-3)
   if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < process.T:
     raise ValueError(f"config.sampling.eps must lie in [0, T) = [0, {process.T}), got {eps!r}")
@@ -199,10 +198,7 @@ LIKELIHOOD_PRECISIONS = ("model", "float32", "highest")
 def eval_num_repeats(eval_config) -> int:
   """``eval_config.num_repeats`` (default 1): passes over the bits/dim batches, each with fresh
   dequantization noise and divergence probes (score_sde's ``bpd_num_repeats``)."""
-  value = eval_config.get("num_repeats", 1)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"config.eval.num_repeats must be an int >= 1, got {value!r}")
-  return value
+  return check_int(eval_config.get("num_repeats", 1), "config.eval.num_repeats")
 
 
 def likelihood_precision(eval_config) -> str:
@@ -552,9 +548,7 @@ def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[d
   ``(num,)`` int32 are the classes a class-conditional network sampled (drawn from the same keys
   by :func:`draw_class_labels`), None for an unconditional one."""
   config = setup.config
-  if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
-    raise ValueError(f"config.sampling.num_samples must be an int >= 1 to generate samples, got "
-                     f"{num!r}")
+  num = check_int(num, "config.sampling.num_samples", note=" to generate samples")
   batch = min(int(config.sampling.batch_size), int(num))
   devices = parallel.data_parallel_size(mesh)
   batch = int(math.ceil(batch / devices) * devices)

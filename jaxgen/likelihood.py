@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int
 from jaxgen._jit import jit_with_callables
 
 Array = jax.Array
@@ -114,7 +115,7 @@ def sample_probes(key: Array, shape: Sequence[int], kind: str, num_probes: int =
 
   ``kind`` is ``rademacher`` (+-1) or ``gaussian`` (standard normal).
   """
-  shape = (num_probes,) + tuple(shape)
+  shape = (check_int(num_probes, "`num_probes`"),) + tuple(shape)
   if kind == "rademacher":
     return jax.random.rademacher(key, shape, dtype=dtype)
   if kind == "gaussian":
@@ -200,13 +201,10 @@ def _validate(x, t0, t1, divergence_name, solver, rtol, atol, num_probes, num_st
       raise ValueError(f"`num_steps={num_steps!r}` sets a fixed-step solver's grid, but solver="
                        f"{solver!r} picks its own steps (rtol/atol): pass num_steps=None, or a "
                        f"fixed-step solver {sorted(FIXED_SOLVERS)}")
-  elif not (isinstance(num_steps, int) and num_steps > 0):
-    raise ValueError(f"`num_steps` must be a positive int for fixed-step solver {solver!r}, "
-                     f"got {num_steps!r}")
-  if not (isinstance(num_probes, int) and num_probes > 0):
-    raise ValueError(f"`num_probes` must be a positive int, got {num_probes!r}")
-  if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
-    raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}")
+  else:
+    check_int(num_steps, "`num_steps`", note=f" for fixed-step solver {solver!r}")
+  check_int(num_probes, "`num_probes`")
+  check_int(max_steps, "`max_steps`")
   return t0, t1
 
 
@@ -536,10 +534,7 @@ def check_num_levels(num_levels, name: str = "`num_levels`") -> int:
   accepted; ``True``, ``2.5`` or ``1`` are refused with a ValueError naming ``name``)."""
   if isinstance(num_levels, (float, np.floating)) and float(num_levels).is_integer():
     num_levels = int(num_levels)
-  if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) \
-      or num_levels < 2:
-    raise ValueError(f"{name} must be an int >= 2, got {num_levels!r}")
-  return int(num_levels)
+  return check_int(num_levels, name, minimum=2)
 
 
 def dequantized_in_bins(levels: Array, u: Array, num_levels: int) -> Array:

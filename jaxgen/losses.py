@@ -16,7 +16,7 @@ Shapes: ``batch["image"]`` is ``(batch, ...)`` float data (already scaled), ``ba
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp

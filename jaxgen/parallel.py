@@ -33,6 +33,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxgen._checks import check_int
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -194,9 +196,9 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None, model_parallel: in
   devices = list(jax.devices() if devices is None else devices)
   if not devices:
     raise ValueError("make_mesh needs at least one device, got an empty list")
-  if not isinstance(model_parallel, int) or model_parallel <= 0 or len(devices) % model_parallel:
-    raise ValueError(f"model_parallel={model_parallel!r} must be a positive int dividing the "
-                     f"{len(devices)} devices")
+  check_int(model_parallel, "model_parallel")
+  if len(devices) % model_parallel:
+    raise ValueError(f"model_parallel={model_parallel!r} must divide the {len(devices)} devices")
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))
   per_host = collections.Counter(d.process_index for d in devices)
   if len(per_host) > 1 and any(n % model_parallel for n in per_host.values()):
@@ -322,8 +324,7 @@ def check_global_batch(global_batch: int, mesh: Mesh, name: str = "batch_size") 
   """
   devices = data_parallel_size(mesh)
   hosts = _mesh_processes(mesh)
-  if not isinstance(global_batch, (int, np.integer)) or global_batch <= 0:
-    raise ValueError(f"{name}={global_batch!r} must be a positive int")
+  global_batch = check_int(global_batch, name)
   if global_batch % devices:
     raise ValueError(f"{name}={global_batch} is not divisible by the number of devices "
                      f"({devices}); use a multiple of {devices}")

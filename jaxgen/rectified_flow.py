@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int
 from jaxgen import likelihood, losses, parallel, predictions, solvers
 from jaxgen._jit import jit_with_callables
 from jaxgen.closed_form import GaussianMixture
@@ -245,10 +246,7 @@ def euler_generate(drift_fn: DriftFn, z: Array, process: Process,
 
 
 def _distill_steps(config) -> int:
-  steps = config.get("distill", {}).get("num_steps", 1)
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps <= 0:
-    raise ValueError(f"config.distill.num_steps must be a positive int, got {steps!r}")
-  return int(steps)
+  return check_int(config.get("distill", {}).get("num_steps", 1), "config.distill.num_steps")
 
 
 def make_distill_loss_fn(config, setup) -> Callable:
@@ -360,9 +358,8 @@ def trajectory_statistics(drift_fn: DriftFn, z: Array, process: Process = Linear
   """
   if solver not in solvers.FIXED_STEP_SOLVERS:
     raise ValueError(f"solver {solver!r} must be a fixed-step solver {solvers.FIXED_STEP_SOLVERS}")
-  for name, value in (("num_points", num_points), ("steps_per_point", steps_per_point)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-      raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+  num_points = check_int(num_points, "`num_points`")
+  steps_per_point = check_int(steps_per_point, "`steps_per_point`")
   if jnp.ndim(z) < 2:
     raise ValueError(f"`z` must have shape (batch, ...) with at least one data axis, got shape "
                      f"{jnp.shape(z)}")
@@ -437,9 +434,7 @@ def _same_field(old_meta, meta, field) -> bool:
 
 
 def _positive_int(value, name):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-  return int(value)
+  return check_int(value, f"`{name}`")
 
 
 def _broadcast_from_host0(mask: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -31,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import PartitionSpec as P
 
+from jaxgen._checks import check_int
 from jaxgen import data as data_lib
 from jaxgen import losses, models, parallel, processes
 from jaxgen.models import layers
@@ -294,8 +294,7 @@ def data_parallel_mode(config, mesh=None, backend: Optional[str] = None) -> str:
     raise ValueError(f"config.training.data_parallel must be one of {DATA_PARALLEL_MODES}, got "
                      f"{mode!r}")
   buckets = config.training.get("allreduce_buckets", DEFAULT_ALLREDUCE_BUCKETS)
-  if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
-    raise ValueError(f"config.training.allreduce_buckets must be a positive int, got {buckets!r}")
+  check_int(buckets, "config.training.allreduce_buckets")
   coupling = config.training.get("coupling", "independent")
   per_example = coupling == "independent" and config.get("method") != "cnf"
   if mode == "shard_map" and coupling != "independent":
@@ -1181,11 +1180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # a failed restore, a raised NonFiniteLossError or an interrupt included.
   try:
     if manager.latest_step() is not None:
-      state, meta = restore_state(manager, setup, mesh)
+      state, _ = restore_state(manager, setup, mesh)
       log(f"resumed from {manager.directory} at step {int(state.step)}")
     else:
       state = jax.jit(setup.init_state, out_shardings=repl)(jax.random.PRNGKey(config.seed))
-      meta = {}
     write_config(workdir, config)
 
     # With optim.flat_update the loop carries parameters and EMA as flat vectors; trees are made

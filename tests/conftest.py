@@ -8,14 +8,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # subprocesses they start): many tests compile the same step or network again (a run and its
 # resumed half, the 'gspmd' and 'shard_map' sides, each config's one-step check), and a cache hit
 # skips XLA's compile. Entries are keyed by the HLO, the compile options, the devices and the
-# jax/jaxlib versions, so a stale directory only costs space. JAX_COMPILATION_CACHE_DIR= (empty)
-# turns it off.
+# jax/jaxlib versions, so a stale directory only costs space, and that space is capped: past
+# 512 MB jax deletes the least recently used entries (JAX_COMPILATION_CACHE_MAX_SIZE; one whole
+# suite writes about 46 MB). JAX_COMPILATION_CACHE_DIR= (empty) turns the cache off.
 import tempfile  # noqa: E402  pylint: disable=wrong-import-position
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"jaxgen-test-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+try:  # jax's eviction locks the directory with `filelock` (a test dependency in setup.cfg)
+  import filelock  # noqa: F401  pylint: disable=unused-import,wrong-import-position
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))
+except ImportError:
+  pass
 
 # XLA's cheapest CPU code generation (`xla_backend_optimization_level=0`) for every compile
 # of the test processes, the library's jits included: it halves the compile time of the networks'

@@ -5,7 +5,6 @@ with one compiled step; the density, Hutchinson and RNODE tests share it.
 """
 import functools
 import math
-import types
 
 import jax
 import jax.numpy as jnp

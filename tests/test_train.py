@@ -241,7 +241,7 @@ def test_sigterm_saves_a_checkpoint_and_restart_resumes(tmp_path):
   proc = _cli(args[:2] + [f"--config.training.n_iters={max(steps) + 5}"] + args[3:])
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
-  assert f"resumed from" in out and f"at step {max(steps)}" in out
+  assert "resumed from" in out and f"at step {max(steps)}" in out
 
 
 def test_flat_update_matches_per_leaf_update():

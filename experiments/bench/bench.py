@@ -66,7 +66,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
-from jaxgen import evaluate, likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
+from jaxgen import evaluate, likelihood, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
 from jaxgen.models import layers  # pylint: disable=wrong-import-position
 
 FWD_GFLOP_PER_IMAGE = 21.7

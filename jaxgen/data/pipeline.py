@@ -25,6 +25,7 @@ import zlib
 
 import jax
 import numpy as np
+from jaxgen._checks import check_int
 from jaxgen.data import toy
 from jaxgen.likelihood import check_num_levels
 
@@ -84,8 +85,7 @@ def check_batch_size(global_batch, num_devices, num_processes):
   if num_processes <= 0 or num_devices <= 0:
     raise ValueError(f"need at least one process and one device, got num_processes="
                      f"{num_processes}, num_devices={num_devices}")
-  if global_batch <= 0:
-    raise ValueError(f"global batch size must be positive, got {global_batch}")
+  global_batch = check_int(global_batch, "global batch size")
   if global_batch % num_processes:
     raise ValueError(f"global batch size {global_batch} is not divisible by the number of "
                      f"processes {num_processes}")
@@ -96,15 +96,11 @@ def check_batch_size(global_batch, num_devices, num_processes):
 
 
 def _check_local_batch_size(local_batch_size):
-  if not isinstance(local_batch_size, (int, np.integer)) or local_batch_size <= 0:
-    raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
-  return int(local_batch_size)
+  return check_int(local_batch_size, "local_batch_size")
 
 
 def _check_step(step):
-  if not isinstance(step, (int, np.integer)) or step < 0:
-    raise ValueError(f"step must be a non-negative int, got {step!r}")
-  return int(step)
+  return check_int(step, "step", minimum=0)
 
 
 def _config_value(data_config, name, default):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int
+
 TOY_DATASETS = (
     "checkerboard",
     "8gaussians",
@@ -134,8 +136,7 @@ def gmm_parameters(dim):
   Means ``~ N(0, 4 I / sqrt(dim))`` scaled so components stay apart in every dimension; each
   covariance is a random rotation of diagonal scales in ``[0.05, 0.5]^2``.
   """
-  if not isinstance(dim, (int, np.integer)) or dim <= 0:
-    raise ValueError(f"gmm dimension must be a positive int, got {dim!r}")
+  check_int(dim, "gmm dimension")
   rng = np.random.RandomState(1000 + int(dim))
   weights = rng.dirichlet(np.full(GMM_COMPONENTS, 5.0))
   means = rng.normal(size=(GMM_COMPONENTS, dim)) * 2.0
@@ -211,8 +212,7 @@ def sample_toy(name, key_or_seed, n):
   if not is_toy_name(name):
     raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)} "
                      "or gmm<D>")
-  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n <= 0:
-    raise ValueError(f"number of toy samples must be a positive int, got {n!r}")
+  n = check_int(n, "number of toy samples")
   if isinstance(key_or_seed, (int, np.integer)):
     key = jax.random.PRNGKey(int(key_or_seed))
   else:

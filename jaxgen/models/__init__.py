@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen._checks import check_int, is_int
 from jaxgen.models import layers
 from jaxgen.models.ddpm import DDPM
 from jaxgen.models.embeddings import EMBEDDING_TYPES
@@ -109,8 +110,7 @@ def validate_model_config(model_config, data_config=None) -> None:
   _require(embedding_type in EMBEDDING_TYPES,
            f"model.embedding_type={embedding_type!r} is not one of {EMBEDDING_TYPES} "
            f"for model {name!r}")
-  num_classes = int(get("num_classes", 0))
-  _require(num_classes >= 0, f"model.num_classes={num_classes} must be >= 0")
+  num_classes = check_int(get("num_classes", 0), "model.num_classes", minimum=0)
   if num_classes > 0 and name in ("ncsnpp", "ddpmpp", "ddpm"):
     _require(bool(get("conditional", True)),
              f"model.num_classes={num_classes} needs model.conditional=True (labels join the "
@@ -121,19 +121,17 @@ def validate_model_config(model_config, data_config=None) -> None:
     return
   if name == "mlp":
     hidden = _static(get("hidden", (256, 256, 256)))
-    _require(all(isinstance(w, int) and w > 0 for w in hidden),
+    _require(all(is_int(w) and w > 0 for w in hidden),
              f"model.hidden={hidden} must be a sequence of positive ints")
     return
 
-  nf = int(get("nf", 0))
-  _require(nf > 0, f"model.nf={nf} must be positive")
+  check_int(get("nf", 0), "model.nf")
   ch_mult = _static(get("ch_mult", ()))
-  _require(len(ch_mult) > 0 and all(int(m) > 0 for m in ch_mult),
+  _require(len(ch_mult) > 0 and all(is_int(m) and m > 0 for m in ch_mult),
            f"model.ch_mult={ch_mult} must be a non-empty sequence of positive ints")
-  num_res_blocks = int(get("num_res_blocks", 0))
-  _require(num_res_blocks >= 1, f"model.num_res_blocks={num_res_blocks} must be >= 1")
-  conv_size = int(get("conv_size", 3))
-  _require(conv_size >= 1 and conv_size % 2 == 1, f"model.conv_size={conv_size} must be odd")
+  check_int(get("num_res_blocks", 0), "model.num_res_blocks")
+  conv_size = check_int(get("conv_size", 3), "model.conv_size")
+  _require(conv_size % 2 == 1, f"model.conv_size={conv_size} must be odd")
   dropout = float(get("dropout", 0.0))
   _require(0.0 <= dropout < 1.0, f"model.dropout={dropout} must be in [0, 1)")
   policy = get("remat_policy", "full")
@@ -156,7 +154,7 @@ def validate_model_config(model_config, data_config=None) -> None:
 
   if data_config is None:
     return
-  image_size = int(data_config.image_size)
+  image_size = check_int(data_config.image_size, "data.image_size")
   factor = 2 ** (len(ch_mult) - 1)
   _require(image_size > 0 and image_size % factor == 0,
            f"data.image_size={image_size} is not divisible by 2**(len(ch_mult)-1)={factor} "
@@ -166,8 +164,7 @@ def validate_model_config(model_config, data_config=None) -> None:
   bad = [r for r in attn if r not in reachable]
   _require(not bad, f"model.attn_resolutions={attn} contains {bad}, which the network never "
            f"reaches for data.image_size={image_size}; reachable: {reachable}")
-  channels = int(data_config.get("num_channels", 1))
-  _require(channels >= 1, f"data.num_channels={channels} must be >= 1")
+  check_int(data_config.get("num_channels", 1), "data.num_channels")
 
 
 def count_params(params) -> int:

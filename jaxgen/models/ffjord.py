@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen._checks import check_int, is_int
 from jaxgen.models import layers
 
 Array = jax.Array
@@ -344,7 +345,7 @@ def validate_model_config(model_config, data_config=None) -> None:
   if name not in FFJORD_MODELS:
     raise ValueError(f"model.name={name!r} is not an FFJORD model {FFJORD_MODELS}")
   hidden = tuple(get("hidden_dims", (64, 64, 64)))
-  if not hidden or not all(isinstance(w, int) and w > 0 for w in hidden):
+  if not hidden or not all(is_int(w) and w > 0 for w in hidden):
     raise ValueError(f"model.hidden_dims={hidden} must be a non-empty sequence of positive ints")
   layer_type = str(get("layer_type", "concatsquash"))
   if layer_type not in LAYER_TYPES:
@@ -353,8 +354,7 @@ def validate_model_config(model_config, data_config=None) -> None:
   if act not in layers.ACTIVATIONS:
     raise ValueError(f"model.nonlinearity={act!r} is unknown; expected one of "
                      f"{sorted(layers.ACTIVATIONS)}")
-  if int(get("num_blocks", 1)) < 1:
-    raise ValueError(f"model.num_blocks={get('num_blocks')} must be >= 1")
+  check_int(get("num_blocks", 1), "model.num_blocks")
   if not float(get("time_length", 1.0)) > 0:
     raise ValueError(f"model.time_length={get('time_length')} must be positive")
   for flag in ("zero_last", "train_T"):

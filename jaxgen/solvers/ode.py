@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int, is_int
 from jaxgen import predictions
 from jaxgen._jit import jit_with_callables
 from jaxgen.processes import EDMPath, Process, alpha_at_end, broadcast_to
@@ -65,13 +66,13 @@ def _concrete(value) -> Optional[float]:
 def _check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
   """``shape`` must be a tuple ``(batch, ...)`` of positive ints."""
   try:
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(shape)
   except TypeError:
     raise ValueError(f"`{name}` must be a tuple (batch, ...) of ints, got {shape!r}") from None
-  if not shape or any(s <= 0 for s in shape):
+  if not shape or not all(is_int(s) and s > 0 for s in shape):
     raise ValueError(f"`{name}` must be a non-empty tuple (batch, ...) of positive ints, "
                      f"got {shape!r}")
-  return shape
+  return tuple(int(s) for s in shape)
 
 
 def _check_scalar(value, name: str) -> None:
@@ -94,9 +95,7 @@ def _shape_checked(fn, name: str):
 
 
 def _check_positive_int(value, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-  return int(value)
+  return check_int(value, f"`{name}`")
 
 
 def _check_positive(value, name: str, finite: bool = False) -> None:
