@@ -602,19 +602,33 @@ def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional
   Returns:
     ``(batch,)`` bits/dim.
   """
-  d = math.prod(tuple(data_shape))
-  if d <= 0:
-    raise ValueError(f"`data_shape` must be non-empty and positive, got {tuple(data_shape)}")
+  d = _num_dims(data_shape)
   bpd = -logp / (d * math.log(2.0))
   if num_levels is not None:
-    if not num_levels > 1 or not data_range > 0:
-      raise ValueError(f"need num_levels > 1 and data_range > 0, got {num_levels}, {data_range}")
+    num_levels = check_num_levels(num_levels)
+    _check_data_range(data_range)
     bpd = bpd + math.log2(num_levels / data_range)
   return bpd
 
 
+def _num_dims(data_shape: Sequence[int]) -> int:
+  d = math.prod(tuple(data_shape))
+  if d <= 0:
+    raise ValueError(f"`data_shape` must be non-empty and positive, got {tuple(data_shape)}")
+  return d
+
+
+def _check_data_range(data_range) -> None:
+  if isinstance(data_range, bool) or not (isinstance(data_range, (int, float, np.number))
+                                          and math.isfinite(data_range) and data_range > 0):
+    raise ValueError(f"`data_range` must be a finite number > 0, got {data_range!r}")
+
+
 def discrete_log_likelihood_bound(logp: Array, data_shape: Sequence[int], *, num_levels: int = 256,
                                   data_range: float = 2.0) -> Array:
-  """Lower bound on the discrete log-probability in nats: ``logp + D log(data_range / K)``."""
-  d = math.prod(tuple(data_shape))
+  """Lower bound on the discrete log-probability in nats: ``logp + D log(data_range / K)``
+  (``logp (batch,)`` -> ``(batch,)``; ``data_shape`` without the batch axis)."""
+  d = _num_dims(data_shape)
+  num_levels = check_num_levels(num_levels)
+  _check_data_range(data_range)
   return logp + d * math.log(data_range / num_levels)

@@ -155,3 +155,20 @@ def test_check_int_message_names_rule_and_note():
     check_int(True, "`k`")
   with pytest.raises(ValueError, match=r"^n must be an int >= 0 \(0: all\), got -1$"):
     check_int(-1, "n", minimum=0, note=" (0: all)")
+
+
+@pytest.mark.parametrize("fn", [likelihood.bits_per_dim, likelihood.discrete_log_likelihood_bound])
+def test_bits_per_dim_helpers_check_levels_and_range(fn):
+  logp = jnp.array([-100.0, -200.0])
+  for bad in (2.5, True, 1, "256"):
+    with pytest.raises(ValueError, match="`num_levels` must be an int >= 2"):
+      fn(logp, (4,), num_levels=bad)
+  for bad in (0.0, -2.0, float("inf"), float("nan"), True):
+    with pytest.raises(ValueError, match="`data_range` must be a finite number > 0"):
+      fn(logp, (4,), data_range=bad)
+  with pytest.raises(ValueError, match="`data_shape` must be non-empty"):
+    fn(logp, (0,))
+  # 256.0 from a config is 256; the bound and bits/dim agree: bpd = -bound / (D ln 2)
+  bound = likelihood.discrete_log_likelihood_bound(logp, (4,), num_levels=256.0)
+  np.testing.assert_allclose(likelihood.bits_per_dim(logp, (4,), num_levels=256.0),
+                             -bound / (4 * np.log(2.0)), rtol=1e-6)
