@@ -10,11 +10,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # skips XLA's compile. Entries are keyed by the HLO, the compile options, the devices and the
 # jax/jaxlib versions, so a stale directory only costs space, and that space is capped: past
 # 512 MB jax deletes the least recently used entries (JAX_COMPILATION_CACHE_MAX_SIZE; one whole
-# suite writes about 46 MB). JAX_COMPILATION_CACHE_DIR= (empty) turns the cache off.
+# suite writes about 46 MB). JAX_COMPILATION_CACHE_DIR= (empty) turns the cache off. (A new
+# directory name: jax's eviction reads an access-time file per entry, which entries written
+# without the cap lack; in the old directory every write failed with a FileNotFoundError.)
 import tempfile  # noqa: E402  pylint: disable=wrong-import-position
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"jaxgen-test-xla-cache-{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"jaxgen-test-xla-lru-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 try:  # jax's eviction locks the directory with `filelock` (a test dependency in setup.cfg)

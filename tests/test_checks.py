@@ -5,6 +5,7 @@ Before, hand-written copies disagreed: ``True`` passed as ``1`` for likelihood a
 entry below is a public function (or a config validator) called with a bad count; the error must
 be a ValueError that names the field and shows the bad value.
 """
+# pylint: disable=protected-access
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -82,7 +83,7 @@ ENTRIES = {
     "sample_toy n": ("number of toy samples", lambda v: toy.sample_toy("moons", 0, v)),
     "gmm dimension": ("gmm dimension", toy.gmm_parameters),
     "check_batch_size": ("global batch size", lambda v: pipeline.check_batch_size(v, 1, 1)),
-    "local_batch_size": ("local_batch_size", pipeline._check_local_batch_size),  # pylint: disable=protected-access
+    "local_batch_size": ("local_batch_size", pipeline._check_local_batch_size),
     "make_mesh model_parallel": ("model_parallel", lambda v: parallel.make_mesh(
         model_parallel=v)),
     "check_global_batch": ("batch_size", lambda v: parallel.check_global_batch(
@@ -95,7 +96,7 @@ ENTRIES = {
     "generate_pairs num_pairs": ("`num_pairs`", lambda v: rectified_flow.generate_pairs(
         lambda p, x, t: x, None, processes.LinearPath(), (2,), "/nonexistent/never-written",
         num_pairs=v)),
-    "distill num_steps": ("config.distill.num_steps", lambda v: rectified_flow._distill_steps(  # pylint: disable=protected-access
+    "distill num_steps": ("config.distill.num_steps", lambda v: rectified_flow._distill_steps(
         {"distill": {"num_steps": v}})),
     "allreduce_buckets": ("config.training.allreduce_buckets", lambda v: train.data_parallel_mode(
         ml_collections.ConfigDict({"training": {"allreduce_buckets": v}}))),
