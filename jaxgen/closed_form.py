@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen._checks import check_int
 from jaxgen.processes import Process
 
 Array = jax.Array
@@ -149,6 +150,7 @@ class GaussianMixture:
 
   def sample(self, key: Array, n: int) -> Array:
     """``n`` samples of the data, ``(n, d)``."""
+    n = check_int(n, "`n`")
     k1, k2 = jax.random.split(key)
     idx = jax.random.choice(k1, len(self.weights), (n,), p=jnp.asarray(self.weights, jnp.float32))
     chol = jnp.linalg.cholesky(jnp.asarray(self.covs, jnp.float32))

@@ -13,6 +13,7 @@ exception is a bug and keeps its traceback. ``eval`` and ``sample`` never overwr
 result of the same step: a second one is written as ``..._2`` (``_3``, ...).
 """
 import json
+import logging as py_logging
 import os
 import re
 import sys
@@ -53,13 +54,18 @@ def _fail(message: str, immediate: bool = False) -> None:
   callbacks, run after orbax closed its event loop or while Python tears down, printed "Exception
   ignored in ..." and "RuntimeError: Event loop is closed" tracebacks after the one-line error
   (in 3 of 6 runs, up to 516 lines). By then everything of the run is closed (its checkpoint
-  manager and metric writer are closed in ``finally`` blocks); nothing else is left to finish."""
+  manager and metric writer are closed in ``finally`` blocks) and the logging handlers are
+  flushed and closed here; nothing else is left to finish. With several processes (hosts) it
+  exits as usual, through ``jax.distributed``'s shutdown."""
   message = re.sub(r"\s*\n\s*", " ", message.strip())
   line = f"jaxgen: error: {message}"
+  jax = sys.modules.get("jax")
+  if immediate and jax is not None and jax.process_count() > 1:
+    immediate = False  # several hosts: leave through jax.distributed's shutdown (atexit)
   if not immediate:
     print(line, file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
-  logging.flush()
+  py_logging.shutdown()  # every logging handler flushed and closed (absl's included)
   sys.stdout.flush()
   sys.stderr.flush()
   # stderr goes to /dev/null first, then the line is written to a copy of it: no other thread's

@@ -510,8 +510,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
                      f"({batch_size})")
   if solver not in solvers.SOLVERS:
     raise ValueError(f"unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
-  if max_chunks is not None and (isinstance(max_chunks, bool) or max_chunks < 0):
-    raise ValueError(f"`max_chunks` must be None or a non-negative int, got {max_chunks!r}")
+  if max_chunks is not None:
+    max_chunks = check_int(max_chunks, "`max_chunks`", minimum=0, note=" or None")
   if not float(process.t_min) <= float(eps) < float(process.T):
     raise ValueError(f"`eps` must lie in [t_min, T) = [{process.t_min}, {process.T}) of "
                      f"{type(process).__name__}, got {eps!r}")

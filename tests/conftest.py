@@ -18,6 +18,10 @@ import tempfile  # noqa: E402  pylint: disable=wrong-import-position
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(tempfile.gettempdir(), f"jaxgen-test-xla-lru-cache-{os.getuid()}"))
+# The command-line runs the tests start (``python -m jaxgen.main``) use it too, instead of their
+# default ~/.cache/jaxgen/xla: that one holds entries without the access-time files that the cap
+# below needs, and every cache write of those runs failed there.
+os.environ.setdefault("JAXGEN_COMPILATION_CACHE", os.environ["JAX_COMPILATION_CACHE_DIR"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 try:  # jax's eviction locks the directory with `filelock` (a test dependency in setup.cfg)

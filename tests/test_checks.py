@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from jaxgen import cnf, evaluate, likelihood, models, parallel, processes, rectified_flow, solvers
-from jaxgen import train
+from jaxgen import closed_form, cnf, evaluate, likelihood, models, parallel, processes
+from jaxgen import rectified_flow, solvers, train
 from jaxgen._checks import check_int, is_int
 from jaxgen.data import pipeline, toy
 from jaxgen.models import ffjord
@@ -53,6 +53,13 @@ def _validate_num_channels(value):
   models.validate_model_config(model, data)
 
 
+def _sampling_config(num_steps):
+  config = base.get_base_config()
+  sampling = config.sampling.to_dict()
+  sampling.update(num_steps=num_steps, method="euler")
+  return ml_collections.ConfigDict({**config.to_dict(), "sampling": sampling})
+
+
 _X = jnp.ones((2, 2))
 ENTRIES = {
     "solve_ode num_steps": ("`num_steps`", lambda v: solvers.solve_ode(
@@ -80,6 +87,8 @@ ENTRIES = {
     "cnf SolveOptions max_steps": ("cnf max_steps", lambda v: cnf.SolveOptions(max_steps=v)),
     "cnf SolveOptions num_steps": ("is fixed-step: it needs num_steps", lambda v: cnf.SolveOptions(
         solver="euler", num_steps=v)),
+    "GaussianMixture.sample n": ("`n`", lambda v: closed_form.random_gaussian(2).sample(
+        jax.random.PRNGKey(0), v)),
     "sample_toy n": ("number of toy samples", lambda v: toy.sample_toy("moons", 0, v)),
     "gmm dimension": ("gmm dimension", toy.gmm_parameters),
     "check_batch_size": ("global batch size", lambda v: pipeline.check_batch_size(v, 1, 1)),
@@ -106,13 +115,26 @@ ENTRIES = {
     "data.num_channels": ("data.num_channels", _validate_num_channels),
     "ffjord num_blocks": ("model.num_blocks", lambda v: ffjord.validate_model_config(
         {"name": "ffjord_mlp", "num_blocks": v})),
+    "ffjord num_scales": ("model.num_scales", lambda v: ffjord.validate_model_config(
+        {"name": "ffjord_multiscale", "num_scales": v, "alpha": 0.0},
+        ml_collections.ConfigDict({"image_size": 8}))),
+    "generate_pairs max_chunks": ("`max_chunks`", lambda v: rectified_flow.generate_pairs(
+        lambda p, x, t: x, None, processes.LinearPath(), (2,), "/nonexistent/never-written",
+        num_pairs=4, max_chunks=v)),
+    "sampling.num_steps": ("config.sampling.num_steps", lambda v: evaluate.validate_sampling_config(
+        _sampling_config(v), processes.VPSDE())),
 }
+# Counts whose smallest value is 0 (and max_chunks, which may be None).
+ALLOWED = {"ffjord num_scales": (0,), "generate_pairs max_chunks": (0, None),
+           "sampling.num_steps": (0,)}
 
 
 @pytest.mark.parametrize("bad", BAD, ids=repr)
 @pytest.mark.parametrize("entry", sorted(ENTRIES))
 def test_every_count_refuses_non_ints_by_name(entry, bad):
   name, call = ENTRIES[entry]
+  if bad in ALLOWED.get(entry, ()) and not isinstance(bad, bool):
+    return
   if entry == "ddim_sample shape":
     with pytest.raises(ValueError, match=f"{name} must be a non-empty tuple .* of positive ints"):
       call(bad)

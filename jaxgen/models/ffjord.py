@@ -365,11 +365,13 @@ def validate_model_config(model_config, data_config=None) -> None:
     if not 0.0 <= alpha < 0.5:
       raise ValueError(f"model.alpha={alpha} must be in [0, 0.5)")
     if data_config is not None:
-      size = int(data_config.image_size)
-      if int(get("image_size", size)) != size:
+      size = check_int(data_config.image_size, "data.image_size")
+      if check_int(get("image_size", size), "model.image_size") != size:
         raise ValueError(f"model.image_size={get('image_size')} differs from "
                          f"data.image_size={size}")
-      if multiscale_num_scales(size, int(get("num_scales", 0))) < 1:
+      num_scales = check_int(get("num_scales", 0), "model.num_scales", minimum=0,
+                             note=" (0: as many as the image size allows)")
+      if multiscale_num_scales(size, num_scales) < 1:
         raise ValueError(f"data.image_size={size} is too small for ffjord_multiscale (>= 4)")
       if bool(data_config.get("centered", False)) and alpha > 0:
         raise ValueError("ffjord_multiscale with model.alpha > 0 (logit input) needs data in "
