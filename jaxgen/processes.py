@@ -176,6 +176,7 @@ class VPSDE(Process):
     object.__setattr__(self, "N", int(self.N))  # N = 1000.0 from a config indexes arrays too
 
   def beta(self, t: Array) -> Array:
+    """The noise rate ``beta(t) = beta_min + t (beta_max - beta_min)``, ``(batch,)``."""
     return self.beta_min + t * (self.beta_max - self.beta_min)
 
   def _log_mean_coeff(self, t: Array) -> Array:

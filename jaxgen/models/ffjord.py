@@ -183,6 +183,7 @@ class _CNFChain(nn.Module):
 
   @nn.nowrap
   def num_nets(self) -> int:
+    """Number of CNF blocks (each with its own ``ODENet`` and end time)."""
     raise NotImplementedError
 
   @nn.nowrap
@@ -193,6 +194,9 @@ class _CNFChain(nn.Module):
 
   @nn.nowrap
   def layout(self, shape: Sequence[int]) -> Tuple[tuple, ...]:
+    """The flow's steps for one example of ``shape`` (without the batch axis), in order: e.g.
+    ``("cnf", block_index, piece_shape)``, ``("squeeze",)``, ``("factor_out",)`` (the module
+    docstring lists them)."""
     raise NotImplementedError
 
   def setup(self):
