@@ -7,6 +7,7 @@ integer, not a ``bool``, at least ``minimum``; the ``ValueError`` names the fiel
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,3 +36,19 @@ def check_int(value: Any, name: str, minimum: int = 1, note: str = "") -> int:
     rule = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     raise ValueError(f"{name} must be {rule}{note}, got {value!r}")
   return int(value)
+
+
+def check_positive_number(value: Any, name: str, note: str = "") -> float:
+  """``value`` as a Python ``float`` if it is a finite real number ``> 0`` (not a bool or a
+  string; a NumPy or 0-d JAX scalar is fine).
+
+  Raises:
+    ValueError: ``"{name} must be a finite number > 0{note}, got {value!r}"``.
+  """
+  try:
+    number = None if isinstance(value, (bool, np.bool_, str, bytes)) else float(value)
+  except (TypeError, ValueError):
+    number = None
+  if number is None or not (math.isfinite(number) and number > 0):
+    raise ValueError(f"{name} must be a finite number > 0{note}, got {value!r}")
+  return number

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxgen._checks import check_int, is_int
+from jaxgen._checks import check_int, check_positive_number, is_int
 from jaxgen import likelihood
 from jaxgen import solvers
 
@@ -364,11 +364,7 @@ def vector_field_flow(vector_field: VectorField, data_shape: Sequence[int],
 
 
 def _check_positive_time(value, name: str) -> float:
-  value = float(value)
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f"{name} must be a finite number > 0 (a CNF block's integration time T), "
-                     f"got {value!r}")
-  return value
+  return check_positive_number(value, name, note=" (a CNF block's integration time T)")
 
 
 def _check_block_input(x: Array, step: tuple, direction: str) -> None:

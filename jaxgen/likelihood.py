@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen._checks import check_int
+from jaxgen._checks import check_int, check_positive_number
 from jaxgen._jit import jit_with_callables
 
 Array = jax.Array
@@ -606,7 +606,7 @@ def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional
   bpd = -logp / (d * math.log(2.0))
   if num_levels is not None:
     num_levels = check_num_levels(num_levels)
-    _check_data_range(data_range)
+    data_range = check_positive_number(data_range, "`data_range`")
     bpd = bpd + math.log2(num_levels / data_range)
   return bpd
 
@@ -618,17 +618,11 @@ def _num_dims(data_shape: Sequence[int]) -> int:
   return d
 
 
-def _check_data_range(data_range) -> None:
-  if isinstance(data_range, bool) or not (isinstance(data_range, (int, float, np.number))
-                                          and math.isfinite(data_range) and data_range > 0):
-    raise ValueError(f"`data_range` must be a finite number > 0, got {data_range!r}")
-
-
 def discrete_log_likelihood_bound(logp: Array, data_shape: Sequence[int], *, num_levels: int = 256,
                                   data_range: float = 2.0) -> Array:
   """Lower bound on the discrete log-probability in nats: ``logp + D log(data_range / K)``
   (``logp (batch,)`` -> ``(batch,)``; ``data_shape`` without the batch axis)."""
   d = _num_dims(data_shape)
   num_levels = check_num_levels(num_levels)
-  _check_data_range(data_range)
+  data_range = check_positive_number(data_range, "`data_range`")
   return logp + d * math.log(data_range / num_levels)

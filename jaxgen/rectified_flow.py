@@ -433,10 +433,6 @@ def _same_field(old_meta, meta, field) -> bool:
   return old == new
 
 
-def _positive_int(value, name):
-  return check_int(value, f"`{name}`")
-
-
 def _broadcast_from_host0(mask: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return mask
@@ -502,9 +498,9 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     dict ``directory``, ``num_chunks``, ``generated`` (chunks made now), ``skipped`` (present
     before), ``complete``, ``mean_nfe`` (of the chunks made now), ``seconds``.
   """
-  num_pairs = _positive_int(num_pairs, "num_pairs")
-  chunk_size = _positive_int(chunk_size, "chunk_size")
-  batch_size = chunk_size if batch_size is None else _positive_int(batch_size, "batch_size")
+  num_pairs = check_int(num_pairs, "`num_pairs`")
+  chunk_size = check_int(chunk_size, "`chunk_size`")
+  batch_size = chunk_size if batch_size is None else check_int(batch_size, "`batch_size`")
   if chunk_size % batch_size:
     raise ValueError(f"`chunk_size` ({chunk_size}) must be a multiple of `batch_size` "
                      f"({batch_size})")

@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import PartitionSpec as P
 
-from jaxgen._checks import check_int
+from jaxgen._checks import check_int, is_int
 from jaxgen import data as data_lib
 from jaxgen import losses, models, parallel, processes
 from jaxgen.models import layers
@@ -202,8 +202,9 @@ def _validate_numbers(config) -> None:
       continue
     value = config[section][field]
     name = f"config.{section}.{field}"
-    types = (int,) if kind == "int" else (int, float)
-    if isinstance(value, bool) or not isinstance(value, types) or value != value:
+    ok = is_int(value) if kind == "int" else (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value == value)
+    if not ok:
       raise ValueError(f"{name} must be {'an int' if kind == 'int' else 'a number'}, got "
                        f"{value!r}")
     low_ok = value > low[1] if isinstance(low, tuple) else value >= low

@@ -92,7 +92,9 @@ ENTRIES = {
     "sample_toy n": ("number of toy samples", lambda v: toy.sample_toy("moons", 0, v)),
     "gmm dimension": ("gmm dimension", toy.gmm_parameters),
     "check_batch_size": ("global batch size", lambda v: pipeline.check_batch_size(v, 1, 1)),
-    "local_batch_size": ("local_batch_size", pipeline._check_local_batch_size),
+    "get_batch local_batch_size": ("local_batch_size", lambda v: pipeline.get_dataset(
+        ml_collections.ConfigDict({"dataset": "toy_moons"}), "train", seed=0, process_index=0,
+        process_count=1).get_batch(0, v)),
     "make_mesh model_parallel": ("model_parallel", lambda v: parallel.make_mesh(
         model_parallel=v)),
     "check_global_batch": ("batch_size", lambda v: parallel.check_global_batch(
@@ -195,3 +197,14 @@ def test_bits_per_dim_helpers_check_levels_and_range(fn):
   bound = likelihood.discrete_log_likelihood_bound(logp, (4,), num_levels=256.0)
   np.testing.assert_allclose(likelihood.bits_per_dim(logp, (4,), num_levels=256.0),
                              -bound / (4 * np.log(2.0)), rtol=1e-6)
+
+
+def test_check_positive_number_is_the_rule_of_data_range_and_cnf_times():
+  from jaxgen._checks import check_positive_number  # pylint: disable=import-outside-toplevel
+  assert check_positive_number(jnp.float32(2.0), "x") == 2.0
+  assert check_positive_number(3, "x") == 3.0
+  for bad in (True, "2.0", 0, -1.0, float("inf"), float("nan"), None):
+    with pytest.raises(ValueError, match=r"^x must be a finite number > 0 \(why\), got "):
+      check_positive_number(bad, "x", note=" (why)")
+  with pytest.raises(ValueError, match="CNF block's integration time T"):
+    cnf.vector_field_flow(lambda p, x, t: x, (2,), end_time="1.0")

@@ -23,13 +23,13 @@ import re
 
 import numpy as np
 
+from jaxgen._checks import check_int
 from jaxgen.data import pipeline
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 _CHUNK_RE = re.compile(r"^chunk_(\d{6})\.npz$")
 _SEED_SALT = 0x70616972  # "pair": keeps this permutation stream apart from other uses of a seed
-_check_local_batch_size = pipeline._check_local_batch_size  # pylint: disable=protected-access
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class PairsDataset(pipeline.EpochOrder):
 
   def num_eval_batches(self, local_batch_size):
     """Batches that :meth:`iterate` yields; the same on every host."""
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     largest_shard = -(-self.num_examples_total // self.process_count)
     return -(-largest_shard // local_batch_size)
 
@@ -281,7 +281,7 @@ class PairsDataset(pipeline.EpochOrder):
     Yields:
       dict(image=(b, ...) float32, noise=(b, ...) float32, label=(b,) int32, mask=(b,) bool).
     """
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     for batch in range(self.num_eval_batches(local_batch_size)):
       lo = min(batch * local_batch_size, self.num_examples)
       hi = min(lo + local_batch_size, self.num_examples)

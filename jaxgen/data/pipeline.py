@@ -95,14 +95,6 @@ def check_batch_size(global_batch, num_devices, num_processes):
   return global_batch // num_processes
 
 
-def _check_local_batch_size(local_batch_size):
-  return check_int(local_batch_size, "local_batch_size")
-
-
-def _check_step(step):
-  return check_int(step, "step", minimum=0)
-
-
 def _config_value(data_config, name, default):
   value = getattr(data_config, name, default)
   return default if value is None else value
@@ -187,8 +179,8 @@ class EpochOrder:
 
   def batch_indices(self, step, local_batch_size):
     """Shard-local indices of training batch `step`: (local_batch_size,) int64."""
-    step = _check_step(step)
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    step = check_int(step, "step", minimum=0)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     positions = step * local_batch_size + np.arange(local_batch_size, dtype=np.int64)
     epochs, offsets = np.divmod(positions, self.num_examples)
     indices = np.empty(local_batch_size, np.int64)
@@ -276,7 +268,7 @@ class TfdsDataset(EpochOrder):
 
   def num_eval_batches(self, local_batch_size):
     """Batches that `iterate` yields; the same on every host (sized by the largest shard)."""
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     largest_shard = -(-self.num_examples_total // self.process_count)
     return -(-largest_shard // local_batch_size)
 
@@ -289,7 +281,7 @@ class TfdsDataset(EpochOrder):
     Yields:
       dict(image=(b, H, W, C) uint8, label=(b,) int32, mask=(b,) bool).
     """
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     for batch in range(self.num_eval_batches(local_batch_size)):
       lo = min(batch * local_batch_size, self.num_examples)
       hi = min(lo + local_batch_size, self.num_examples)
@@ -343,8 +335,8 @@ class ToyDataset:
     Returns:
       dict(image=float32 (b, 2), label=int32 (b,) of -1).
     """
-    step = _check_step(step)
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    step = check_int(step, "step", minimum=0)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     # (the trailing fold_in of 0 keeps the stream that one-process runs always had)
     key = jax.random.fold_in(jax.random.fold_in(self._split_key, step), 0)
     points = np.asarray(toy.sample_toy(self._toy_name, key,
@@ -355,7 +347,7 @@ class ToyDataset:
 
   def num_eval_batches(self, local_batch_size):
     """Batches that `iterate` yields; the same on every host."""
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     return -(-TOY_EVAL_EXAMPLES // (local_batch_size * self.process_count))
 
   def _host_rows(self, batch, local_batch_size):
@@ -376,7 +368,7 @@ class ToyDataset:
     Yields:
       dict(image=float32 (b, 2), label=int32 (b,), mask=bool (b,)).
     """
-    local_batch_size = _check_local_batch_size(local_batch_size)
+    local_batch_size = check_int(local_batch_size, "local_batch_size")
     if self._eval_points is None:  # one fixed set, whatever the number of hosts
       key = jax.random.fold_in(jax.random.fold_in(self._split_key, 2**31 - 1), 0)
       self._eval_points = np.asarray(toy.sample_toy(self._toy_name, key, TOY_EVAL_EXAMPLES))

@@ -94,10 +94,6 @@ def _shape_checked(fn, name: str):
   return checked
 
 
-def _check_positive_int(value, name: str) -> int:
-  return check_int(value, f"`{name}`")
-
-
 def _check_positive(value, name: str, finite: bool = False) -> None:
   """``value > 0`` (and finite with ``finite=True``) when it is concrete; NaN is refused."""
   v = _concrete(value)
@@ -243,7 +239,7 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
   if solver in ADAPTIVE_SOLVERS:
     _check_positive(rtol, "rtol")
     _check_positive(atol, "atol")
-    _check_positive_int(max_steps, "max_steps")
+    check_int(max_steps, "`max_steps`")
     if ts is not None:
       raise ValueError(f"`ts` sets the grid of the fixed-step solvers {FIXED_STEP_SOLVERS}; "
                        f"solver {solver!r} chooses its own steps")
@@ -257,7 +253,7 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     if v0 is not None and v1 is not None and v0 == v1:
       raise ValueError(f"`t0` and `t1` must differ, got t0 = t1 = {t0!r}")
     if solver in FIXED_STEP_SOLVERS:
-      num_steps = _check_positive_int(num_steps, "num_steps")
+      num_steps = check_int(num_steps, "`num_steps`")
       ts = jnp.linspace(t0, t1, num_steps + 1)
   else:
     ts = jnp.asarray(ts, jnp.float32)
@@ -332,7 +328,7 @@ def edm_time_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float
   ``t_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` for
   ``i < N``, ``t_N = 0``. Returns a decreasing float32 array of shape ``(num_steps + 1,)``.
   """
-  num_steps = _check_positive_int(num_steps, "num_steps")
+  num_steps = check_int(num_steps, "`num_steps`")
   _check_positive(sigma_min, "sigma_min")
   _check_positive(rho, "rho", finite=True)
   _check_positive(sigma_max, "sigma_max", finite=True)  # inf: a NaN schedule, all-NaN samples
@@ -422,7 +418,7 @@ def edm_heun_sample(key: Array, denoiser_fn: Callable[[Array, Array], Array], sh
     is an Euler step.
   """
   shape = _check_shape(shape)
-  num_steps = _check_positive_int(num_steps, "num_steps")
+  num_steps = check_int(num_steps, "`num_steps`")
   _check_churn(S_churn, S_tmin, S_tmax, S_noise)
   t_steps = edm_time_schedule(num_steps, sigma_min, sigma_max, rho)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
@@ -472,7 +468,7 @@ def time_grid(process: Process, num_steps: int, schedule: str = "uniform", eps=N
 
 def _time_grid(process, num_steps, schedule, eps, rho):
   _check_choice(schedule, SCHEDULES, "schedule")
-  num_steps = _check_positive_int(num_steps, "num_steps")
+  num_steps = check_int(num_steps, "`num_steps`")
   eps = _concrete(_resolve_eps(process, eps))
   if eps is None:
     raise ValueError("`eps` must be a concrete number to build the time grid")

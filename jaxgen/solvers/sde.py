@@ -32,10 +32,11 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from jaxgen._checks import check_int
 from jaxgen._jit import jit_with_callables
 from jaxgen.processes import (Process, SubVPSDE, VESDE, VPSDE, alpha_at_end, broadcast_to,
                               discrete_step, reverse_sde)
-from jaxgen.solvers.ode import (_check_choice, _check_positive, _check_positive_int, _check_scalar,
+from jaxgen.solvers.ode import (_check_choice, _check_positive, _check_scalar,
                                 _check_shape, _concrete, _full, _resolve_eps, _shape_checked)
 
 Array = jax.Array
@@ -212,12 +213,12 @@ def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
     raise ValueError("`predictor` and `corrector` cannot both be 'none'")
   if num_steps is None:
     num_steps = getattr(process, "N", DEFAULT_NUM_STEPS)
-  num_steps = _check_positive_int(num_steps, "num_steps")
+  num_steps = check_int(num_steps, "`num_steps`")
   if num_steps < 2 and "N" in {f.name for f in dataclasses.fields(process)}:
     # The samplers rebuild the process with N = num_steps (DDPM/SMLD chain of that length).
     raise ValueError(f"`num_steps` must be >= 2 for {type(process).__name__} (its discretization "
                      f"N is set to num_steps), got {num_steps}")
-  n_steps_each = _check_positive_int(n_steps_each, "n_steps_each")
+  n_steps_each = check_int(n_steps_each, "`n_steps_each`")
   _check_scalar(snr, "snr")
   _check_positive(snr, "snr")
   alpha_T = alpha_at_end(process)
