@@ -3,8 +3,10 @@ import collections
 import gzip
 import io
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import jax
@@ -181,6 +183,49 @@ def test_mnist_local_errors(tmp_path):
     prepare_local_dataset("mnist_local", str(tmp_path / "d"), str(empty))
 
 
+def test_loading_leaves_no_tfds_temp_folders(tmp_path, monkeypatch):
+  # TFDS's builder constructor, for a data set not prepared yet, makes tempfile.mkdtemp("tfds")
+  # (DatasetInfo.initialize_from_bucket) and never removes it: each first prepare of digits, and
+  # each "not prepared" error, left an empty /tmp/tmp...tfds behind. A temp directory of our own
+  # (not the shared /tmp) keeps other processes' folders out of the count.
+  private_tmp = tmp_path / "tmp"
+  private_tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+  config = make_data_config(data_dir=str(tmp_path / "tfds"))
+  dataset = data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)
+  assert dataset.get_batch(0, 4)["image"].shape == (4, 8, 8, 1)
+  data.get_dataset(config, "test", seed=0, process_index=0, process_count=1)  # prepared: reread
+  with pytest.raises(ValueError, match="not prepared"):
+    data.get_dataset(make_data_config(dataset="mnist", data_dir=str(tmp_path / "tfds"),
+                                      image_size=28, num_levels=256),
+                     "train", seed=0, process_index=0, process_count=1)
+  assert tempfile.tempdir == str(private_tmp)  # restored
+  assert sorted(os.listdir(private_tmp)) == []
+
+
+def test_tfds_temp_dir_removes_only_its_empty_tfds_folders(tmp_path, monkeypatch):
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  outside = tempfile.mkdtemp("tfds")  # another user's folder, made before: never touched
+  with pipeline.tfds_temp_dir() as ours:
+    assert tempfile.gettempdir() == ours and os.path.dirname(ours) == str(tmp_path)
+    empty = tempfile.mkdtemp("tfds")
+    full = tempfile.mkdtemp("tfds")
+    with open(os.path.join(full, "dataset_info.json"), "w") as f:
+      f.write("{}")
+    other = tempfile.mkdtemp()
+  assert tempfile.tempdir == str(tmp_path)
+  assert os.path.isdir(outside)
+  assert not os.path.exists(empty)
+  assert os.path.isfile(os.path.join(full, "dataset_info.json"))  # not empty: kept, with ours
+  assert os.path.isdir(other)  # not TFDS's: kept
+  shutil.rmtree(ours)
+  with pytest.raises(RuntimeError):
+    with pipeline.tfds_temp_dir() as ours:
+      tempfile.mkdtemp("tfds")
+      raise RuntimeError("boom")
+  assert tempfile.tempdir == str(tmp_path) and not os.path.exists(ours)
+
+
 # --- pipeline ---------------------------------------------------------------------------------
 
 
@@ -274,7 +319,9 @@ class FakeImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def test_tfds_path_decodes_crops_and_resizes(tmp_path):
-  FakeImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+  with pipeline.tfds_temp_dir():  # TFDS's constructor would leave an empty /tmp/tmp...tfds
+    builder = FakeImages(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
   config = make_data_config(dataset="fake_images", data_dir=str(tmp_path), image_size=8,
                             num_channels=3, num_levels=256)
   dataset = data.get_dataset(config, "train", seed=0, process_index=0, process_count=1)

@@ -18,9 +18,13 @@ is therefore just calling `get_batch` with the restored step (keep the batch siz
 this module imports TensorFlow.
 """
 import collections
+import contextlib
 import dataclasses
+import fnmatch
 import os
 import re
+import tempfile
+import threading
 import zlib
 
 import jax
@@ -37,6 +41,48 @@ LOCAL_BUILDERS = ("digits", "mnist_local")
 def _tfds():
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   return tfds
+
+
+# TFDS's DatasetBuilder constructor, for a data set not yet prepared in data_dir, calls
+# `DatasetInfo.initialize_from_bucket`, which makes `tempfile.mkdtemp("tfds")` (a `tmp...tfds`
+# folder in the temp directory) before looking for metadata on GCS and never removes it: with GCS
+# off (TFDS 4.9) every such construction left one empty folder behind.
+_TFDS_TEMP_PATTERN = "tmp*tfds"
+_tfds_temp_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def tfds_temp_dir():
+  """Runs TFDS builder construction with a temp directory of our own, removed afterwards.
+
+  For the duration, `tempfile.tempdir` points to a fresh folder made in the usual temp directory;
+  on exit the old value is restored, the empty `tmp*tfds` folders TFDS made in ours are removed,
+  and ours is removed when it is then empty. Nothing outside our folder is touched, and nothing
+  that is not empty is removed. Keep the block short (builder construction only): other threads
+  of this process that make temp files meanwhile make them in our folder (then left in place).
+  """
+  with _tfds_temp_lock:
+    saved = tempfile.tempdir  # restored as it was (None: the default, from $TMPDIR etc.)
+    ours = tempfile.mkdtemp(prefix="jaxgen-tfds-")
+    tempfile.tempdir = ours
+    try:
+      yield ours
+    finally:
+      if tempfile.tempdir == ours:
+        tempfile.tempdir = saved
+      try:
+        names = os.listdir(ours)
+      except OSError:
+        names = []
+      for entry in fnmatch.filter(names, _TFDS_TEMP_PATTERN):
+        try:
+          os.rmdir(os.path.join(ours, entry))  # only when empty
+        except OSError:
+          pass
+      try:
+        os.rmdir(ours)
+      except OSError:
+        pass
 
 
 def prepare_local_dataset(*args, **kwargs):
@@ -396,7 +442,8 @@ def _tfds_source(name, split, data_dir):
   """`tfds.data_source` for a prepared data set, with clear errors for the usual mistakes."""
   tfds = _tfds()
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    with tfds_temp_dir():
+      builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(
         f"unknown dataset {name!r}: not toy_<name> (names: {', '.join(toy.TOY_DATASETS)}), not "
@@ -420,7 +467,8 @@ def _tfds_source(name, split, data_dir):
                 f"{os.path.join(data_dir, name)} to prepare it again)")
       raise ValueError(f"split {split_name!r} (from {split!r}) is not in data set {name!r}; "
                        f"available splits: {available}{hint}")
-  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  with tfds_temp_dir():
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
 def get_dataset(data_config, split, *, seed, process_index=None, process_count=None):

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from jaxgen.data.builders.digits import Digits
 from jaxgen.data.builders.mnist_local import MnistLocal
+from jaxgen.data.pipeline import tfds_temp_dir
 
 LOCAL_BUILDERS = {"digits": Digits, "mnist_local": MnistLocal}
 
@@ -28,7 +29,8 @@ def prepare_local_dataset(name, data_dir=None, source_dir=""):
   if name not in LOCAL_BUILDERS:
     raise ValueError(f"no local builder named {name!r}; choose one of {sorted(LOCAL_BUILDERS)}")
   builder_cls = LOCAL_BUILDERS[name]
-  builder = builder_cls(data_dir=data_dir, file_format="array_record")
+  with tfds_temp_dir():  # TFDS leaves an empty tmp...tfds folder per builder of an unprepared set
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
   download_config = None
@@ -59,7 +61,8 @@ def prepare_local_dataset(name, data_dir=None, source_dir=""):
   except OSError:
     # Another process may have prepared the same folder first (TFDS renames a finished temporary
     # folder into place); anything else is re-raised.
-    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    with tfds_temp_dir():
+      builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       raise
   return builder
