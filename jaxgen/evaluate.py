@@ -531,8 +531,9 @@ def draw_class_labels(key: Array, n: int, num_classes: int,
 
 
 def _conditional_classes(setup) -> int:
-  """Classes of a class-conditional score / flow network whose sampler draws labels (0: none)."""
-  if setup.config.method in ("cnf", "distill"):
+  """Classes of a class-conditional score / flow network or distilled generator whose sampler
+  draws labels (0: none)."""
+  if setup.config.method == "cnf":
     return 0
   return int(setup.config.model.get("num_classes", 0) or 0)
 

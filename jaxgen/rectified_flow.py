@@ -17,7 +17,9 @@ The pieces, each on the shared core (processes, solvers, likelihood, train loop)
   (:mod:`jaxgen.data.pairs`), resumably; :func:`run_reflow` (``--mode=reflow``) does it for the
   trained flow of a workdir. The k-rectified flow is trained on the pairs by ``--mode=train`` with
   ``config.data.pairs_dir`` set (the pairs replace the training split), or warm-started from the
-  previous flow by ``--mode=distill`` with ``method='flow'`` (as Liu et al. fine-tune).
+  previous flow by ``--mode=distill`` with ``method='flow'`` (as Liu et al. fine-tune). A
+  class-conditional teacher draws a class per pair; the pairs keep it for a class-conditional
+  student.
 * **Distillation**: ``method='distill'`` trains an ``n``-step Euler generator
   ``x_hat = Euler_n(v_theta; z)`` (``n = config.distill.num_steps``; ``n = 1`` is
   ``x_hat = z - v_theta(z, 1)``) on ``|x - x_hat|^2`` over the pairs of a teacher
@@ -285,15 +287,21 @@ def make_distill_loss_fn(config, setup) -> Callable:
 
 def make_distilled_sample_fn(setup, sampling_config) -> Callable:
   """``sample_fn(params, key, n) -> (samples (n, *shape), nfe)`` of a distilled generator:
-  ``config.distill.num_steps`` Euler steps from the prior (``sampling_config`` is not used: the
-  number of steps is part of the distilled model)."""
-  del sampling_config
+  ``config.distill.num_steps`` Euler steps from the prior (the number of steps is part of the
+  distilled model, so ``sampling_config`` gives only ``class_label``). A class-conditional
+  generator samples classes as the other samplers do
+  (:func:`jaxgen.evaluate.draw_class_labels`: uniform, or all ``sampling_config.class_label``)."""
+  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
   num_steps = _distill_steps(setup.config)
   process, model_fn, prediction = setup.process, setup.model_fn, setup.prediction
+  num_classes = int(setup.config.model.get("num_classes", 0) or 0)
+  class_label = int(sampling_config.get("class_label", -1))
 
   def sample_fn(params, key, n):
+    key, labels = evaluate.draw_class_labels(key, n, num_classes, class_label)
     z = process.prior_sample(key, (n,) + tuple(setup.shape))
-    drift_fn = predictions.as_drift_fn(process, lambda x, t: model_fn(params, x, t), prediction)
+    network = lambda x, t: model_fn(params, x, t, labels=labels)
+    drift_fn = predictions.as_drift_fn(process, network, prediction)
     return euler_generate(drift_fn, z, process, num_steps)
 
   return sample_fn
@@ -417,7 +425,8 @@ def log_likelihood(drift_fn: DriftFn, x: Array, process: Process = LinearPath(),
 # --------------------------------------------------------------------------------------------------
 # meta.json fields that must agree for a generation to be resumed in the same directory.
 _RESUME_FIELDS = ("format", "num_pairs", "chunk_size", "batch_size", "num_chunks", "shape", "seed",
-                  "solver", "rtol", "atol", "num_steps", "eps", "process", "metadata")
+                  "solver", "rtol", "atol", "num_steps", "eps", "process", "metadata",
+                  "num_classes")
 
 
 # ``metadata`` keys that ``run_reflow`` records since a later version (the data scaling,
@@ -427,6 +436,8 @@ _LATER_METADATA_KEYS = tuple(pairs_lib.data_scaling({"dataset": "images"}))
 
 def _same_field(old_meta, meta, field) -> bool:
   """Whether a resumed generation's ``meta.json`` (``old_meta``) agrees with ``meta`` on ``field``."""
+  if field == "num_classes":  # absent: an unconditional teacher
+    return pairs_lib.num_classes(old_meta) == pairs_lib.num_classes(meta)
   old, new = old_meta.get(field), meta[field]
   if field == "metadata" and isinstance(old, dict) and isinstance(new, dict):
     new = {k: v for k, v in new.items() if k in old or k not in _LATER_METADATA_KEYS}
@@ -462,7 +473,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
                    rtol: float = 1e-5, atol: float = 1e-5, num_steps: int = 100,
                    eps: float = 1e-3, mesh=None, max_chunks: Optional[int] = None,
                    progress: bool = True, metadata: Optional[Dict[str, Any]] = None,
-                   compiler_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                   compiler_options: Optional[Dict[str, Any]] = None,
+                   num_classes: int = 0) -> Dict[str, Any]:
   """Coupled pairs ``(z, x = ODE(z))`` of a flow, written resumably in chunks to ``directory``.
 
   Chunk ``c`` holds pairs ``[c chunk_size, (c + 1) chunk_size)``, made in ``chunk_size //
@@ -474,9 +486,15 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
   an interrupted run resumed yields exactly the pairs of an uninterrupted one (on the same number
   of devices: an adaptive solve's error norm is a reduction over the batch).
 
+  A class-conditional teacher (``num_classes > 0``) is solved as
+  ``velocity_fn(params, x, t, labels)`` with classes ``labels`` ``(batch_size,)`` drawn uniformly
+  from ``fold_in(chunk_key(seed, c, b), 1)`` (so ``z`` is the same as for an unconditional
+  teacher); each chunk stores them as ``y`` and ``meta.json`` records ``num_classes``.
+
   Args:
-    velocity_fn: ``velocity_fn(params, x, t) -> (batch, ...)`` (the probability-flow drift);
-      keep one function object per model, it keys the compilation cache.
+    velocity_fn: ``velocity_fn(params, x, t) -> (batch, ...)`` (the probability-flow drift; with
+      ``num_classes`` ``velocity_fn(params, x, t, labels)``); keep one function object per model,
+      it keys the compilation cache.
     params: its parameters (placed replicated on the mesh).
     process: gives ``T``, the prior sampler and is recorded in ``meta.json``.
     shape: shape of one example, e.g. ``(2,)`` or ``(32, 32, 3)``.
@@ -494,6 +512,7 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     metadata: JSON-serialisable facts that must match on resume (e.g. the model's step).
     compiler_options: XLA options of the jitted solve (e.g.
       :func:`jaxgen.parallel.autotune_options`); not part of ``meta.json``.
+    num_classes: classes of a class-conditional teacher (0: unconditional, no labels).
   Returns:
     dict ``directory``, ``num_chunks``, ``generated`` (chunks made now), ``skipped`` (present
     before), ``complete``, ``mean_nfe`` (of the chunks made now), ``seconds``.
@@ -508,6 +527,7 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     raise ValueError(f"unknown solver {solver!r}; expected one of {solvers.SOLVERS}")
   if max_chunks is not None:
     max_chunks = check_int(max_chunks, "`max_chunks`", minimum=0, note=" or None")
+  num_classes = check_int(num_classes, "`num_classes`", minimum=0, note=" (0: unconditional)")
   if not float(process.t_min) <= float(eps) < float(process.T):
     raise ValueError(f"`eps` must lie in [t_min, T) = [{process.t_min}, {process.T}) of "
                      f"{type(process).__name__}, got {eps!r}")
@@ -521,12 +541,14 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
           "seed": int(seed), "solver": solver, "rtol": float(rtol), "atol": float(atol),
           "num_steps": int(num_steps), "eps": float(eps), "process": repr(process),
           "metadata": json.loads(json.dumps(metadata or {}))}
+  if num_classes:  # absent for an unconditional teacher: its meta.json is as before
+    meta["num_classes"] = num_classes
 
   if os.path.exists(os.path.join(directory, pairs_lib.META_FILE)):
     old = pairs_lib.read_meta(directory)
     diffs = [k for k in _RESUME_FIELDS if not _same_field(old, meta, k)]
     if diffs:
-      detail = "; ".join(f"{k}: {old.get(k)!r} there, {meta[k]!r} now" for k in diffs)
+      detail = "; ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diffs)
       raise ValueError(f"pairs directory {directory!r} holds another generation ({detail}); "
                        f"use another directory or the same settings")
   if jax.process_index() == 0:
@@ -545,29 +567,37 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
 
   def generate(params, key):
     z = jax.lax.with_sharding_constraint(process.prior_sample(key, example_shape), sharded)
-    drift_fn = lambda x, t: velocity_fn(params, x, t)
+    if num_classes:
+      labels = jax.random.randint(jax.random.fold_in(key, 1), (batch_size,), 0, num_classes)
+      labels = jax.lax.with_sharding_constraint(labels, sharded)
+      drift_fn = lambda x, t: velocity_fn(params, x, t, labels)
+    else:
+      labels = jnp.full((batch_size,), -1, jnp.int32)
+      drift_fn = lambda x, t: velocity_fn(params, x, t)
     x, nfe = solvers.solve_ode(drift_fn, z, float(process.T), float(eps), solver=solver,
                                num_steps=num_steps, rtol=rtol, atol=atol)
-    return z, x, nfe
+    return z, x, labels, nfe
 
   run = parallel.jit(generate, compiler_options, in_shardings=(repl, repl),
-                     out_shardings=(sharded, sharded, repl))
+                     out_shardings=(sharded, sharded, sharded, repl))
   bar = _progress(num_chunks, num_chunks - len(todo), "reflow pairs", progress)
   t_start, made, nfes = time.time(), 0, []
   for chunk in todo:
     if max_chunks is not None and made >= max_chunks:
       break
-    zs, xs, chunk_nfe = [], [], []
+    zs, xs, ys, chunk_nfe = [], [], [], []
     for b in range(chunk_size // batch_size):
       key = jax.device_put(chunk_key(seed, chunk, b), repl)
-      z, x, nfe = run(params, key)
+      z, x, y, nfe = run(params, key)
       zs.append(parallel.to_host(z))
       xs.append(parallel.to_host(x))
+      ys.append(parallel.to_host(y))
       chunk_nfe.append(int(nfe))
     size = min(chunk_size, num_pairs - chunk * chunk_size)
     if jax.process_index() == 0:
       pairs_lib.write_chunk(directory, chunk, np.concatenate(zs)[:size],
-                            np.concatenate(xs)[:size], np.asarray(chunk_nfe, np.int32))
+                            np.concatenate(xs)[:size], np.asarray(chunk_nfe, np.int32),
+                            labels=np.concatenate(ys)[:size] if num_classes else None)
     made += 1
     nfes.extend(chunk_nfe)
     if bar is not None:
@@ -585,12 +615,13 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
 
 
 def velocity_fn_from_setup(setup) -> VelocityFn:
-  """``velocity_fn(params, x, t)``: the probability-flow drift of a trained model of a
-  :class:`jaxgen.train.Setup` (any prediction type; a velocity network as it is)."""
+  """``velocity_fn(params, x, t, labels=None)``: the probability-flow drift of a trained model of a
+  :class:`jaxgen.train.Setup` (any prediction type; a velocity network as it is); ``labels``
+  ``(batch,)`` int: the classes of a class-conditional network."""
   process, model_fn, prediction = setup.process, setup.model_fn, setup.prediction
 
-  def velocity_fn(params, x, t):
-    network = lambda y, s: model_fn(params, y, s)
+  def velocity_fn(params, x, t, labels=None):
+    network = lambda y, s: model_fn(params, y, s, labels=labels)
     return predictions.as_drift_fn(process, network, prediction)(x, t)
 
   return velocity_fn
@@ -616,16 +647,15 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
                      f"'score'), got {config.method!r}")
   if "reflow" not in config:
     raise ValueError("--mode=reflow needs a config.reflow section (see configs/rectified_flow)")
-  if int(config.model.get("num_classes", 0) or 0) > 0:
-    raise ValueError(f"--mode=reflow draws unlabelled pairs, but config.model.num_classes="
-                     f"{config.model.num_classes}: a class-conditional teacher is not supported")
+  num_classes = int(config.model.get("num_classes", 0) or 0)
   reflow = config.reflow
   mesh = parallel.make_mesh()
   setup, state = train.load_state(config, workdir, mesh)
   directory = pairs_directory(config, workdir)
   max_chunks = int(reflow.get("max_chunks", 0)) or None
+  classes = f", classes drawn uniformly from {num_classes}" if num_classes else ""
   train.log(f"reflow: {reflow.num_pairs} pairs of the model at step {int(state.step)} in "
-            f"{workdir} -> {directory} ({reflow.solver}, {parallel.describe(mesh)})")
+            f"{workdir} -> {directory} ({reflow.solver}, {parallel.describe(mesh)}{classes})")
   summary = generate_pairs(
       velocity_fn_from_setup(setup), state.ema_params, setup.process, setup.shape, directory,
       num_pairs=int(reflow.num_pairs), chunk_size=int(reflow.chunk_size),
@@ -634,7 +664,7 @@ def run_reflow(config, workdir: str) -> Dict[str, Any]:
       num_steps=int(reflow.num_steps), eps=float(reflow.eps), mesh=mesh, max_chunks=max_chunks,
       metadata={"model_step": int(state.step), "method": config.method,
                 "model": str(config.model.name), **pairs_lib.data_scaling(config.data)},
-      compiler_options=evaluate.xla_options(config))
+      compiler_options=evaluate.xla_options(config), num_classes=num_classes)
   if jax.process_index() == 0:
     with open(os.path.join(directory, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)

@@ -248,16 +248,10 @@ def check_pairs_compatible(config) -> None:
   ``meta.json`` records another example shape or another noise source (the process's prior,
   ``config.data.source``) than the config (ValueError; see
   :func:`jaxgen.data.pairs.check_pairs_fit`), and an ``eval_split`` equal to the training split
-  (the pairs would be evaluated as data), and a class-conditional network (pairs carry no
-  labels)."""
+  (the pairs would be evaluated as data), and a class-conditional network on pairs of a teacher
+  without its classes (unlabelled pairs, or another ``num_classes``)."""
   directory = str(config.data.get("pairs_dir", "") or "")
   if directory:
-    num_classes = int(config.model.get("num_classes", 0) or 0)
-    if num_classes > 0:
-      raise ValueError(f"config.model.num_classes={num_classes}, but reflow pairs "
-                       f"(config.data.pairs_dir) carry no class labels: rectified flow with reflow "
-                       f"and distillation train unconditional networks here; set "
-                       f"config.model.num_classes=0")
     train_split = config.data.get("train_split", "train")
     if config.data.get("eval_split", "test") == train_split:
       raise ValueError(f"config.data.pairs_dir replaces the training split {train_split!r} with "
@@ -266,7 +260,8 @@ def check_pairs_compatible(config) -> None:
                        f"split")
     from jaxgen.data import pairs  # pylint: disable=import-outside-toplevel
     pairs.check_pairs_fit(directory, shape=data_shape(config), process=get_process(config),
-                          data_config=config.data)
+                          data_config=config.data,
+                          model_classes=int(config.model.get("num_classes", 0) or 0))
 
 
 def train_compiler_options(config) -> Optional[Dict[str, Any]]:

@@ -1029,21 +1029,6 @@ def test_reflow_pairs_with_the_training_split_as_eval_split_are_refused():
     train.check_pairs_compatible(config)
 
 
-def test_class_conditional_networks_on_reflow_pairs_are_refused():
-  """Reflow pairs carry no labels: a class-conditional network trained on them (reflow, distill)
-  failed inside the traced loss ("y (class labels) is required"); it is refused by name first, as
-  is ``--mode=reflow`` with a class-conditional teacher (before its checkpoint is read)."""
-  from configs.rectified_flow import digits_2rf  # pylint: disable=import-outside-toplevel
-  from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
-  config = digits_2rf.get_config()
-  config.data.pairs_dir = "/nonexistent/pairs"
-  config.model.num_classes = config.data.num_classes = 10
-  with pytest.raises(ValueError, match=r"num_classes=10, but reflow pairs .* no class labels"):
-    train.check_pairs_compatible(config)
-  with pytest.raises(ValueError, match=r"--mode=reflow draws unlabelled pairs.*num_classes=10"):
-    rectified_flow.run_reflow(config, "/nonexistent/workdir")
-
-
 def test_uniform_grid_samplers_on_the_edm_path_warn_below_1000_steps():
   """Predictor-corrector / Euler-Maruyama step uniformly in t = sigma; on EDM's path (sigma up to
   80) a few hundred steps barely resolve small sigma, so config validation warns (by field and

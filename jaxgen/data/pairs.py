@@ -3,7 +3,8 @@
 Layout of a pairs directory (written by :func:`jaxgen.rectified_flow.generate_pairs`)::
 
     <dir>/meta.json            what was generated and how (solver, seed, chunking, model step)
-    <dir>/chunk_000000.npz     z (n, ...) float32, x (n, ...) float32, nfe () int32
+    <dir>/chunk_000000.npz     z (n, ...) float32, x (n, ...) float32, nfe () int32, and for a
+                               class-conditional teacher y (n,) int32: the class of each solve
     <dir>/chunk_000001.npz     ...
 
 Every file appears by an atomic rename of a finished temporary file, so a chunk that exists is
@@ -12,7 +13,7 @@ complete; an interrupted generation leaves at most a ``*.tmp*`` file behind, whi
 :class:`PairsDataset` serves the pairs with the interface of the datasets of
 :mod:`jaxgen.data.pipeline` (``num_examples``, ``image_shape``, ``get_batch(step,
 local_batch_size)``, ``num_eval_batches``, ``iterate``), returning ``{'image': x, 'noise': z,
-'label': -1}``: ``x`` is already in model space (float32, e.g. ``[-1, 1]`` images), so it must not
+'label': y}`` (``y`` = -1 for pairs of an unconditional teacher): ``x`` is already in model space (float32, e.g. ``[-1, 1]`` images), so it must not
 be preprocessed again. ``jaxgen.data.pipeline.get_dataset`` returns it for the training split when
 ``config.data.pairs_dir`` names a directory.
 """
@@ -54,20 +55,31 @@ def _atomic_write(path, write_fn):
       os.remove(tmp)
 
 
-def write_chunk(directory, index, z, x, nfe):
-  """Atomically write chunk ``index``: ``z``, ``x`` ``(n, ...)`` float32 and the solver's ``nfe``
-  (one entry per solve of the chunk)."""
+def write_chunk(directory, index, z, x, nfe, labels=None):
+  """Atomically write chunk ``index``: ``z``, ``x`` ``(n, ...)`` float32, the solver's ``nfe``
+  (one entry per solve of the chunk) and, for a class-conditional teacher, the classes ``labels``
+  ``(n,)`` (ints >= 0) that each ``x`` was generated with."""
   z, x = np.asarray(z, np.float32), np.asarray(x, np.float32)
   if z.shape != x.shape or z.ndim < 2:
     raise ValueError(f"z and x must share a shape (n, ...), got {z.shape} and {x.shape}")
-  _atomic_write(chunk_path(directory, index),
-                lambda f: np.savez(f, z=z, x=x, nfe=np.asarray(nfe, np.int32)))
+  arrays = {"z": z, "x": x, "nfe": np.asarray(nfe, np.int32)}
+  if labels is not None:
+    labels = np.asarray(labels)
+    if labels.shape != (len(z),) or not np.issubdtype(labels.dtype, np.integer) or (
+        labels.size and labels.min() < 0):
+      raise ValueError(f"`labels` must be {len(z)} classes >= 0 (one per pair), got an array of "
+                       f"shape {labels.shape} and dtype {labels.dtype}"
+                       + (f" with minimum {labels.min()}" if labels.size and np.issubdtype(
+                           labels.dtype, np.number) else ""))
+    arrays["y"] = labels.astype(np.int32)
+  _atomic_write(chunk_path(directory, index), lambda f: np.savez(f, **arrays))
 
 
 def read_chunk(directory, index):
-  """``{'z': (n, ...), 'x': (n, ...), 'nfe': ()}`` of chunk ``index`` (numpy arrays)."""
+  """``{'z': (n, ...), 'x': (n, ...), 'nfe': (), 'y': (n,)}`` of chunk ``index`` (numpy arrays);
+  ``y`` (the classes) only in the chunks of a class-conditional teacher."""
   with np.load(chunk_path(directory, index)) as data:
-    return {key: np.asarray(data[key]) for key in ("z", "x", "nfe")}
+    return {key: np.asarray(data[key]) for key in ("z", "x", "nfe", "y") if key in data}
 
 
 def write_meta(directory, meta):
@@ -115,8 +127,16 @@ def remove_partial_files(directory):
   return len(stale)
 
 
-def load_pairs(directory, start=0, stop=None):
-  """Pairs ``[start, stop)`` of a complete directory as ``(z, x)``, each ``(n, ...)`` float32.
+def num_classes(meta) -> int:
+  """Classes of the teacher that generated the pairs of ``meta`` (``meta.json``); 0: unconditional
+  (pairs carry no labels)."""
+  return int(meta.get("num_classes", 0) or 0)
+
+
+def load_pairs(directory, start=0, stop=None, *, with_labels=False):
+  """Pairs ``[start, stop)`` of a complete directory as ``(z, x)``, each ``(n, ...)`` float32;
+  with ``with_labels`` ``(z, x, y)``, ``y`` ``(n,)`` int32 the classes of a class-conditional
+  teacher (-1 for the pairs of an unconditional one).
 
   Raises ValueError naming the missing chunks if the generation is not finished.
   """
@@ -135,6 +155,8 @@ def load_pairs(directory, start=0, stop=None):
   shape = tuple(meta["shape"])
   zs = np.empty((stop - start,) + shape, np.float32)
   xs = np.empty((stop - start,) + shape, np.float32)
+  ys = np.full((stop - start,), -1, np.int32)
+  labelled = num_classes(meta) > 0
   for index in range(first, last):
     lo = max(start, index * chunk_size)
     hi = min(stop, (index + 1) * chunk_size)
@@ -143,7 +165,12 @@ def load_pairs(directory, start=0, stop=None):
     chunk = read_chunk(directory, index)
     zs[lo - start:hi - start] = chunk["z"][lo - index * chunk_size:hi - index * chunk_size]
     xs[lo - start:hi - start] = chunk["x"][lo - index * chunk_size:hi - index * chunk_size]
-  return zs, xs
+    if with_labels and labelled:
+      if "y" not in chunk:
+        raise ValueError(f"chunk {index} of {directory!r} has no labels, but its meta.json records "
+                         f"a class-conditional teacher (num_classes={num_classes(meta)})")
+      ys[lo - start:hi - start] = chunk["y"][lo - index * chunk_size:hi - index * chunk_size]
+  return (zs, xs, ys) if with_labels else (zs, xs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +213,7 @@ def data_scaling(data_config) -> dict:
           "data_num_levels": int(data_config.get("num_levels", 256))}
 
 
-def check_pairs_fit(directory, *, shape, process, data_config=None):
+def check_pairs_fit(directory, *, shape, process, data_config=None, model_classes=None):
   """Raise ValueError unless the pairs in ``directory`` fit a config with examples of ``shape``
   and noise process ``process``.
 
@@ -196,9 +223,19 @@ def check_pairs_fit(directory, *, shape, process, data_config=None):
   a diffusion model's ODE pairs); pairs of another prior (``data.source``) are refused, since the
   trained model would then sample and evaluate likelihoods from the wrong noise. With
   ``data_config``, the data scaling recorded by ``--mode=reflow`` (:func:`data_scaling`) must
-  match it too.
+  match it too. With ``model_classes`` (``config.model.num_classes``) > 0, the pairs must come from a
+  class-conditional teacher of as many classes (they carry the labels the network is trained on);
+  an unconditional network may train on labelled pairs (it ignores the labels).
   """
   meta = read_meta(directory)
+  theirs_classes, mine_classes = num_classes(meta), int(model_classes or 0)
+  if mine_classes > 0 and theirs_classes != mine_classes:
+    what = (f"a teacher of {theirs_classes} classes" if theirs_classes else
+            "an unconditional teacher: they carry no class labels")
+    raise ValueError(f"config.model.num_classes={mine_classes}, but the reflow pairs in "
+                     f"{os.fspath(directory)!r} come from {what}; train a network of the teacher's "
+                     f"classes (config.model.num_classes={theirs_classes}) or make pairs with a "
+                     f"class-conditional teacher of {mine_classes} classes")
   theirs, mine = tuple(int(s) for s in meta.get("shape", ())), tuple(int(s) for s in shape)
   if theirs != mine:
     raise ValueError(f"reflow pairs in {os.fspath(directory)!r} have examples of shape {theirs}, "
@@ -242,6 +279,7 @@ class PairsDataset(pipeline.EpochOrder):
     num_examples: pairs in this host's shard; num_examples_total: pairs over all hosts.
     image_shape: shape of one ``x`` (and ``z``).
     meta: the generation's ``meta.json``.
+    num_classes: the teacher's classes (0: unconditional, labels -1).
   """
   seed_salt = _SEED_SALT
 
@@ -259,14 +297,15 @@ class PairsDataset(pipeline.EpochOrder):
       raise ValueError(f"pairs directory {self.directory!r} holds {self.num_examples_total} pairs, "
                        f"too few to give one to each of {process_count} processes")
     self.image_shape = tuple(self.meta["shape"])
-    self._z, self._x = load_pairs(self.directory, start, end)
+    self.num_classes = num_classes(self.meta)
+    self._z, self._x, self._y = load_pairs(self.directory, start, end, with_labels=True)
 
   def _rows(self, indices):
-    return {"image": self._x[indices], "noise": self._z[indices],
-            "label": np.full((len(indices),), -1, np.int32)}
+    return {"image": self._x[indices], "noise": self._z[indices], "label": self._y[indices]}
 
   def get_batch(self, step, local_batch_size):
-    """Training batch ``step``: ``{'image': x, 'noise': z}`` float32 ``(b, ...)``, ``label`` -1."""
+    """Training batch ``step``: ``{'image': x, 'noise': z}`` float32 ``(b, ...)``, ``label``
+    ``(b,)`` int32 (the teacher's classes; -1 for an unconditional teacher)."""
     return self._rows(self.batch_indices(step, local_batch_size))
 
   def num_eval_batches(self, local_batch_size):
@@ -290,5 +329,6 @@ class PairsDataset(pipeline.EpochOrder):
              "label": np.full((local_batch_size,), -1, np.int32)}
       out["image"][:hi - lo] = self._x[lo:hi]
       out["noise"][:hi - lo] = self._z[lo:hi]
+      out["label"][:hi - lo] = self._y[lo:hi]
       out["mask"] = np.arange(local_batch_size) < hi - lo
       yield out
