@@ -711,30 +711,15 @@ def log_density_on_grid(setup, params, lim: float = 4.0, n: int = 200,
                         batch_size: int = 4000, eval_config=None) -> np.ndarray:
   """``log p`` of a 2-D flow on the ``n x n`` grid ``linspace(-lim, lim, n)^2`` (row ``i`` is
   ``y = ys[i]``), with the exact divergence and ``eval_config``'s tolerances. Returns
-  ``(n, n)``."""
-  if _shape(setup) != (2,):
-    raise ValueError(f"log_density_on_grid needs 2-D data, got shape {_shape(setup)}")
-  eval_config = eval_config or setup.config.eval
-  cfg = ml_collections.ConfigDict(dict(eval_config))
-  cfg.divergence = "exact"
-  nll = jax.jit(make_nll_fn(setup, cfg))
-  xs = np.linspace(-lim, lim, n)
-  grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2).astype(np.float32)
-  out = []
-  for i in range(0, len(grid), batch_size):
-    chunk = grid[i:i + batch_size]
-    pad = batch_size - len(chunk)
-    chunk = np.concatenate([chunk, np.zeros((pad, 2), np.float32)]) if pad else chunk
-    values, _ = nll(params, jax.random.PRNGKey(0), {"image": jnp.asarray(chunk)})
-    out.append(-np.asarray(values)[:batch_size - pad])
-  return np.concatenate(out).reshape(n, n)
+  ``(n, n)``. The same as :func:`jaxgen.evaluate.log_density_on_grid`, which serves every
+  method."""
+  from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
+  return evaluate.log_density_on_grid(setup, params, lim=lim, n=n, batch_size=batch_size,
+                                      eval_config=eval_config)
 
 
 def write_density(setup, params, path: str, lim: float = 4.0, n: int = 200) -> str:
   """PNG of the density ``exp(log p)`` of a 2-D flow on ``[-lim, lim]^2`` (see
-  :func:`jaxgen.evaluate.save_density`)."""
+  :func:`jaxgen.evaluate.write_density`)."""
   from jaxgen import evaluate  # pylint: disable=import-outside-toplevel
-  flat = log_density_on_grid(setup, params, lim=lim, n=n).reshape(-1)
-  # save_density evaluates the same row-major grid; hand it the values computed above.
-  return evaluate.save_density(lambda pts: jnp.asarray(flat), path, lim=lim, n=n,
-                               title=setup.config.data.dataset)
+  return evaluate.write_density(setup, params, path, lim=lim, n=n)

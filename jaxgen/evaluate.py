@@ -256,10 +256,10 @@ def make_nll_fn(setup, eval_config) -> Callable:
 
 def _make_nll_fn(setup, eval_config) -> Callable:
   """:func:`make_nll_fn` at the setup's own precision."""
-  config, process = setup.config, setup.process
-  if config.method == "cnf":
+  if setup.config.method == "cnf":  # before `process`: cnf.StandaloneSetup has none
     from jaxgen import cnf  # pylint: disable=import-outside-toplevel
     return cnf.make_nll_fn(setup, eval_config)
+  config, process = setup.config, setup.process
   data_config = config.data.copy_and_resolve_references()
   data_config.uniform_dequantization = True
   data_range = 2.0 if data_config.centered else 1.0
@@ -458,6 +458,56 @@ def save_density(log_density_fn: Callable[[Array], Array], path: str, lim: float
   return path
 
 
+def density_grid(config) -> int:
+  """Side of the density plot's grid for ``config``: ``config.eval.density_grid`` (default 200)
+  for 2-D toy data, 0 (no plot) otherwise or when it is 0."""
+  if not is_toy(config) or data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) != 2:
+    return 0
+  return check_int(config.eval.get("density_grid", 200), "config.eval.density_grid", minimum=0,
+                   note=" (0: no density plot)")
+
+
+def log_density_on_grid(setup, params, lim: float = 4.0, n: int = 200, batch_size: int = 4000,
+                        eval_config=None) -> np.ndarray:
+  """``log p`` of a model of 2-D data on the ``n x n`` grid ``linspace(-lim, lim, n)^2`` (row
+  ``i`` is ``y = ys[i]``): a CNF's own density, and for every other method the density of its
+  probability-flow ODE (a distilled generator: of its velocity field's ODE), with the exact
+  divergence and ``eval_config``'s solver and tolerances (default ``setup.config.eval``).
+  Returns ``(n, n)``."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  if tuple(setup.shape) != (2,):
+    raise ValueError(f"log_density_on_grid needs 2-D data, got shape {tuple(setup.shape)}")
+  n = check_int(n, "`n`")
+  batch_size = check_int(batch_size, "`batch_size`")
+  cfg = ml_collections.ConfigDict(dict(eval_config or setup.config.eval))
+  cfg.divergence = "exact"
+  nll = jax.jit(make_nll_fn(setup, cfg))
+  xs = np.linspace(-lim, lim, n)
+  grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2).astype(np.float32)
+  out = []
+  for i in range(0, len(grid), batch_size):
+    chunk = grid[i:i + batch_size]
+    pad = batch_size - len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((pad, 2), np.float32)]) if pad else chunk
+    values, _ = nll(params, jax.random.PRNGKey(0), {"image": jnp.asarray(chunk)})
+    out.append(-np.asarray(values)[:batch_size - pad])
+  return np.concatenate(out).reshape(n, n)
+
+
+def write_density(setup, params, path: str, lim: float = 4.0, n: int = 200,
+                  title: Optional[str] = None) -> str:
+  """PNG of the density ``exp(log p)`` of a model of 2-D data on ``[-lim, lim]^2``
+  (:func:`log_density_on_grid`, :func:`save_density`); host 0 writes it. Returns ``path``."""
+  flat = log_density_on_grid(setup, params, lim=lim, n=n).reshape(-1)
+  if title is None:
+    title = setup.config.data.dataset + (
+        "" if setup.config.method == "cnf" else " (probability-flow ODE)")
+  if jax.process_index() != 0:
+    return path
+  # save_density evaluates the same row-major grid; hand it the values computed above.
+  return save_density(lambda pts: jnp.asarray(flat), path, lim=lim, n=n, title=title)
+
+
 def unused_name(directory: str, name: str, suffixes: Tuple[str, ...]) -> str:
   """``name``, or ``name_2``, ``name_3``, ... : the first for which no ``directory/<name><suffix>``
   exists (earlier results are kept, not overwritten)."""
@@ -630,11 +680,10 @@ def make_periodic_evaluation(config) -> Callable:
       paths = write_samples(setup, samples, workdir, f"step_{step:07d}", labels=labels)
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
-    toy_2d = is_toy(config) and data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) == 2
-    if config.method == "cnf" and toy_2d:
-      from jaxgen import cnf  # pylint: disable=import-outside-toplevel
-      results["density_plot"] = cnf.write_density(setup, state.ema_params, os.path.abspath(
-          os.path.join(workdir, "samples", f"density_{step:07d}.png")))
+    grid = density_grid(config)
+    if grid:
+      results["density_plot"] = write_density(setup, state.ema_params, os.path.abspath(
+          os.path.join(workdir, "samples", f"density_{step:07d}.png")), n=grid)
     msg = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in results.items())
     if jax.process_index() == 0:
@@ -679,6 +728,8 @@ def _periodic_plan(config) -> str:
                  + (f" ({config.eval.solver})" if config.eval.get("solver") else ""))
   if config.sampling.num_samples:
     parts.append(f"{config.sampling.num_samples} samples ({config.sampling.method})")
+  if density_grid(config):
+    parts.append(f"a density plot ({density_grid(config)}^2 points)")
   return ", ".join(parts)
 
 

@@ -222,6 +222,8 @@ def run(argv):
         print(f"{name} ({config.eval.num_bpd_batches} batches): {value:.4f}")
       if "sample_grid" in summary:
         print(f"sample grid: {os.path.abspath(summary['sample_grid'])}")
+      if "density_plot" in summary:
+        print(f"density plot: {os.path.abspath(summary['density_plot'])}")
   elif _MODE.value in ("reflow", "distill"):
     from jaxgen import rectified_flow  # pylint: disable=import-outside-toplevel
     run = rectified_flow.run_reflow if _MODE.value == "reflow" else rectified_flow.run_distill
@@ -232,11 +234,18 @@ def run(argv):
     results = evaluate.evaluate_likelihood(setup, state.ema_params, mesh)
     results["step"] = int(state.step)
     eval_dir = os.path.abspath(os.path.join(workdir, "eval"))
-    name = evaluate.unused_name(eval_dir, f"eval_step_{int(state.step)}", (".json",))
+    name = evaluate.unused_name(eval_dir, f"eval_step_{int(state.step)}",
+                                (".json", "_density.png"))
     path = os.path.join(eval_dir, f"{name}.json")
+    if evaluate.density_grid(config):  # 2-D toy data: the model's density as a PNG
+      results["density_plot"] = evaluate.write_density(
+          setup, state.ema_params, os.path.join(eval_dir, f"{name}_density.png"),
+          n=evaluate.density_grid(config))
     evaluate.write_json(path, dict(results, options=evaluate.run_options(config, "eval")))
     if jax.process_index() == 0:
       print(json.dumps(evaluate.json_safe(results), default=str))
+      if "density_plot" in results:
+        print(f"density plot: {results['density_plot']}")
       print(f"summary: {path}")
   else:
     mesh = parallel.make_mesh()

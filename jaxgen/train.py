@@ -191,6 +191,7 @@ _NUMBER_FIELDS = (
     ("eval", "num_bpd_batches", "int", 0, None),
     ("eval", "num_probes", "int", 1, None),
     ("eval", "seed", "int", 0, None),
+    ("eval", "density_grid", "int", 0, None),
 )
 
 

@@ -143,6 +143,10 @@ def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):
   assert "64 samples (euler)" in lines[announce[0]]
   result = [l for l in lines[announce[0]:] if l.startswith("eval @ step 2: ")][0]
   assert f"sample_grid {tmp_path / 'run' / 'samples' / 'step_0000002.png'}" in result
+  # 2-D toy data: the model's probability-flow density as a PNG too, announced and printed
+  assert "a density plot (200^2 points)" in lines[announce[0]]
+  assert f"density_plot {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in result
+  assert f"density plot: {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in lines
 
   run = tmp_path / "run"
   out1, _ = _run(TOY + [f"--workdir={run}", "--mode=eval"])
@@ -153,7 +157,12 @@ def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):
   second = json.loads((run / "eval" / "eval_step_2_2.json").read_text())
   assert first["options"]["eval"]["rtol"] == 1e-2 and second["options"]["eval"]["rtol"] == 1e-3
   assert first["options"]["eval"]["solver"] == "dopri5" and first["options"]["split"] == "test"
-  assert json.loads(out1.splitlines()[-2])["step"] == 2  # the printed summary is JSON too
+  assert json.loads(out1.splitlines()[-3])["step"] == 2  # the printed summary is JSON too
+  for name in ("eval_step_2", "eval_step_2_2"):  # each evaluation's density plot beside it
+    png = run / "eval" / f"{name}_density.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "eval" / f"{name}.json").read_text())["density_plot"] == str(png)
+  assert f"density plot: {run / 'eval' / 'eval_step_2_2_density.png'}" in out2
 
   out1, err1 = _run(TOY + [f"--workdir={run}", "--mode=sample"])
   out2, _ = _run(TOY + [f"--workdir={run}", "--mode=sample", "--config.sampling.method=heun"])
