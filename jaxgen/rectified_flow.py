@@ -61,7 +61,7 @@ from jaxgen.data import toy
 from jaxgen.processes import LinearPath, Process
 
 Array = jax.Array
-VelocityFn = Callable[[Any, Array, Array], Array]
+VelocityFn = Callable[..., Array]  # (params, x, t) -> v; a class-conditional one also takes labels
 DriftFn = Callable[[Array, Array], Array]
 
 COUPLINGS = ("independent", "minibatch_ot")
@@ -548,7 +548,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
     old = pairs_lib.read_meta(directory)
     diffs = [k for k in _RESUME_FIELDS if not _same_field(old, meta, k)]
     if diffs:
-      detail = "; ".join(f"{k}: {old.get(k)!r} there, {meta.get(k)!r} now" for k in diffs)
+      shown = lambda m, k: (pairs_lib.num_classes(m) if k == "num_classes" else m.get(k))
+      detail = "; ".join(f"{k}: {shown(old, k)!r} there, {shown(meta, k)!r} now" for k in diffs)
       raise ValueError(f"pairs directory {directory!r} holds another generation ({detail}); "
                        f"use another directory or the same settings")
   if jax.process_index() == 0:
@@ -572,14 +573,14 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
       labels = jax.lax.with_sharding_constraint(labels, sharded)
       drift_fn = lambda x, t: velocity_fn(params, x, t, labels)
     else:
-      labels = jnp.full((batch_size,), -1, jnp.int32)
+      labels = None  # no labels to gather
       drift_fn = lambda x, t: velocity_fn(params, x, t)
     x, nfe = solvers.solve_ode(drift_fn, z, float(process.T), float(eps), solver=solver,
                                num_steps=num_steps, rtol=rtol, atol=atol)
     return z, x, labels, nfe
 
   run = parallel.jit(generate, compiler_options, in_shardings=(repl, repl),
-                     out_shardings=(sharded, sharded, sharded, repl))
+                     out_shardings=(sharded, sharded, sharded if num_classes else None, repl))
   bar = _progress(num_chunks, num_chunks - len(todo), "reflow pairs", progress)
   t_start, made, nfes = time.time(), 0, []
   for chunk in todo:
@@ -591,7 +592,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
       z, x, y, nfe = run(params, key)
       zs.append(parallel.to_host(z))
       xs.append(parallel.to_host(x))
-      ys.append(parallel.to_host(y))
+      if num_classes:
+        ys.append(parallel.to_host(y))
       chunk_nfe.append(int(nfe))
     size = min(chunk_size, num_pairs - chunk * chunk_size)
     if jax.process_index() == 0:
@@ -712,8 +714,14 @@ def warm_start(config, workdir: str, init_workdir: str) -> bool:
   theirs = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), teacher.ema_params)
   if jax.tree_util.tree_structure(mine) != jax.tree_util.tree_structure(theirs) or (
       jax.tree_util.tree_leaves(mine) != jax.tree_util.tree_leaves(theirs)):
+    classes = (int(load_workdir_config(init_workdir).model.get("num_classes", 0) or 0),
+               int(config.model.get("num_classes", 0) or 0))
+    hint = (f" (the teacher has num_classes={classes[0]}, config.model.num_classes="
+            f"{classes[1]}: a warm-started student keeps its teacher's classes; an unconditional "
+            f"student of labelled pairs trains from scratch with --mode=train and "
+            f"config.data.pairs_dir)" if classes[0] != classes[1] else "")
     raise ValueError(f"the model of {init_workdir!r} does not match config.model "
-                     f"({config.model.name!r}); a warm start needs the same network")
+                     f"({config.model.name!r}); a warm start needs the same network{hint}")
   params = teacher.ema_params
   state = state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params),
                         opt_state=jax.jit(setup.init_opt_state, out_shardings=repl)(params))

@@ -71,7 +71,7 @@ def test_class_conditional_pairs_follow_each_class_and_keep_the_unconditional_no
   with pytest.raises(ValueError, match=r"num_classes: 2 there, 3 now"):
     rectified_flow.generate_pairs(conditional_velocity, None, LinearPath(), (2,), labelled,
                                   mesh=mesh, num_classes=3, **KWARGS)
-  with pytest.raises(ValueError, match=r"num_classes: 2 there, None now"):
+  with pytest.raises(ValueError, match=r"num_classes: 2 there, 0 now"):
     rectified_flow.generate_pairs(unconditional_velocity, None, LinearPath(), (2,), labelled,
                                   mesh=mesh, **KWARGS)
   with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 0.*got -1"):
@@ -90,6 +90,12 @@ def test_class_conditional_pairs_follow_each_class_and_keep_the_unconditional_no
   np.testing.assert_array_equal(np.concatenate([s for s, _ in seen]), y)
   assert all((pad == -1).all() for _, pad in seen)
   assert pairs_lib.PairsDataset(plain).num_classes == 0
+
+  # Labels beyond the recorded classes (a hand-made or damaged directory) are refused on loading.
+  chunk = pairs_lib.read_chunk(labelled, 1)
+  pairs_lib.write_chunk(labelled, 1, chunk["z"], chunk["x"], chunk["nfe"], labels=chunk["y"] + 5)
+  with pytest.raises(ValueError, match=r"must lie in \[0, 2\).*found 0 \.\. 6"):
+    pairs_lib.PairsDataset(labelled)
 
 
 def test_chunk_labels_are_checked(tmp_path):
@@ -176,6 +182,14 @@ def test_class_conditional_reflow_and_distill_chain_through_workdirs(tmp_path):
   config.training.eval_every = 2  # the periodic evaluation: held-out loss, bits/dim, grid
   config.eval.num_bpd_batches, config.eval.rtol, config.eval.atol = 1, 1e-2, 1e-2
   summary = rectified_flow.run_distill(config, student)
+  # An unconditional student cannot be warm-started from the class-conditional teacher: the
+  # refusal names the classes, and nothing is written.
+  plain = tiny(digits_distill.get_config(), 2)
+  plain.model.num_classes = plain.data.num_classes = 0
+  plain.reflow.init_workdir, plain.data.pairs_dir = teacher, pairs_dir
+  with pytest.raises(ValueError, match=r"teacher has num_classes=10, config.model.num_classes=0"):
+    rectified_flow.run_distill(plain, str(tmp_path / "plain"))
+  assert not os.path.exists(tmp_path / "plain" / "checkpoints")
   print({k: summary[k] for k in summary if "bpd" in k or "loss" in k})
   assert summary["final_step"] == 2 and summary["sample_nfe"] == 1
   setup, state = train.load_state(config, student)

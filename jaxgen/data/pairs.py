@@ -13,8 +13,8 @@ complete; an interrupted generation leaves at most a ``*.tmp*`` file behind, whi
 :class:`PairsDataset` serves the pairs with the interface of the datasets of
 :mod:`jaxgen.data.pipeline` (``num_examples``, ``image_shape``, ``get_batch(step,
 local_batch_size)``, ``num_eval_batches``, ``iterate``), returning ``{'image': x, 'noise': z,
-'label': y}`` (``y`` = -1 for pairs of an unconditional teacher): ``x`` is already in model space (float32, e.g. ``[-1, 1]`` images), so it must not
-be preprocessed again. ``jaxgen.data.pipeline.get_dataset`` returns it for the training split when
+'label': y}`` (``y`` = -1 for pairs of an unconditional teacher): ``x`` is already in model space
+(float32, e.g. ``[-1, 1]`` images), so it must not be preprocessed again. ``jaxgen.data.pipeline.get_dataset`` returns it for the training split when
 ``config.data.pairs_dir`` names a directory.
 """
 import glob
@@ -170,6 +170,9 @@ def load_pairs(directory, start=0, stop=None, *, with_labels=False):
         raise ValueError(f"chunk {index} of {directory!r} has no labels, but its meta.json records "
                          f"a class-conditional teacher (num_classes={num_classes(meta)})")
       ys[lo - start:hi - start] = chunk["y"][lo - index * chunk_size:hi - index * chunk_size]
+  if with_labels and labelled and len(ys) and not 0 <= ys.min() <= ys.max() < num_classes(meta):
+    raise ValueError(f"the labels of {directory!r} must lie in [0, {num_classes(meta)}) "
+                     f"(meta.json's num_classes), found {ys.min()} .. {ys.max()}")
   return (zs, xs, ys) if with_labels else (zs, xs)
 
 
