@@ -79,7 +79,7 @@ def get_base_config():
   evaluate.num_repeats = 1             # dequantization repeats over the test split
   evaluate.precision = "model"         # model | float32 | highest: the likelihood's arithmetic
   evaluate.seed = 0                    # dequantization noise and probes of every bits/dim pass
-  evaluate.density_grid = 200          # 2-D toy data: density PNG on a grid of this side (0: none)
+  evaluate.density_grid = 100          # 2-D toy data: density PNG on a grid of this side (0: none)
 
   # --- data -------------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()

@@ -459,29 +459,51 @@ def save_density(log_density_fn: Callable[[Array], Array], path: str, lim: float
 
 
 def density_grid(config) -> int:
-  """Side of the density plot's grid for ``config``: ``config.eval.density_grid`` (default 200)
-  for 2-D toy data, 0 (no plot) otherwise or when it is 0."""
+  """Side of the density plot's grid for ``config``: ``config.eval.density_grid`` (default 100)
+  for 2-D toy data; 0 (no plot) when it is 0, for other data, for a distilled generator (its
+  density is not tractable: its velocity field's ODE was trained only at the Euler step times)
+  and for a source with no closed-form density (``data.source``: the ODE likelihood needs the
+  prior's)."""
   if not is_toy(config) or data_lib.toy.toy_dim(config.data.dataset[len("toy_"):]) != 2:
     return 0
-  return check_int(config.eval.get("density_grid", 200), "config.eval.density_grid", minimum=0,
-                   note=" (0: no density plot)")
+  n = check_int(config.eval.get("density_grid", 100), "config.eval.density_grid", minimum=0,
+                note=" (0: no density plot)")
+  if config.method == "distill":
+    return 0
+  if str(config.data.get("source", "") or "") not in ("", "toy_8gaussians"):
+    return 0
+  return n
+
+
+def density_extent(config, n: int = 20000) -> float:
+  """Half-width ``lim`` of the density plot's square ``[-lim, lim]^2`` for toy data: 4 (the 2-D
+  sets of FFJORD), or more where 0.1 % of ``n`` points of the data set lie beyond
+  (``toy_gmm2``), rounded up to a half."""
+  name = config.data.dataset[len("toy_"):]
+  reach = float(np.quantile(np.abs(np.asarray(data_lib.sample_toy(name, 0, n))), 0.999))
+  return max(4.0, math.ceil(2.2 * reach) / 2.0)
 
 
 def log_density_on_grid(setup, params, lim: float = 4.0, n: int = 200, batch_size: int = 4000,
-                        eval_config=None) -> np.ndarray:
+                        eval_config=None, cache: Optional[dict] = None) -> np.ndarray:
   """``log p`` of a model of 2-D data on the ``n x n`` grid ``linspace(-lim, lim, n)^2`` (row
   ``i`` is ``y = ys[i]``): a CNF's own density, and for every other method the density of its
   probability-flow ODE (a distilled generator: of its velocity field's ODE), with the exact
   divergence and ``eval_config``'s solver and tolerances (default ``setup.config.eval``).
-  Returns ``(n, n)``."""
+  ``cache``: a dict kept between calls with the same setup and eval config (the jitted program).
+  Returns ``(n, n)``; NaN where the solve failed (step budget)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   if tuple(setup.shape) != (2,):
     raise ValueError(f"log_density_on_grid needs 2-D data, got shape {tuple(setup.shape)}")
   n = check_int(n, "`n`")
   batch_size = check_int(batch_size, "`batch_size`")
-  cfg = ml_collections.ConfigDict(dict(eval_config or setup.config.eval))
-  cfg.divergence = "exact"
-  nll = jax.jit(make_nll_fn(setup, cfg))
+
+  def build():
+    cfg = ml_collections.ConfigDict(dict(eval_config or setup.config.eval))
+    cfg.divergence = "exact"
+    return jax.jit(make_nll_fn(setup, cfg))
+
+  nll = _cached(cache, "density_nll", build)
   xs = np.linspace(-lim, lim, n)
   grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2).astype(np.float32)
   out = []
@@ -495,15 +517,20 @@ def log_density_on_grid(setup, params, lim: float = 4.0, n: int = 200, batch_siz
 
 
 def write_density(setup, params, path: str, lim: float = 4.0, n: int = 200,
-                  title: Optional[str] = None) -> str:
+                  title: Optional[str] = None, cache: Optional[dict] = None) -> str:
   """PNG of the density ``exp(log p)`` of a model of 2-D data on ``[-lim, lim]^2``
-  (:func:`log_density_on_grid`, :func:`save_density`); host 0 writes it. Returns ``path``."""
-  flat = log_density_on_grid(setup, params, lim=lim, n=n).reshape(-1)
+  (:func:`log_density_on_grid`, :func:`save_density`); host 0 writes it and warns if some of
+  the grid's solves failed (they show as blank). Returns ``path``."""
+  flat = log_density_on_grid(setup, params, lim=lim, n=n, cache=cache).reshape(-1)
   if title is None:
     title = setup.config.data.dataset + (
         "" if setup.config.method == "cnf" else " (probability-flow ODE)")
   if jax.process_index() != 0:
     return path
+  bad = int(np.sum(~np.isfinite(flat)))
+  if bad:
+    print(f"warning: the density ODE failed (step budget or non-finite drift) at {bad} of "
+          f"{flat.size} grid points of {path}; they show as blank", flush=True)
   # save_density evaluates the same row-major grid; hand it the values computed above.
   return save_density(lambda pts: jnp.asarray(flat), path, lim=lim, n=n, title=title)
 
@@ -639,7 +666,8 @@ def generate_samples(setup, params, mesh, num: int, seed: int, cache: Optional[d
 # --------------------------------------------------------------------------------------------------
 def make_periodic_evaluation(config) -> Callable:
   """The ``evaluate_fn`` given to :func:`jaxgen.train.train_and_evaluate`: held-out loss, bits/dim
-  on ``eval.num_bpd_batches`` batches (EMA parameters) and a sample grid."""
+  on ``eval.num_bpd_batches`` batches (EMA parameters), a sample grid and, on 2-D toy data, a
+  density plot (:func:`density_grid`)."""
   cache = {}
 
   def evaluate_fn(setup, state, step, workdir, mesh):
@@ -681,9 +709,11 @@ def make_periodic_evaluation(config) -> Callable:
       results["sample_nfe"] = nfe
       results["sample_grid"] = paths["png"]
     grid = density_grid(config)
-    if grid:
+    if grid and workdir is not None:  # (no workdir: no files, as for the sample grid)
+      lim = _cached(cache, "density_extent", lambda: density_extent(config))
       results["density_plot"] = write_density(setup, state.ema_params, os.path.abspath(
-          os.path.join(workdir, "samples", f"density_{step:07d}.png")), n=grid)
+          os.path.join(workdir, "samples", f"density_{step:07d}.png")), lim=lim, n=grid,
+                                              cache=cache)
     msg = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in results.items())
     if jax.process_index() == 0:

@@ -144,7 +144,7 @@ def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):
   result = [l for l in lines[announce[0]:] if l.startswith("eval @ step 2: ")][0]
   assert f"sample_grid {tmp_path / 'run' / 'samples' / 'step_0000002.png'}" in result
   # 2-D toy data: the model's probability-flow density as a PNG too, announced and printed
-  assert "a density plot (200^2 points)" in lines[announce[0]]
+  assert "a density plot (100^2 points)" in lines[announce[0]]
   assert f"density_plot {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in result
   assert f"density plot: {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in lines
 

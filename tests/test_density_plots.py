@@ -64,12 +64,25 @@ def test_density_on_the_grid_is_a_proper_density_and_the_models_likelihood(modul
 
 
 def test_density_grid_follows_the_config():
-  """``config.eval.density_grid``: 200 by default for 2-D toy data, 0 turns the plot off, none for
-  other data; validated with the other counts."""
+  """``config.eval.density_grid``: 100 by default for 2-D toy data, 0 turns the plot off, none for
+  other data, a distilled generator or a source without a density; validated with the other
+  counts. The plot's extent covers the data (``toy_gmm2`` reaches past 4)."""
   from configs.toy import vp_mlp  # pylint: disable=import-outside-toplevel
   from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
   config = vp_mlp.get_config("moons")
-  assert evaluate.density_grid(config) == 200
+  assert evaluate.density_grid(config) == 100
+  assert evaluate.density_extent(config) == 4.0
+  from configs.rectified_flow import toy_8gaussians_to_moons_1rf, toy_checkerboard_distill  # pylint: disable=import-outside-toplevel
+  assert evaluate.density_grid(toy_8gaussians_to_moons_1rf.get_config()) == 100
+  assert evaluate.density_grid(toy_checkerboard_distill.get_config()) == 0
+  source = toy_8gaussians_to_moons_1rf.get_config()
+  source.data.source = "toy_moons"  # no closed-form prior density: no likelihood, no plot
+  assert evaluate.density_grid(source) == 0
+  gmm = vp_mlp.get_config("moons")
+  gmm.data.dataset = "toy_gmm2"
+  x = np.asarray(data_lib.sample_toy("gmm2", 0, 20000))
+  lim = evaluate.density_extent(gmm)
+  assert lim > 4.0 and np.mean(np.abs(x).max(1) > lim) < 1e-3, lim
   config.eval.density_grid = 0
   assert evaluate.density_grid(config) == 0
   assert evaluate.density_grid(vp_unet.get_config()) == 0

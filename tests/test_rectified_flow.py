@@ -329,6 +329,7 @@ def test_reflow_and_distill_modes_chain_through_workdirs(tmp_path):
     config = toy_config(stage, batch_size=64, hidden=(16,))
     config.training.n_iters = n_iters
     config.training.eval_every = n_iters if stage == "distill" else 0
+    config.eval.density_grid = 0  # (tests/test_density_plots.py and test_cli_ux draw them)
     config.training.log_every = n_iters
     config.eval.batch_size = 64
     config.sampling.num_samples = 16
