@@ -98,7 +98,7 @@ def test_config_builds_and_trains_one_step(path):
   assert np.isfinite(float(metrics["loss"])), path
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "linear"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "linear", "edm"])
 def test_toy_config_argument_picks_the_data_set(name):
   """``--config=configs/toy/<name>_mlp.py:moons`` trains on moons; an unknown set is named."""
   spec = importlib.util.spec_from_file_location(f"toy_{name}",

@@ -33,7 +33,7 @@ def _trained(module, dataset, steps=100):
 
 
 @pytest.mark.parametrize("module,dataset", [("vp_mlp", "moons"), ("linear_mlp", "8gaussians"),
-                                            ("ve_mlp", "checkerboard")])
+                                            ("ve_mlp", "checkerboard"), ("edm_mlp", "moons")])
 def test_density_on_the_grid_is_a_proper_density_and_the_models_likelihood(module, dataset,
                                                                            tmp_path):
   config, setup, params = _trained(module, dataset)

@@ -42,7 +42,12 @@ def test_tfds_splits_exist(path):
   assert config.data.train_split in splits and config.data.eval_split in splits, path
 
 
-@pytest.mark.parametrize("path", _configs("cifar10"))
+def _score_sde_configs(folder):
+  """The configs of ``folder`` that reproduce score_sde (``method = 'score'``; not EDM's)."""
+  return [p for p in _configs(folder) if _load(p).method == "score"]
+
+
+@pytest.mark.parametrize("path", _score_sde_configs("cifar10"))
 def test_cifar10_sampling_eps_follows_score_sde(path):
   """score_sde's run_lib.py: sampling_eps 1e-5 for the VE SDE, 1e-3 for VP and sub-VP; both are
   accepted by the sampler checks of the config's process."""
@@ -155,3 +160,34 @@ def test_mnist_likelihood_config_clips_as_score_flow():
   assert config.training.likelihood_weighting and config.training.importance_sampling
   z = losses.importance_sampling_normalizer(processes.VPSDE(), config.training.eps)
   assert abs(config.optim.grad_clip - z) < 1e-9 and 23 < z < 25
+
+
+def test_edm_cifar10_config_follows_edm():
+  """configs/cifar10/edm_ddpmpp.py against NVlabs/edm's ``train.py --cond=0 --arch=ddpmpp``
+  defaults and the paper's Table 7 (config F): the network has EDM's 55.73 M parameters
+  (DDPM++ at channel_mult 2, 2, 2 of 128), 200 Mimg at batch 512, lr 1e-3 ramped over 10 Mimg,
+  an EMA half-life of 0.5 Mimg, dropout 0.13, no clipping, the loss summed over pixels, and 18
+  Heun steps (35 network evaluations) on sigma in [0.002, 80]."""
+  from jaxgen import evaluate, models, solvers  # pylint: disable=import-outside-toplevel
+  config = _load("configs/cifar10/edm_ddpmpp.py")
+  train.validate_config(config, num_devices=8)
+  setup = train.Setup(config)
+  abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0))
+  assert models.count_params(abstract.params) == 55_732_739  # EDM's Table 7: 55.73 M
+  assert config.method == "edm" and config.process.name == "edm"
+  assert (config.process.sigma_min, config.process.sigma_max) == (0.002, 80.0)
+  assert config.process.sigma_data == 0.5
+  batch = config.training.batch_size
+  assert batch == 512 and config.training.n_iters * batch == 200_000_000
+  assert abs(config.optim.warmup * batch - 10_000_000) < batch       # lr ramp-up: 10 Mimg
+  np.testing.assert_allclose(config.model.ema_rate ** (500_000 / batch), 0.5, rtol=1e-12)
+  assert config.optim.lr == 1e-3 and config.optim.grad_clip <= 0
+  assert config.model.dropout == 0.13 and not config.data.random_flip
+  assert not config.training.reduce_mean
+  assert config.sampling.method == "edm_heun" and config.sampling.num_steps == 18
+  evaluate.validate_sampling_config(config, setup.process)
+  # 18 Heun steps of EDM's schedule: 35 denoiser evaluations (no correction on the last step).
+  _, nfe = solvers.edm_heun_sample(jax.random.PRNGKey(0), lambda x, sigma: 0.0 * x, (2, 4),
+                                   num_steps=18,
+                                   sigma_min=0.002, sigma_max=80.0)
+  assert int(nfe) == 35

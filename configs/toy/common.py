@@ -4,8 +4,12 @@ Each file in this folder picks the process and what the MLP predicts; the data s
 config argument (``--config=configs/toy/vp_mlp.py:moons``) or a field override
 (``--config.data.dataset=toy_moons``), one of FFJORD's sets in `jaxgen.data.TOY_DATASETS`.
 """
+import functools
+
+import numpy as np
+
 from configs import base
-from jaxgen.data import TOY_DATASETS
+from jaxgen.data import TOY_DATASETS, sample_toy
 
 
 def toy_mlp_config(process: str, prediction: str, dataset: str = "checkerboard",
@@ -59,3 +63,13 @@ def toy_mlp_config(process: str, prediction: str, dataset: str = "checkerboard",
   evaluate.num_bpd_batches = 2
   evaluate.divergence = "exact"
   return config
+
+
+@functools.lru_cache(maxsize=None)
+def toy_data_std(dataset: str) -> float:
+  """Standard deviation of toy set ``dataset`` over both coordinates (20,000 draws of seed 0,
+  rounded to 0.01): EDM's ``sigma_data``. Checkerboard 2.32, 8 Gaussians 2.03, moons 1.42."""
+  if dataset not in TOY_DATASETS:
+    raise ValueError(f"unknown toy set {dataset!r}; expected one of {TOY_DATASETS}")
+  x = np.asarray(sample_toy(dataset, 0, 20_000), np.float64)
+  return round(float(np.sqrt(np.mean((x - x.mean(0)) ** 2))), 2)
