@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from jaxgen import losses, models, processes
+from jaxgen import losses, models, processes, train
 from jaxgen.models import layers, unet
 
 # Parameter counts of score_sde's CIFAR-10 models (32x32x3 input).
@@ -249,3 +249,39 @@ def test_ddpm_group_norm_groups_equal_score_sde_from_nf_128():
     assert layers.num_groups(width) == min(width // 4, 32)
   assert all(layers.num_groups(128 * m) == 32 for m in (1, 2, 2, 2))
   assert layers.num_groups(64) < 32
+
+
+def test_count_flops_counts_products_where_they_run():
+  """``models.count_flops``: 2 x multiply-adds of convolutions and matrix products, by hand for a
+  3x3 convolution and a dense layer, a scan body times its length, a cond's costliest branch;
+  the DDPM++ cont. network at one CIFAR-10 image gives the GPU issue's 21.7 GFLOP and EDM's
+  DDPM++ (channel_mult 2, 2, 2) 42.4."""
+  x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 3, 16), jnp.float32)
+  a = jax.ShapeDtypeStruct((2, 5), jnp.float32)
+  b = jax.ShapeDtypeStruct((5, 7), jnp.float32)
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  conv_flops = 2 * (2 * 8 * 8 * 16) * (3 * 3 * 3)
+  assert models.count_flops(conv, x, w) == conv_flops
+  assert models.count_flops(lambda a, b: (a @ b) * 2.0 + 1.0, a, b) == 2 * 2 * 7 * 5
+  assert models.count_flops(lambda x, w: jnp.tanh(conv(x, w)).sum(), x, w) == conv_flops
+
+  def scanned(a, b):
+    return jax.lax.scan(lambda c, _: (c, c @ b), a, None, length=4)[1]
+
+  assert models.count_flops(scanned, a, b) == 4 * 2 * 2 * 7 * 5
+  square = jax.ShapeDtypeStruct((5, 5), jnp.float32)
+  assert models.count_flops(lambda p, m: jax.lax.cond(p, lambda m: m @ m @ m, lambda m: m, m),
+                            jax.ShapeDtypeStruct((), bool), square) == 2 * (2 * 5 * 5 * 5)
+  for path, gflop in (("configs.cifar10.vp_ddpmpp_continuous", 21.69),
+                      ("configs.cifar10.edm_ddpmpp", 42.38)):
+    setup = train.Setup(importlib.import_module(path).get_config())
+    params = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0)).params
+    flops = models.count_flops(lambda p, x, t: setup.model_fn(p, x, t), params,
+                               jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+                               jax.ShapeDtypeStruct((1,), jnp.float32))
+    assert abs(flops / 1e9 - gflop) < 0.01, (path, flops)

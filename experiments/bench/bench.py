@@ -1,4 +1,5 @@
-"""GPU benchmark of the DDPM++ cont. (VP) network of configs/cifar10/vp_ddpmpp_continuous.py.
+"""GPU benchmark of the DDPM++ cont. (VP) network of configs/cifar10/vp_ddpmpp_continuous.py
+(``--config cifar10.edm_ddpmpp``: any other image config of ``configs/``, e.g. EDM's DDPM++).
 
 One call on a GPU host prints a table and writes JSON:
   * train images/s (batch 128, random CIFAR-10-shaped data, after warm-up) in float32 at XLA's
@@ -17,8 +18,9 @@ One call on a GPU host prints a table and writes JSON:
   * one whole likelihood call at rtol = atol = 1e-5 (time, NFE, bits/dim) per ``--lik_modes``;
     ``highest`` (float32 at the highest matmul precision, the reference) runs on the first
     ``--highest_batch`` images and is compared per image with the others,
-  * model FLOPs utilization against 790 TFLOP/s, with 21.7 GFLOP per image forward and 3x that
-    per train step.
+  * model FLOPs utilization against 790 TFLOP/s, with the forward's FLOPs per image counted from
+    its jaxpr (2 x multiply-adds of every convolution and matrix product: 21.7 GFLOP for the
+    DDPM++ cont. network, the issue's count; 42.4 for EDM's) and 3x that per train step.
 
 XLA flags: jaxgen's defaults (``jaxgen.parallel.DEFAULT_XLA_FLAGS``, as ``jaxgen.main`` sets them;
 ``--no_default_xla_flags`` leaves them out), then ``--xla_flags`` are appended to ``XLA_FLAGS``
@@ -65,11 +67,11 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from configs.cifar10 import vp_ddpmpp_continuous  # pylint: disable=wrong-import-position
-from jaxgen import evaluate, likelihood, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
+import importlib  # pylint: disable=wrong-import-position
+from jaxgen import evaluate, likelihood, models, parallel, predictions, solvers, train  # pylint: disable=wrong-import-position
 from jaxgen.models import layers  # pylint: disable=wrong-import-position
 
-FWD_GFLOP_PER_IMAGE = 21.7
+CONFIG = {"module": "configs.cifar10.vp_ddpmpp_continuous", "fwd_gflop": 21.7}
 PEAK_TFLOPS = 790.0
 T0 = time.perf_counter()
 MODES = {"float32": ("float32", "default"), "bfloat16": ("bfloat16", "default"),
@@ -144,11 +146,12 @@ def activate(params, seed=0, scale=1.0):
   Convolution kernels stored OHWI are drawn in HWIO and transposed, so that both layouts get the
   same network (and runs before and after the layout change the same parameters)."""
   rng = np.random.default_rng(seed)
+  ohwi_layout = is_ohwi()
 
   def fix(path, p):
     p = np.asarray(p)
     if p.ndim >= 2 and np.max(np.abs(p)) < 1e-6:
-      ohwi = p.ndim == 4 and OHWI and getattr(path[-1], "key", None) == "kernel"
+      ohwi = p.ndim == 4 and ohwi_layout and getattr(path[-1], "key", None) == "kernel"
       shape = p.shape[1:] + p.shape[:1] if ohwi else p.shape
       std = scale * 0.5 / np.sqrt(np.prod(shape[:-1]))
       q = (rng.normal(size=shape) * std).astype(np.float32)
@@ -159,9 +162,11 @@ def activate(params, seed=0, scale=1.0):
 
 
 def pf_drift(setup, p):
-  """The probability-flow drift ``drift(x, t)`` of the eps network with parameters ``p`` (what
-  one NFE evaluates: the ms/NFE timing and :func:`pf_log_likelihood` share it)."""
-  return predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t), "eps")
+  """The probability-flow drift ``drift(x, t)`` of the network with parameters ``p`` (eps for
+  score_sde's VP; EDM's denoiser for ``cifar10.edm_ddpmpp``): what one NFE evaluates; the ms/NFE
+  timing and :func:`pf_log_likelihood` share it."""
+  return predictions.as_drift_fn(setup.process, lambda y, t: setup.model_fn(p, y, t),
+                                 setup.prediction)
 
 
 def pf_log_likelihood(setup, params, x, *, key=None, probes=None, tol=1e-5, baseline=False):
@@ -171,14 +176,15 @@ def pf_log_likelihood(setup, params, x, *, key=None, probes=None, tol=1e-5, base
   ``baseline``: the VP drift's linear divergence outside the step-size control (run 19)."""
   return likelihood.ode_log_likelihood(
       pf_drift(setup, setup.inference_params(params)), x, key=key, probes=probes,
-      prior_logp=setup.process.prior_logp, t0=1e-5, t1=1.0, divergence="rademacher",
+      prior_logp=setup.process.prior_logp, t0=max(1e-5, float(setup.process.t_min)),
+      t1=float(setup.process.T), divergence="rademacher",
       rtol=tol, atol=tol,
       divergence_baseline=(likelihood.linear_divergence_baseline(setup.process, x.shape[1:])
                            if baseline else None))
 
 
 def make_setup(dtype, batch, **model):
-  config = vp_ddpmpp_continuous.get_config()
+  config = importlib.import_module(CONFIG["module"]).get_config()
   config.model.dtype = dtype
   config.training.batch_size = batch
   for key, value in model.items():
@@ -191,7 +197,17 @@ def make_setup(dtype, batch, **model):
   return train.Setup(config)
 
 
-OHWI = vp_ddpmpp_continuous.get_config().model.get("kernel_layout", "HWIO").upper() == "OHWI"
+def is_ohwi():
+  return importlib.import_module(CONFIG["module"]).get_config().model.get(
+      "kernel_layout", "HWIO").upper() == "OHWI"
+
+
+def forward_gflop_per_image(setup) -> float:
+  """The network's forward FLOPs for one 32x32x3 image (``jaxgen.models.count_flops``)."""
+  params = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0)).params
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  return models.count_flops(lambda p, x, t: setup.model_fn(p, x, t), params, x, t) / 1e9
 
 
 class Bench:
@@ -283,7 +299,7 @@ class Bench:
     res.update(train_img_s=self.batch / dt, train_step_ms=dt * 1e3,
                train_step_ms_windows=[w * 1e3 for w in windows], loss=float(m["loss"]),
                train_step_ms_median=float(np.median(windows)) * 1e3,
-               mfu_train=self.batch / dt * 3 * FWD_GFLOP_PER_IMAGE * 1e9 / (PEAK_TFLOPS * 1e12),
+               mfu_train=self.batch / dt * 3 * CONFIG["fwd_gflop"] * 1e9 / (PEAK_TFLOPS * 1e12),
                peak_gib_so_far=peak_gib())
     log(f"train {name}: compile {res['compile_s']:.1f} s, {dt * 1e3:.2f} ms/step, "
         f"{res['train_img_s']:.0f} img/s, loss0 {res['loss_step0']:.6f}, peak {peak_gib():.2f} GiB")
@@ -401,6 +417,8 @@ def parse_options(spec):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--config", default="cifar10.vp_ddpmpp_continuous",
+                      help="module under configs/ whose network and loss are timed")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--train_modes", default="bfloat16,float32")
   parser.add_argument("--fwd_modes", default="float32,bfloat16")
@@ -445,6 +463,10 @@ def main():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   split = lambda s: [x for x in s.split(",") if x]
+  CONFIG["module"] = "configs." + args.config
+  if args.config != "cifar10.vp_ddpmpp_continuous":  # the default keeps the issue's 21.7
+    CONFIG["fwd_gflop"] = forward_gflop_per_image(make_setup("float32", 1))
+  log(f"config {args.config}: {CONFIG['fwd_gflop']:.2f} GFLOP per image forward")
   log(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   warmup = warmup_libraries() if args.warmup else None
   bench = Bench(args.batch, args.lik_param_scale)
@@ -455,6 +477,7 @@ def main():
       with open(args.out, "w") as f:
         json.dump({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "batch": args.batch,
+                   "config": args.config, "fwd_gflop_per_image": CONFIG["fwd_gflop"],
                    "cache_dir": args.cache_dir, "lik_param_scale": args.lik_param_scale,
                    "lik_tol": args.lik_tol, "lik_baseline": args.lik_baseline,
                    "warmup_s": warmup,
