@@ -112,6 +112,7 @@ def get_base_config():
   model.name = "ddpmpp"
   model.prediction = "eps"             # score | eps | x0 | velocity: what the network outputs
   model.ema_rate = 0.9999
+  model.ema_rampup_ratio = 0.0         # > 0: EDM's EMA warm-up (half-life <= ratio x steps done)
   model.dtype = "float32"              # compute dtype; parameters always float32
   model.nf = 128
   model.ch_mult = (1, 2, 2, 2)

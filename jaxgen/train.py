@@ -40,6 +40,29 @@ from jaxgen.models import layers
 Array = jax.Array
 
 
+def ema_decay(step, ema_rate: float, rampup_ratio: float = 0.0):
+  """The EMA decay of the update after ``step`` finished steps (int or int array; the first step
+  is 0): ``new_ema = decay * ema + (1 - decay) * params``.
+
+  ``rampup_ratio = 0``: ``ema_rate`` itself (a Python float; the train step's program does not
+  change). ``rampup_ratio > 0``: EDM's EMA warm-up (Karras et al. 2022, ``ema_rampup_ratio``):
+  the half-life, counted in steps, is ``min(h, rampup_ratio * step)`` with ``h = ln 0.5 / ln
+  ema_rate`` the half-life of ``ema_rate``, and the decay ``0.5 ** (1 / half-life)``: 0 at
+  step 0 (the EMA starts as the parameters), ``ema_rate`` from step ``h / rampup_ratio`` on.
+  Returns a float32 scalar array then.
+  """
+  ema_rate, rampup_ratio = float(ema_rate), float(rampup_ratio)
+  if not 0.0 <= ema_rate < 1.0:
+    raise ValueError(f"ema_rate must be in [0, 1), got {ema_rate!r}")
+  if not rampup_ratio >= 0.0 or math.isinf(rampup_ratio):
+    raise ValueError(f"rampup_ratio must be a finite number >= 0, got {rampup_ratio!r}")
+  if rampup_ratio == 0.0 or ema_rate == 0.0:
+    return ema_rate
+  half_life = math.log(0.5) / math.log(ema_rate)
+  ramp = rampup_ratio * jnp.asarray(step, jnp.float32)
+  return jnp.exp(math.log(0.5) / jnp.maximum(jnp.minimum(half_life, ramp), 1e-8))
+
+
 def _global_norm(tree) -> Array:
   leaves = jax.tree_util.tree_leaves(tree)
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
@@ -185,6 +208,7 @@ _NUMBER_FIELDS = (
     ("optim", "weight_decay", "float", 0.0, None),
     ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0: no clipping (score_sde's -1)
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
+    ("model", "ema_rampup_ratio", "float", 0.0, None),
     ("sampling", "batch_size", "int", 1, None),
     ("sampling", "num_samples", "int", 0, None),
     ("sampling", "class_label", "int", -1, None),  # -1: a class drawn per sample
@@ -534,6 +558,11 @@ class Setup:
 
     return train_step
 
+  def _ema_decay(self, step):
+    """:func:`ema_decay` of ``config.model.ema_rate`` and ``ema_rampup_ratio`` (default 0)."""
+    model = self.config.model
+    return ema_decay(step, model.ema_rate, model.get("ema_rampup_ratio", 0.0))
+
   def _loss_and_grads(self, state: TrainState, batch, params):
     """The step's loss, parameter gradients and the loss's scalar ``aux`` values (float32; e.g.
     a CNF's NLL, NFE, RNODE terms and end time), logged with the loss. Its randomness comes from
@@ -547,7 +576,7 @@ class Setup:
 
   def _tree_update(self, state: TrainState, loss, grads):
     """Optimizer, EMA and the non-finite guard, leaf by leaf (``optim.flat_update=False``)."""
-    ema_rate = float(self.config.model.ema_rate)
+    ema_rate = self._ema_decay(state.step)
     grad_norm = _global_norm(grads)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -581,7 +610,7 @@ class Setup:
 
   def _flat_core(self, state, loss, flat_grads, flat_params, flat_ema):
     """Adam (+clipping), EMA and the non-finite guard on flat float32 vectors."""
-    ema_rate = float(self.config.model.ema_rate)
+    ema_rate = self._ema_decay(state.step)
     if self._materialize_grads:
       # One contiguous copy of the ~560 gradient leaves; the norm and Adam then read it, instead
       # of each indexing into a ~560-operand concatenation inside its own fusion.
@@ -784,7 +813,7 @@ _PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_ba
                            "two_stage_grads", "remat_policy", "remat")
 # Model fields added after checkpoints were written, with what those checkpoints hold
 # (``zero_last`` only changes the initialization).
-_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO", "zero_last": False}
+_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO", "zero_last": False, "ema_rampup_ratio": 0.0}
 # FFJORD's multiscale squeeze order (channel c*4 + dy*2 + dx) since 2026-11-30; checkpoints of the
 # order before ((dy*2 + dx)*C + c) compute another function with the same parameters, so their
 # fingerprint (which lacks the field) is refused by name rather than silently evaluated.

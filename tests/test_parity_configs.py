@@ -166,7 +166,7 @@ def test_edm_cifar10_config_follows_edm():
   """configs/cifar10/edm_ddpmpp.py against NVlabs/edm's ``train.py --cond=0 --arch=ddpmpp``
   defaults and the paper's Table 7 (config F): the network has EDM's 55.73 M parameters
   (DDPM++ at channel_mult 2, 2, 2 of 128), 200 Mimg at batch 512, lr 1e-3 ramped over 10 Mimg,
-  an EMA half-life of 0.5 Mimg, dropout 0.13, no clipping, the loss summed over pixels, and 18
+  an EMA half-life of 0.5 Mimg with EDM's warm-up, dropout 0.13, no clipping, the loss summed over pixels, and 18
   Heun steps (35 network evaluations) on sigma in [0.002, 80]."""
   from jaxgen import evaluate, models, solvers  # pylint: disable=import-outside-toplevel
   config = _load("configs/cifar10/edm_ddpmpp.py")
@@ -181,6 +181,14 @@ def test_edm_cifar10_config_follows_edm():
   assert batch == 512 and config.training.n_iters * batch == 200_000_000
   assert abs(config.optim.warmup * batch - 10_000_000) < batch       # lr ramp-up: 10 Mimg
   np.testing.assert_allclose(config.model.ema_rate ** (500_000 / batch), 0.5, rtol=1e-12)
+  # EDM's EMA warm-up (ema_rampup_ratio 0.05): the EMA is the parameters after the first step,
+  # its half-life 5 % of the images seen until that reaches 0.5 Mimg (10 Mimg, step 19,532).
+  assert config.model.ema_rampup_ratio == 0.05
+  assert float(train.ema_decay(0, config.model.ema_rate, 0.05)) == 0.0
+  np.testing.assert_allclose(float(train.ema_decay(1000, config.model.ema_rate, 0.05)),
+                             0.5 ** (batch / (0.05 * 1000 * batch)), rtol=1e-5)
+  np.testing.assert_allclose(float(train.ema_decay(19_532, config.model.ema_rate, 0.05)),
+                             config.model.ema_rate, rtol=1e-6)
   assert config.optim.lr == 1e-3 and config.optim.grad_clip <= 0
   assert config.model.dropout == 0.13 and not config.data.random_flip
   assert not config.training.reduce_mean

@@ -8,9 +8,11 @@ dropout 0.13, EMA half-life 0.5 Mimg, 200 Mimg of training, ``ln sigma ~ N(-1.2,
 ``sigma_data = 0.5``, the loss summed over pixels; sampled with 18 Heun steps (NFE 35) on
 ``sigma in [0.002, 80]``, ``rho = 7``, no churn.
 
-Not reproduced: EDM's augmentation pipeline (``--augment=0.12``, with its conditioning labels)
-and its EMA warm-up (``ema_rampup_ratio = 0.05``); the EMA here keeps the half-life from the
-first step (``model.ema_rate = 0.5 ** (512 / 500_000)``).
+EMA as EDM's: half-life 0.5 Mimg (``model.ema_rate = 0.5 ** (512 / 500_000)`` per step) with its
+warm-up (``model.ema_rampup_ratio = 0.05``: the half-life is at most 5 % of the images seen, so
+the EMA starts as the parameters and reaches the full half-life after 10 Mimg).
+
+Not reproduced: EDM's augmentation pipeline (``--augment=0.12``, with its conditioning labels).
 """
 from configs.cifar10 import common
 
@@ -48,6 +50,7 @@ def get_config():
   model.dropout = 0.13
   model.embedding_type = "positional"                 # of c_noise = ln(sigma) / 4
   model.ema_rate = 0.5 ** (BATCH / (500 * KIMG))      # half-life 0.5 Mimg: 0.999290 per step
+  model.ema_rampup_ratio = 0.05                       # EDM's EMA warm-up
 
   optim = config.optim
   optim.lr = 1e-3
