@@ -29,6 +29,7 @@ def get_base_config():
   training.importance_sampling = False  # importance-sampled t for likelihood weighting
   training.time_sampling = "uniform"   # uniform | logit_normal (flow)
   training.eps = 1e-5                  # smallest training time
+  training.augment_p = 0.0             # EDM's augmentation probability (method edm; jaxgen.augment)
   training.nonfinite = "error"         # error | skip: what a non-finite loss does
   training.max_wall_seconds = 0.0      # stop cleanly after this long (0 = no limit)
   # GPU: deterministic kernels only, so a step is bitwise repeatable. Compiles faster (fewer
@@ -113,6 +114,7 @@ def get_base_config():
   model.prediction = "eps"             # score | eps | x0 | velocity: what the network outputs
   model.ema_rate = 0.9999
   model.ema_rampup_ratio = 0.0         # > 0: EDM's EMA warm-up (half-life <= ratio x steps done)
+  model.augment_dim = 0                # EDM's augmentation labels read by the network (9 with them)
   model.dtype = "float32"              # compute dtype; parameters always float32
   model.nf = 128
   model.ch_mult = (1, 2, 2, 2)

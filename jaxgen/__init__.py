@@ -4,7 +4,8 @@ Modules: ``processes`` (VP / sub-VP / VE SDEs, the linear and EDM paths), ``pred
 (score / eps / x0 / velocity conversions), ``solvers`` (reverse-SDE, DDPM, DDIM, EDM and
 probability-flow ODE samplers), ``likelihood`` (PF-ODE log-likelihood and bits/dim), ``cnf``
 (FFJORD / RNODE), ``rectified_flow`` (reflow and distillation), ``closed_form`` (exact Gaussian
-and mixture scores and densities), ``losses``, ``models`` (Flax networks), ``data``, ``train``,
+and mixture scores and densities), ``losses``, ``augment`` (EDM's non-leaky augmentation),
+``models`` (Flax networks), ``data``, ``train``,
 ``evaluate``, ``parallel`` and ``main`` (the command line). Submodules are imported explicitly
 (``from jaxgen import solvers``), so that ``import jaxgen`` itself stays cheap.
 """

@@ -15,13 +15,14 @@ Shapes: ``batch["image"]`` is ``(batch, ...)`` float data (already scaled), ``ba
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxgen import parallel, predictions
+from jaxgen import augment as augment_lib, parallel, predictions
 from jaxgen.processes import (EDMPath, LinearPath, Process, SubVPSDE, VESDE, VPSDE, broadcast_to,
                               discrete_step)
 
@@ -98,7 +99,9 @@ def model_output_type(process: Process, prediction: str, *, edm_preconditioning:
 def make_model_fn(apply_fn: Callable[..., Array], process: Process, prediction: str,
                   edm_preconditioning: bool = False, discrete: bool = False) -> ModelFn:
   """Wrap a Flax ``apply_fn(variables, x, cond, y=..., train=..., rngs=...)`` into
-  ``model_fn(params, x, t, *, train=False, key=None, labels=None) -> (batch, ...)`` float32.
+  ``model_fn(params, x, t, *, train=False, key=None, labels=None, augment_labels=None) ->
+  (batch, ...)`` float32 (``augment_labels``: EDM's augmentation conditioning, passed on to the
+  network only when given).
 
   With ``edm_preconditioning`` the network is EDM's ``F`` and the output is the denoiser
   ``D = c_skip x + c_out F(c_in x, c_noise)`` (an ``x0`` prediction). With ``discrete`` on a VP
@@ -116,9 +119,11 @@ def make_model_fn(apply_fn: Callable[..., Array], process: Process, prediction: 
       _discrete_eps(process, jnp.zeros((1,)), jnp.zeros((1,)), jnp.zeros((1,)), prediction)
 
   def model_fn(params, x, t, *, train: bool = False, key: Optional[Array] = None,
-               labels: Optional[Array] = None):
+               labels: Optional[Array] = None, augment_labels: Optional[Array] = None):
     rngs = {"dropout": key} if (train and key is not None) else {}
     kwargs = {"y": labels} if labels is not None else {}
+    if augment_labels is not None:
+      kwargs["augment_labels"] = augment_labels
     if edm_preconditioning:
       sigma = process.sigma(t)
       sigma_data = getattr(process, "sigma_data", 0.5)
@@ -339,20 +344,27 @@ def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
 
 
 def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std: float = 1.2,
-             reduce_mean: bool = True) -> Callable:
+             reduce_mean: bool = True, augment: Optional[Callable] = None) -> Callable:
   """EDM's loss ``lambda(sigma) |D(x + sigma n; sigma) - x|^2``, ``ln sigma ~ N(p_mean, p_std^2)``.
 
   ``model_fn`` must be built with ``edm_preconditioning=True`` (it returns the denoiser ``D``).
+  ``augment``: optional ``augment(key, x) -> (x, labels)`` (EDM's non-leaky augmentation,
+  :func:`jaxgen.augment.augment`), applied to the training images (``train=True``) before the
+  noise, its labels passed to the network as ``augment_labels``; evaluation losses see the data.
   """
 
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]
     n = x0.shape[0]
+    extra = {}
+    if augment is not None and train:
+      x0, extra["augment_labels"] = augment(jax.random.fold_in(key, 3), x0)
     k_s, k_z, k_drop = jax.random.split(key, 3)
     sigma = jnp.exp(p_mean + p_std * _rows(_normal, k_s, (n,)))
     z = _rows(_normal, k_z, x0.shape)
     x_t = x0 + broadcast_to(sigma, x0) * z
-    denoised = model_fn(params, x_t, sigma, train=train, key=k_drop, labels=batch.get("label"))
+    denoised = model_fn(params, x_t, sigma, train=train, key=k_drop, labels=batch.get("label"),
+                        **extra)
     weight = predictions.edm_loss_weight(sigma, process.sigma_data)
     losses = _reduce(jnp.square(denoised - x0), reduce_mean) * weight
     return jnp.mean(losses), {"loss_per_example": losses}
@@ -432,7 +444,9 @@ def get_loss_fn(config, model_fn: ModelFn, process: Process) -> Callable:
   if method == "edm":
     if not isinstance(process, EDMPath):
       raise ValueError(f"method 'edm' needs process.name 'edm', got {type(process).__name__}")
-    return edm_loss(model_fn, process, reduce_mean=training.reduce_mean)
+    augment_p = float(training.get("augment_p", 0.0))
+    augment_fn = functools.partial(augment_lib.augment, p=augment_p) if augment_p > 0 else None
+    return edm_loss(model_fn, process, reduce_mean=training.reduce_mean, augment=augment_fn)
   if method in ("flow", "rectified_flow"):
     return flow_matching_loss(model_fn, process, prediction,
                               time_sampling=training.get("time_sampling", "uniform"),

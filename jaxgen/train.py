@@ -161,6 +161,7 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
   losses.validate_loss_config(config, process)
   models.validate_model_config(config.model, config.data)
   models.get_model(config.model, config.data)
+  _validate_augment(config)
   if config.training.nonfinite not in ("error", "skip"):
     raise ValueError(f"config.training.nonfinite must be 'error' or 'skip', got "
                      f"{config.training.nonfinite!r}")
@@ -209,6 +210,7 @@ _NUMBER_FIELDS = (
     ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0: no clipping (score_sde's -1)
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
     ("model", "ema_rampup_ratio", "float", 0.0, None),
+    ("training", "augment_p", "float", 0.0, 1.0),
     ("sampling", "batch_size", "int", 1, None),
     ("sampling", "num_samples", "int", 0, None),
     ("sampling", "class_label", "int", -1, None),  # -1: a class drawn per sample
@@ -258,6 +260,26 @@ def _validate_eval_solver(config) -> None:
     value = evaluation.get(name, 1e-5)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
       raise ValueError(f"config.eval.{name} must be a number > 0, got {value!r}")
+
+
+def _validate_augment(config) -> None:
+  """``training.augment_p > 0`` (EDM's augmentation, :mod:`jaxgen.augment`): EDM's loss on
+  images, and a network that reads the labels (``model.augment_dim = augment.AUGMENT_DIM``)."""
+  from jaxgen import augment  # pylint: disable=import-outside-toplevel
+  p = config.training.get("augment_p", 0.0)
+  if not p:
+    return
+  if config.method != "edm":
+    raise ValueError(f"config.training.augment_p={p} is EDM's augmentation; it needs "
+                     f"config.method='edm', got {config.method!r}")
+  if len(data_shape(config)) != 3:
+    raise ValueError(f"config.training.augment_p={p} augments images; "
+                     f"{config.data.dataset!r} is not an image data set")
+  dim = config.model.get("augment_dim", 0)
+  if dim != augment.AUGMENT_DIM:
+    raise ValueError(f"config.training.augment_p={p} needs config.model.augment_dim="
+                     f"{augment.AUGMENT_DIM} (the network reads the augmentation labels "
+                     f"{augment.LABELS}), got {dim!r}")
 
 
 def _validate_time_sampling(config) -> None:
@@ -813,7 +835,8 @@ _PERF_ONLY_MODEL_FIELDS = ("fused_norm", "pallas_norm", "fast_dropout", "temb_ba
                            "two_stage_grads", "remat_policy", "remat")
 # Model fields added after checkpoints were written, with what those checkpoints hold
 # (``zero_last`` only changes the initialization).
-_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO", "zero_last": False, "ema_rampup_ratio": 0.0}
+_MODEL_FIELDS_BEFORE = {"kernel_layout": "HWIO", "zero_last": False, "ema_rampup_ratio": 0.0,
+                        "augment_dim": 0}
 # FFJORD's multiscale squeeze order (channel c*4 + dy*2 + dx) since 2026-11-30; checkpoints of the
 # order before ((dy*2 + dx)*C + c) compute another function with the same parameters, so their
 # fingerprint (which lacks the field) is refused by name rather than silently evaluated.

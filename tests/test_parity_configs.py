@@ -173,7 +173,9 @@ def test_edm_cifar10_config_follows_edm():
   train.validate_config(config, num_devices=8)
   setup = train.Setup(config)
   abstract = jax.eval_shape(setup.init_state, jax.random.PRNGKey(0))
-  assert models.count_params(abstract.params) == 55_732_739  # EDM's Table 7: 55.73 M
+  # EDM's Table 7: 55.73 M, and its map_augment (9 augmentation labels -> 128 features, no bias)
+  assert models.count_params(abstract.params) == 55_732_739 + 9 * 128
+  assert config.training.augment_p == 0.12 and config.model.augment_dim == 9
   assert config.method == "edm" and config.process.name == "edm"
   assert (config.process.sigma_min, config.process.sigma_max) == (0.002, 80.0)
   assert config.process.sigma_data == 0.5

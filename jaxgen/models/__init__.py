@@ -116,6 +116,15 @@ def validate_model_config(model_config, data_config=None) -> None:
              f"model.num_classes={num_classes} needs model.conditional=True (labels join the "
              "time embedding)")
 
+  augment_dim = check_int(get("augment_dim", 0), "model.augment_dim", minimum=0)
+  if augment_dim > 0:
+    _require(name in CONV_MODELS,
+             f"model.augment_dim={augment_dim}: augmentation labels condition the image networks "
+             f"{CONV_MODELS}, not {name!r}")
+    _require(bool(get("conditional", True)),
+             f"model.augment_dim={augment_dim} needs model.conditional=True (the labels join the "
+             "noise embedding)")
+
   if name in ffjord.FFJORD_MODELS:
     ffjord.validate_model_config(model_config, data_config)
     return

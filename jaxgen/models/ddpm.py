@@ -17,9 +17,10 @@ Array = jax.Array
 class DDPM(nn.Module):
   """DDPM U-Net: DDPM residual blocks, attention at ``attn_resolutions``, no skip rescaling.
 
-  ``__call__(x, cond, y=None, train=False)``: ``x`` ``(batch, H, W, C)``, ``cond`` ``(batch,)``
-  (``999 t`` for VP), ``y`` ``(batch,)`` int labels when ``num_classes > 0``. Returns float32
-  ``(batch, H, W, C)``, divided by ``cond`` when ``scale_by_sigma``. GroupNorm uses
+  ``__call__(x, cond, y=None, train=False, augment_labels=None)``: ``x`` ``(batch, H, W, C)``,
+  ``cond`` ``(batch,)`` (``999 t`` for VP), ``y`` ``(batch,)`` int labels when ``num_classes >
+  0``. ``augment_labels`` ``(batch, augment_dim)`` when ``augment_dim > 0`` (None: zeros). Returns
+  float32 ``(batch, H, W, C)``, divided by ``cond`` when ``scale_by_sigma``. GroupNorm uses
   ``min(C // 4, 32)`` groups (:func:`layers.num_groups`, NCSN++'s rule) where score_sde's DDPM
   uses 32 at every width: identical when every width is at least 128 (``nf = 128``, the CIFAR-10
   model), fewer groups for a smaller ``nf``.
@@ -37,6 +38,7 @@ class DDPM(nn.Module):
   scale_by_sigma: bool = False
   nonlinearity: str = "swish"
   num_classes: int = 0
+  augment_dim: int = 0      # > 0: EDM's augmentation labels condition the embedding
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1
   dtype: Any = "float32"
   remat: bool = False
@@ -44,7 +46,7 @@ class DDPM(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
-               train: bool = False) -> Array:
+               train: bool = False, augment_labels: Optional[Array] = None) -> Array:
     dtype = jnp.dtype(self.dtype)
     layers.check_image_input(x, cond)
     nf, num_resolutions, cs = self.nf, len(self.ch_mult), self.conv_size
@@ -57,7 +59,8 @@ class DDPM(nn.Module):
     temb = None
     if self.conditional:
       temb = ConditioningEmbedding(nf, self.embedding_type, self.fourier_scale,
-                                   self.nonlinearity, self.num_classes, dtype)(cond, y)
+                                   self.nonlinearity, self.num_classes, dtype,
+                                   self.augment_dim)(cond, y, augment_labels)
 
     def block(h, out_ch=None):
       return block_cls(out_ch=out_ch)(h, temb, train)

@@ -70,7 +70,10 @@ class ConditioningEmbedding(nn.Module):
   """Noise (and optional class) embedding of score_sde: features -> Dense -> act -> Dense.
 
   ``cond``: ``(batch,)`` float; ``y``: ``(batch,)`` int or None -> ``(batch, 4 * nf)``.
-  With ``num_classes > 0`` a learned ``nn.Embed`` of ``y`` is added to the output.
+  With ``num_classes > 0`` a learned ``nn.Embed`` of ``y`` is added to the output. With
+  ``augment_dim > 0`` (EDM's augmentation conditioning, :mod:`jaxgen.augment`) a bias-free linear
+  map of ``augment_labels`` ``(batch, augment_dim)`` is added to the noise features, as EDM's
+  ``map_augment``; None (sampling) means labels of zero: the unaugmented data.
   """
   nf: int = 128
   embedding_type: str = "positional"
@@ -78,13 +81,26 @@ class ConditioningEmbedding(nn.Module):
   act: str = "swish"
   num_classes: int = 0
   dtype: Any = jnp.float32
+  augment_dim: int = 0
 
   @nn.compact
-  def __call__(self, cond: Array, y: Optional[Array] = None) -> Array:
+  def __call__(self, cond: Array, y: Optional[Array] = None,
+               augment_labels: Optional[Array] = None) -> Array:
     dtype = jnp.dtype(self.dtype)
     if cond.ndim != 1:
       raise ValueError(f"cond must have shape (batch,), got {cond.shape}")
     temb = noise_features(cond, self.embedding_type, self.nf, self.fourier_scale)
+    if self.augment_dim > 0:
+      if augment_labels is None:
+        augment_labels = jnp.zeros((cond.shape[0], self.augment_dim), jnp.float32)
+      if augment_labels.shape != (cond.shape[0], self.augment_dim):
+        raise ValueError(f"augment_labels must have shape (batch, augment_dim) = "
+                         f"{(cond.shape[0], self.augment_dim)}, got {augment_labels.shape}")
+      temb = temb + nn.Dense(temb.shape[-1], use_bias=False, kernel_init=layers.default_init(),
+                             dtype=dtype, param_dtype=jnp.float32,
+                             name="augment_embedding")(augment_labels.astype(dtype))
+    elif augment_labels is not None:
+      raise ValueError("augment_labels given to a network built with augment_dim=0")
     temb = layers.dense(self.nf * 4, dtype=dtype)(temb.astype(dtype))
     temb = layers.dense(self.nf * 4, dtype=dtype)(layers.get_activation(self.act)(temb))
     if self.num_classes > 0:

@@ -26,9 +26,10 @@ RESBLOCK_TYPES = ("biggan", "ddpm")
 class NCSNpp(nn.Module):
   """NCSN++ / DDPM++ U-Net.
 
-  ``__call__(x, cond, y=None, train=False)``: ``x`` ``(batch, H, W, C)`` float, ``cond``
-  ``(batch,)`` float (``999 t`` for VP, ``sigma(t)`` for VE), ``y`` ``(batch,)`` int labels when
-  ``num_classes > 0``. Returns float32 ``(batch, H, W, C)``; divided by ``cond`` when
+  ``__call__(x, cond, y=None, train=False, augment_labels=None)``: ``x`` ``(batch, H, W, C)`` float,
+  ``cond`` ``(batch,)`` float (``999 t`` for VP, ``sigma(t)`` for VE), ``y`` ``(batch,)`` int
+  labels when ``num_classes > 0``. ``augment_labels`` ``(batch, augment_dim)`` when ``augment_dim
+  > 0`` (None: zeros). Returns float32 ``(batch, H, W, C)``; divided by ``cond`` when
   ``scale_by_sigma``.
   """
   nf: int = 128
@@ -53,6 +54,7 @@ class NCSNpp(nn.Module):
   scale_by_sigma: bool = False
   nonlinearity: str = "swish"
   num_classes: int = 0
+  augment_dim: int = 0      # > 0: EDM's augmentation labels condition the embedding
   centered: bool = True     # data in [-1, 1]; else [0, 1] and mapped with 2x - 1 (score_sde)
   dtype: Any = "float32"    # compute dtype; parameters are float32
   remat: bool = False
@@ -68,7 +70,7 @@ class NCSNpp(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
-               train: bool = False) -> Array:
+               train: bool = False, augment_labels: Optional[Array] = None) -> Array:
     dtype = jnp.dtype(self.dtype)
     progressive = self.progressive.lower()
     progressive_input = self.progressive_input.lower()
@@ -125,7 +127,8 @@ class NCSNpp(nn.Module):
     temb = None
     if self.conditional:
       temb = ConditioningEmbedding(nf, self.embedding_type, self.fourier_scale,
-                                   self.nonlinearity, self.num_classes, dtype)(cond, y)
+                                   self.nonlinearity, self.num_classes, dtype,
+                                   self.augment_dim)(cond, y, augment_labels)
 
     x = x.astype(jnp.float32)
     if not self.centered:

@@ -25,9 +25,10 @@ Array = jax.Array
 class UNet(nn.Module):
   """Small U-Net.
 
-  ``__call__(x, cond, y=None, train=False)``: ``x`` ``(batch, H, W, C)``, ``cond`` ``(batch,)``,
-  ``y`` ``(batch,)`` int labels when ``num_classes > 0``. Returns float32 ``(batch, H, W, C)``.
-  ``H`` must be divisible by ``2 ** (len(ch_mult) - 1)``.
+  ``__call__(x, cond, y=None, train=False, augment_labels=None)``: ``x`` ``(batch, H, W, C)``,
+  ``cond`` ``(batch,)``, ``y`` ``(batch,)`` int labels when ``num_classes > 0``.
+  ``augment_labels`` ``(batch, augment_dim)`` when ``augment_dim > 0`` (None: zeros). Returns
+  float32 ``(batch, H, W, C)``. ``H`` must be divisible by ``2 ** (len(ch_mult) - 1)``.
   """
   nf: int = 32
   ch_mult: Sequence[int] = (1, 2)
@@ -38,6 +39,7 @@ class UNet(nn.Module):
   fourier_scale: float = 16.0
   nonlinearity: str = "swish"
   num_classes: int = 0
+  augment_dim: int = 0      # > 0: EDM's augmentation labels condition the embedding
   scale_by_sigma: bool = False
   dtype: Any = "float32"
   remat: bool = False
@@ -45,13 +47,14 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, y: Optional[Array] = None,
-               train: bool = False) -> Array:
+               train: bool = False, augment_labels: Optional[Array] = None) -> Array:
     dtype = jnp.dtype(self.dtype)
     layers.check_image_input(x, cond)
     act = layers.get_activation(self.nonlinearity)
     # Embedding width 2 nf (ConditioningEmbedding outputs 4 * its nf).
     temb = ConditioningEmbedding(max(self.nf // 2, 1), self.embedding_type, self.fourier_scale,
-                                 self.nonlinearity, self.num_classes, dtype)(cond, y)
+                                 self.nonlinearity, self.num_classes, dtype,
+                                   self.augment_dim)(cond, y, augment_labels)
     block_cls = functools.partial(
         layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),
         act=self.nonlinearity,
