@@ -401,16 +401,21 @@ class Bench:
 
 
 def parse_options(spec):
-  """'a+b=false+c=path' -> {'a': True, 'b': False, 'c': 'path'} (config fields of a train run);
-  'none' or 'off' is the empty string (e.g. autotune_results=none)."""
+  """'a+b=false+c=path+d=0.5' -> {'a': True, 'b': False, 'c': 'path', 'd': 0.5} (config fields of
+  a train run); 'none' or 'off' is the empty string (e.g. autotune_results=none)."""
   opts = {}
   for item in filter(None, spec.split("+")):
     key, _, value = item.partition("=")
     low = value.lower()
     if low in ("", "true", "1", "yes", "false", "0", "no"):
       opts[key] = low in ("", "true", "1", "yes")
+    elif low in ("none", "off"):
+      opts[key] = ""
     else:
-      opts[key] = "" if low in ("none", "off") else value
+      try:     # numbers as numbers (augment_p=0.0 into a float field)
+        opts[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+      except ValueError:
+        opts[key] = value
   return opts
 
 
