@@ -77,19 +77,15 @@ def _translate(tx, ty):
   return _matrix([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
 
 
-def _check_probability_args(p, multipliers, stds):
+def _check_probability_args(p, options):
+  """``p`` in [0, 1]; every entry of ``options`` (multipliers, spreads) a finite number >= 0."""
   p = float(p)
   if not (math.isfinite(p) and 0.0 <= p <= 1.0):
     raise ValueError(f"augmentation probability p must be in [0, 1], got {p!r}")
-  for name, value in multipliers.items():
+  for name, value in options.items():
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value) and value >= 0):
-      raise ValueError(f"augmentation multiplier {name} must be a finite number >= 0, got "
-                       f"{value!r}")
-  for name, value in stds.items():
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= 0):
-      raise ValueError(f"augmentation parameter {name} must be a finite number >= 0, got "
+      raise ValueError(f"augmentation option {name} must be a finite number >= 0, got "
                        f"{value!r}")
   return p
 
@@ -119,9 +115,9 @@ def augment(key: Array, images: Array, p: float, *, xflip: float = 1e8, yflip: f
   """
   p = _check_probability_args(
       p, dict(xflip=xflip, yflip=yflip, scale=scale, rotate_frac=rotate_frac, aniso=aniso,
-              translate_frac=translate_frac, aniso_rotate_prob=aniso_rotate_prob),
-      dict(scale_std=scale_std, rotate_frac_max=rotate_frac_max, aniso_std=aniso_std,
-           translate_frac_std=translate_frac_std))
+              translate_frac=translate_frac, aniso_rotate_prob=aniso_rotate_prob,
+              scale_std=scale_std, rotate_frac_max=rotate_frac_max, aniso_std=aniso_std,
+              translate_frac_std=translate_frac_std))
   if images.ndim != 4 or images.shape[1] < 2 or images.shape[2] < 2:
     raise ValueError(f"augment needs images of shape (batch, H, W, C) with H, W >= 2, got "
                      f"{images.shape}")

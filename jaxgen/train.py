@@ -33,6 +33,7 @@ from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from jaxgen._checks import check_int, is_int
+from jaxgen import augment as augment_lib
 from jaxgen import data as data_lib
 from jaxgen import losses, models, parallel, processes
 from jaxgen.models import layers
@@ -265,7 +266,6 @@ def _validate_eval_solver(config) -> None:
 def _validate_augment(config) -> None:
   """``training.augment_p > 0`` (EDM's augmentation, :mod:`jaxgen.augment`): EDM's loss on
   images, and a network that reads the labels (``model.augment_dim = augment.AUGMENT_DIM``)."""
-  from jaxgen import augment  # pylint: disable=import-outside-toplevel
   p = config.training.get("augment_p", 0.0)
   if not p:
     return
@@ -276,10 +276,10 @@ def _validate_augment(config) -> None:
     raise ValueError(f"config.training.augment_p={p} augments images; "
                      f"{config.data.dataset!r} is not an image data set")
   dim = config.model.get("augment_dim", 0)
-  if dim != augment.AUGMENT_DIM:
+  if dim != augment_lib.AUGMENT_DIM:
     raise ValueError(f"config.training.augment_p={p} needs config.model.augment_dim="
-                     f"{augment.AUGMENT_DIM} (the network reads the augmentation labels "
-                     f"{augment.LABELS}), got {dim!r}")
+                     f"{augment_lib.AUGMENT_DIM} (the network reads the augmentation labels "
+                     f"{augment_lib.LABELS}), got {dim!r}")
 
 
 def _validate_time_sampling(config) -> None:

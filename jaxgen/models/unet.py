@@ -54,7 +54,7 @@ class UNet(nn.Module):
     # Embedding width 2 nf (ConditioningEmbedding outputs 4 * its nf).
     temb = ConditioningEmbedding(max(self.nf // 2, 1), self.embedding_type, self.fourier_scale,
                                  self.nonlinearity, self.num_classes, dtype,
-                                   self.augment_dim)(cond, y, augment_labels)
+                                 self.augment_dim)(cond, y, augment_labels)
     block_cls = functools.partial(
         layers.maybe_remat(layers.ResnetBlockDDPM, self.remat, self.remat_policy),
         act=self.nonlinearity,
