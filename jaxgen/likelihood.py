@@ -415,6 +415,14 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
     dt0 = (t1 - t0) / num_steps
     max_steps = num_steps
   kwargs = {} if adjoint is None else {"adjoint": adjoint.value}
+  if solver in ADAPTIVE_SOLVERS and adjoint is None:
+    # The first step's first stage, handed to diffrax's FSAL solvers: left to diffrax, it would be
+    # evaluated again after every rejection of the first step, which the count cannot see.
+    f0 = vector_field(t0, state0, (probes, drift_args))
+    kwargs["solver_state"] = (jnp.asarray(False),
+                              jax.tree_util.tree_map(  # in diffrax's state dtype (at least float32)
+                                  lambda f, y: f.astype(jnp.promote_types(y.dtype, jnp.float32)),
+                                  f0, state0))
   sol = diffrax.diffeqsolve(term, stepper, t0=t0, t1=t1, dt0=dt0, y0=state0,
                             args=(probes, drift_args),
                             stepsize_controller=controller, max_steps=max_steps,

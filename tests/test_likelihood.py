@@ -44,6 +44,39 @@ def test_exact_divergence_matches_closed_form(data_name, process_name):
   assert err_per_dim < 1e-4, f"{data_name}/{process_name}: {err_per_dim:.2e} nats/dim"
 
 
+def _dot_precisions(jaxpr_text):
+  """The ``precision=`` parameter of every ``dot_general`` in a printed jaxpr."""
+  out = []
+  for piece in jaxpr_text.split("dot_general[")[1:]:
+    params = piece[:piece.index("preferred_element_type")]
+    out.append(params[params.index("precision="):].split("\n")[0])
+  return out
+
+
+@pytest.mark.default_precision  # it sets the default itself
+@pytest.mark.parametrize("data_name", sorted(DATA))
+def test_closed_form_references_use_the_highest_precision(data_name):
+  """The references keep float32's full precision under any default: TF32 (a GPU's float32
+  default) moved the closed-form likelihood tests by up to 9e-4 nats/dim on an H200 (run 35)."""
+  data, vp = DATA[data_name](), processes.VPSDE()
+  x = data.sample(jax.random.PRNGKey(0), 4)
+  t = jnp.full((4,), 0.3)
+  fns = {"logp": lambda x: data.logp(x, t, vp), "velocity": lambda x: data.velocity_fn(vp)(x, t),
+         "score": lambda x: data.score(x, t, vp), "data_logp": data.logp,
+         "sample": lambda x: data.sample(jax.random.PRNGKey(1), 4)}
+  found = 0
+  for name, fn in fns.items():  # (a mixture's log-density has triangular solves, no products)
+    with jax.default_matmul_precision("bfloat16"):
+      precisions = _dot_precisions(str(jax.make_jaxpr(fn)(x)))
+    found += len(precisions)
+    assert all("HIGHEST" in p for p in precisions), (name, precisions)
+  assert found >= 2
+  # The same rule written by a caller who did not wrap it gives the default's precision.
+  with jax.default_matmul_precision("bfloat16"):
+    plain = _dot_precisions(str(jax.make_jaxpr(lambda x: x @ x.T)(x)))
+  assert plain and not any("HIGHEST" in p for p in plain)
+
+
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
 def test_hutchinson_divergence_unbiased_at_a_point(kind):
   data = closed_form.three_gaussians_2d()
@@ -75,6 +108,26 @@ def test_hutchinson_log_likelihood_unbiased(kind):
   est = np.asarray(est)
   stderr = est.std(ddof=1) / math.sqrt(n)
   assert abs(est.mean() - float(exact[0])) < 3 * stderr, (est.mean(), float(exact[0]), stderr)
+
+
+def test_adaptive_nfe_is_exact_when_the_first_step_is_rejected():
+  """A stiff drift whose first attempted step is rejected: the reported NFE is the drift's calls
+  (diffrax alone re-evaluated the first stage after the rejection: 4,467 calls, 4,465 reported)."""
+  times = []
+  def drift(x, t):
+    jax.debug.callback(lambda s: times.append(float(s)), t[0])
+    return -50.0 * (x - jnp.sin(20 * t)[:, None]) * (1 + 10 * jnp.abs(jnp.sin(30 * t))[:, None])
+  logp, z, nfe = likelihood.ode_log_likelihood(
+      drift, jnp.ones((3, 2)), prior_logp=lambda z: -0.5 * jnp.sum(z**2, -1), t0=0.0, t1=1.0,
+      divergence="exact", rtol=1e-7, atol=1e-7)
+  jax.block_until_ready(logp)
+  jax.effects_barrier()
+  assert int(nfe) == len(times) > 1000
+  assert times.count(0.0) == 1
+  # the divergence of this drift is -2 * 50 (1 + 10 |sin 30 t|) per example, in closed form
+  s = np.linspace(0.0, 1.0, 200_001)
+  integral = np.trapezoid(-100.0 * (1 + 10 * np.abs(np.sin(30 * s))), s)
+  np.testing.assert_allclose(logp, -0.5 * np.sum(np.asarray(z)**2, -1) + integral, rtol=1e-5)
 
 
 def test_several_probes_reduce_variance():
@@ -232,6 +285,7 @@ def test_failed_adaptive_solve_raises_or_gives_nan():
   assert np.all(np.isfinite(np.asarray(good)))
 
 
+@pytest.mark.default_precision  # it checks the default arithmetic (tests/conftest.py)
 def test_eval_precision_sets_the_likelihood_arithmetic():
   """``config.eval.precision``: ``'model'`` evaluates a bfloat16 network in bfloat16;
   ``'float32'`` the same parameters in a float32 network (the float32 config's result exactly);
@@ -259,7 +313,10 @@ def test_eval_precision_sets_the_likelihood_arithmetic():
   (hi, hi_jaxpr), (ref, _) = nll("highest"), nll("model", "float32")
   assert np.all(np.isfinite(bf16)) and np.all(np.isfinite(ref))
   np.testing.assert_allclose(f32, ref, rtol=1e-6)
-  np.testing.assert_allclose(hi, ref, rtol=1e-4)  # the CPU's float32 products are exact already
+  if jax.default_backend() == "cpu":  # the CPU's float32 products are exact already
+    np.testing.assert_allclose(hi, ref, rtol=1e-4)
+  else:  # TF32 products by default on NVIDIA GPUs: 'highest' differs (by up to 1.2 % on an H200)
+    assert 1e-5 < np.max(np.abs(hi - ref) / np.abs(ref)) < 5e-2
   assert 1e-4 < np.max(np.abs(bf16 - ref)) < 0.5
   assert "bf16" in bf16_jaxpr and "bf16" not in f32_jaxpr
   # (the likelihood's own contractions ask for HIGHEST in every mode; the network's do here)

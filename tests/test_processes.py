@@ -202,6 +202,31 @@ def test_score_to_velocity_is_finite_at_t0(name):
   np.testing.assert_allclose(v, ref, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["vp", "subvp"])
+def test_velocity_to_data_is_finite_at_t0(name):
+  """The other way at t = 0: a velocity gives x0 = x / alpha = x and eps = 0 (was inf / inf =
+  NaN, so `ode_sample(eps=0, denoise=True)` and DDIM with velocity models returned NaN); the
+  gradient through the conversion stays finite too. Away from 0 the formula is unchanged."""
+  p = ALL[name]
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3))
+  v = 0.3 * x + 1.0
+  x0, eps = predictions.to_x0_eps(p, x, jnp.zeros((2,)), v, "velocity")
+  np.testing.assert_allclose(x0, x, rtol=1e-6)
+  assert bool(jnp.all(jnp.isfinite(eps)))
+  if name == "vp":  # sigma' infinite: the limit (sub-VP's sigma' is finite, beta_min, at 0)
+    np.testing.assert_array_equal(eps, 0.0)
+  assert float(jnp.max(jnp.abs(predictions.convert(p, x, jnp.zeros((2,)), v, "velocity", "x0")
+                               - x))) < 1e-6
+  grad = jax.grad(lambda y: jnp.sum(predictions.to_x0_eps(p, y, jnp.zeros((2,)), v,
+                                                          "velocity")[0]))(x)
+  np.testing.assert_allclose(grad, 1.0, rtol=1e-6)
+  t = jnp.full((2,), 0.3)  # at t > 0 it is the same as the score's route
+  score = -x
+  v_t = predictions.convert(p, x, t, score, "score", "velocity")
+  np.testing.assert_allclose(predictions.convert(p, x, t, v_t, "velocity", "score"), score,
+                             rtol=1e-5)
+
+
 def test_convert_checks_shapes_and_computes_in_float32():
   """`convert` names a `t` of the wrong shape and a prediction shaped unlike `x`; bf16 times are
   read in float32 (a bf16 t moved VE's eps -> score by ~1 %)."""

@@ -43,9 +43,11 @@ SOLVERS = ADAPTIVE_SOLVERS + FIXED_STEP_SOLVERS
 # Network evaluations per step of the fixed-step solvers.
 EVALS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, "ralston": 2, "rk4": 4}
 # Adaptive FSAL Runge-Kutta pairs (7 stages, the last reused as the next step's first): 2
-# evaluations choose the initial step (:func:`_initial_step`), diffrax spends 1 on the first stage
-# of the first step, then 6 per attempted (accepted or rejected) step.
-_ADAPTIVE_EVALS = {"dopri5": (3, 6), "tsit5": (3, 6)}
+# evaluations choose the initial step (:func:`_initial_step`), whose first, f(t0, x0), is handed to
+# diffrax as the first step's first stage; then 6 per attempted (accepted or rejected) step.
+# (Left to diffrax, the first stage would be evaluated again, and once more after every rejection
+# of the first step, which a count from the step statistics cannot see.)
+_ADAPTIVE_EVALS = {"dopri5": (2, 6), "tsit5": (2, 6)}
 _ADAPTIVE_ORDER = {"dopri5": 5, "tsit5": 5}
 _DIFFRAX_SOLVERS = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5, "euler": diffrax.Euler,
                     "heun": diffrax.Heun, "midpoint": diffrax.Midpoint,
@@ -156,7 +158,7 @@ def _initial_step(drift, x, t0, t1, rtol, atol, order):
 
   We choose it ourselves and hand diffrax a ``dt0``: diffrax 0.7's own choice (``dt0=None``) falls
   back to a constant ``0.01`` once it has wrapped the term for the time direction.
-  Returns the signed step ``dt0`` (same sign as ``t1 - t0``).
+  Returns the signed step ``dt0`` (same sign as ``t1 - t0``) and ``f0 = drift(x, t0)``.
   """
   direction = jnp.where(t1 >= t0, 1.0, -1.0).astype(x.dtype)
   span = jnp.abs(t1 - t0).astype(x.dtype)
@@ -170,7 +172,7 @@ def _initial_step(drift, x, t0, t1, rtol, atol, order):
   max_d = jnp.maximum(d1, d2)
   h1 = jnp.where(max_d <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
                  (0.01 / jnp.maximum(max_d, 1e-30)) ** (1.0 / order))
-  return direction * jnp.minimum(jnp.minimum(100.0 * h0, h1), span)
+  return direction * jnp.minimum(jnp.minimum(100.0 * h0, h1), span), f0
 
 
 @jit_with_callables(static_argnames=("solver", "max_steps"), callable_argnames=("drift_fn",))
@@ -185,14 +187,17 @@ def _solve_ode(drift_fn, x, t0, t1, ts, rtol, atol, *, solver, max_steps):
   if solver in ADAPTIVE_SOLVERS:
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
     steps_cap = max_steps
-    dt0 = _initial_step(drift, x, t0, t1, rtol, atol, _ADAPTIVE_ORDER[solver])
+    dt0, f0 = _initial_step(drift, x, t0, t1, rtol, atol, _ADAPTIVE_ORDER[solver])
+    # The FSAL state (first_step, first stage) of diffrax's Runge-Kutta solvers; diffrax's terms
+    # flip the time's sign backwards but not the vector field, so f0 is the drift as it is.
+    solver_state = (jnp.asarray(False), f0.astype(jnp.promote_types(x.dtype, jnp.float32)))
   else:
     controller = diffrax.StepTo(ts=ts)
     steps_cap = ts.shape[0] - 1
-    t0, t1, dt0 = ts[0], ts[-1], None
+    t0, t1, dt0, solver_state = ts[0], ts[-1], None, None
   sol = diffrax.diffeqsolve(term, _DIFFRAX_SOLVERS[solver](), t0, t1, dt0=dt0, y0=x,
                             stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True),
-                            max_steps=steps_cap)
+                            max_steps=steps_cap, solver_state=solver_state)
   steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
   if solver in ADAPTIVE_SOLVERS:
     fixed, per_step = _ADAPTIVE_EVALS[solver]
@@ -224,7 +229,7 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     ``(x_t1, nfe)``: ``x_t1`` ``(batch, ...)`` in at least float32 (a bfloat16 or integer ``x``
     is integrated and returned in float32); ``nfe`` int32 scalar, calls of ``drift_fn``
     (``EVALS_PER_STEP[solver] * num_steps`` for the fixed-step solvers; for the adaptive
-    solvers ``3 + 6 * (accepted + rejected steps)`` from diffrax's statistics).
+    solvers ``2 + 6 * (accepted + rejected steps)`` from diffrax's statistics).
   """
   _check_choice(solver, SOLVERS, "solver")
   if jnp.ndim(x) < 1:
