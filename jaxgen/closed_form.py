@@ -48,6 +48,15 @@ class GaussianMixture:
   means: np.ndarray
   covs: np.ndarray
 
+  def __post_init__(self):
+    w, m, c = (np.asarray(a, np.float64) for a in (self.weights, self.means, self.covs))
+    k = w.shape[0] if w.ndim == 1 else -1
+    if w.ndim != 1 or m.shape[:1] != (k,) or m.ndim != 2 or c.shape != (k,) + m.shape[1:] * 2:
+      raise ValueError(f"GaussianMixture needs weights (K,), means (K, d) and covs (K, d, d), got "
+                       f"shapes {w.shape}, {m.shape} and {c.shape}")
+    if not (np.all(w > 0) and abs(w.sum() - 1.0) < 1e-6):
+      raise ValueError(f"GaussianMixture: weights must be positive and sum to 1, got {w.tolist()}")
+
   @property
   def dim(self) -> int:
     return int(self.means.shape[-1])

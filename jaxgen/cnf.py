@@ -122,6 +122,7 @@ class SolveOptions:
                        f"{sorted(likelihood.ERROR_NORMS)}")
     check_int(self.num_probes, "cnf num_probes")
     check_int(self.max_steps, "cnf max_steps")
+    check_int(self.checkpoints, "cnf checkpoints", minimum=0)
     # The likelihood routine's solver tables (its own check runs only when a solve is traced).
     if self.solver in likelihood.ADAPTIVE_SOLVERS:
       for name in ("rtol", "atol"):
@@ -153,13 +154,16 @@ class SolveOptions:
       if value is not None:
         kwargs[field.name] = value
     kwargs.update(overrides)
+    # Counts become Python ints when they are integers; anything else (2.5, True) reaches the
+    # checks above unchanged and is refused there, not truncated by int().
     if "num_steps" in kwargs:
-      kwargs["num_steps"] = int(kwargs["num_steps"]) or None
+      kwargs["num_steps"] = check_int(kwargs["num_steps"], "cnf num_steps", minimum=0,
+                                      note=" (0: the adaptive solver's own steps)") or None
     for name in ("rtol", "atol"):
       if name in kwargs:
         kwargs[name] = float(kwargs[name])
     for name in ("num_probes", "max_steps", "checkpoints"):
-      if name in kwargs:
+      if name in kwargs and is_int(kwargs[name]):
         kwargs[name] = int(kwargs[name])
     return cls(**kwargs)
 
@@ -578,7 +582,7 @@ def eval_solve_options(config, eval_config) -> SolveOptions:
     num_steps = get("num_steps", 0) or cnf_cfg.get("num_steps", 0)
   return SolveOptions.from_config(
       cnf_cfg, divergence=eval_config.divergence,
-      num_probes=int(eval_config.num_probes), solver=eval_config.solver,
+      num_probes=eval_config.num_probes, solver=eval_config.solver,
       rtol=float(eval_config.rtol), atol=float(eval_config.atol), num_steps=num_steps,
       adjoint="backprop", throw=False)
 

@@ -620,10 +620,11 @@ def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional
 
 
 def _num_dims(data_shape: Sequence[int]) -> int:
-  d = math.prod(tuple(data_shape))
-  if d <= 0:
-    raise ValueError(f"`data_shape` must be non-empty and positive, got {tuple(data_shape)}")
-  return d
+  shape = tuple(data_shape)
+  if not shape or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
+                          for n in shape):
+    raise ValueError(f"`data_shape` must be non-empty and positive, got {shape}")
+  return math.prod(shape)
 
 
 def discrete_log_likelihood_bound(logp: Array, data_shape: Sequence[int], *, num_levels: int = 256,

@@ -11,6 +11,7 @@ All functions are pure and work for any :class:`jaxgen.processes.Process`. ``x``
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Tuple
 
 import jax
@@ -179,7 +180,15 @@ def edm_preconditioning(sigma: Array, sigma_data: float = 0.5) -> Tuple[Array, A
   """EDM's ``(c_skip, c_out, c_in, c_noise)`` for noise levels ``sigma`` ``(batch,)``.
 
   The denoiser is ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``, each ``(batch,)``.
+  ``sigma_data`` (the data's standard deviation) must be positive: at 0 the denoiser would
+  ignore its network.
   """
+  try:
+    value = float(sigma_data)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    value = None  # traced, or an array of several: left to the caller
+  if value is not None and not (math.isfinite(value) and value > 0):
+    raise ValueError(f"`sigma_data` must be a finite number > 0, got {sigma_data!r}")
   sigma = jnp.asarray(sigma)
   total = sigma**2 + sigma_data**2
   c_skip = sigma_data**2 / total

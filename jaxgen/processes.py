@@ -23,6 +23,7 @@ from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -59,6 +60,15 @@ def float32_time(t: Array) -> Array:
   :mod:`jaxgen.predictions`."""
   t = jnp.asarray(t)
   return t.astype(jnp.promote_types(t.dtype, jnp.float32))
+
+
+def _whole_number(value) -> bool:
+  """An int, or a float with an integer value (``1000.0`` from a config); not a bool, NaN, inf or
+  None."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                    np.floating)):
+    return False
+  return math.isfinite(value) and int(value) == value
 
 
 def _require(condition: bool, process: str, message: str) -> None:
@@ -172,7 +182,7 @@ class VPSDE(Process):
              f"beta_max={self.beta_max!r}")
     _require(all(math.isfinite(v) for v in (self.beta_min, self.beta_max)), name,
              f"beta_min and beta_max must be finite, got {self.beta_min!r}, {self.beta_max!r}")
-    _require(int(self.N) == self.N and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
+    _require(_whole_number(self.N) and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
     object.__setattr__(self, "N", int(self.N))  # N = 1000.0 from a config indexes arrays too
 
   def beta(self, t: Array) -> Array:
@@ -250,7 +260,7 @@ class VESDE(Process):
              f"sigma_max={self.sigma_max!r}")
     _require(math.isfinite(self.sigma_max), "VESDE",
              f"sigma_max must be finite, got {self.sigma_max!r}")
-    _require(int(self.N) == self.N and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
+    _require(_whole_number(self.N) and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
     object.__setattr__(self, "N", int(self.N))
 
   @property

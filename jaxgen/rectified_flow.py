@@ -179,7 +179,7 @@ def minibatch_ot_coupling(key: Array, x: Array, z: Array, *, reg: float = 0.05,
   cost = (jnp.sum(xf**2, -1)[:, None] + jnp.sum(zf**2, -1)[None, :] - 2.0 * xf @ zf.T)
   cost = jnp.maximum(cost, 0.0)
   cost = jax.lax.stop_gradient(cost / jnp.maximum(jnp.mean(cost), 1e-12))
-  log_plan = sinkhorn_log_plan(cost, reg, int(num_iters))
+  log_plan = sinkhorn_log_plan(cost, reg, check_int(num_iters, "`num_iters`"))
   partner = jax.random.categorical(key, log_plan, axis=1)
   return z[partner]
 
@@ -400,7 +400,7 @@ def sliced_wasserstein_distance(key: Array, a: Array, b: Array,
   b = jnp.asarray(b, jnp.float32).reshape(b.shape[0], -1)
   if a.shape != b.shape:
     raise ValueError(f"samples must have equal shapes (n, d), got {a.shape} and {b.shape}")
-  theta = jax.random.normal(key, (a.shape[1], int(num_projections)))
+  theta = jax.random.normal(key, (a.shape[1], check_int(num_projections, "`num_projections`")))
   theta = theta / jnp.linalg.norm(theta, axis=0, keepdims=True)
   pa, pb = jnp.sort(a @ theta, axis=0), jnp.sort(b @ theta, axis=0)
   return jnp.sqrt(jnp.mean(jnp.square(pa - pb)))
@@ -423,6 +423,11 @@ def log_likelihood(drift_fn: DriftFn, x: Array, process: Process = LinearPath(),
 # --------------------------------------------------------------------------------------------------
 # reflow pairs
 # --------------------------------------------------------------------------------------------------
+# The classes of a class-conditional teacher's pairs come from ``fold_in(key, LABEL_STREAM)``.
+# Not ``fold_in(key, 1)``: with jax's partitionable threefry that equals ``split(key, n)[1]``, a
+# key that the prior's own sampler may draw from (a toy source splits its key), so the classes
+# would have been a function of the same bits as the noise.
+LABEL_STREAM = 2**31 - 1
 # meta.json fields that must agree for a generation to be resumed in the same directory.
 _RESUME_FIELDS = ("format", "num_pairs", "chunk_size", "batch_size", "num_chunks", "shape", "seed",
                   "solver", "rtol", "atol", "num_steps", "eps", "process", "metadata",
@@ -488,8 +493,9 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
 
   A class-conditional teacher (``num_classes > 0``) is solved as
   ``velocity_fn(params, x, t, labels)`` with classes ``labels`` ``(batch_size,)`` drawn uniformly
-  from ``fold_in(chunk_key(seed, c, b), 1)`` (so ``z`` is the same as for an unconditional
-  teacher); each chunk stores them as ``y`` and ``meta.json`` records ``num_classes``.
+  from ``fold_in(chunk_key(seed, c, b), LABEL_STREAM)`` (so ``z`` is the same as for an
+  unconditional teacher); each chunk stores them as ``y`` and ``meta.json`` records
+  ``num_classes``.
 
   Args:
     velocity_fn: ``velocity_fn(params, x, t) -> (batch, ...)`` (the probability-flow drift; with
@@ -569,7 +575,8 @@ def generate_pairs(velocity_fn: VelocityFn, params: Any, process: Process, shape
   def generate(params, key):
     z = jax.lax.with_sharding_constraint(process.prior_sample(key, example_shape), sharded)
     if num_classes:
-      labels = jax.random.randint(jax.random.fold_in(key, 1), (batch_size,), 0, num_classes)
+      labels = jax.random.randint(jax.random.fold_in(key, LABEL_STREAM), (batch_size,), 0,
+                                  num_classes)
       labels = jax.lax.with_sharding_constraint(labels, sharded)
       drift_fn = lambda x, t: velocity_fn(params, x, t, labels)
     else:

@@ -172,6 +172,14 @@ def test_config_validation_names_the_bad_value():
   config.cnf.num_steps = 4
   with pytest.raises(ValueError, match="num_steps=4"):
     cnf.validate_config(config)
+  # Options from a plain dict: non-integer counts are refused, not truncated by int() (2.5 -> 2)
+  for field, value in (("num_probes", 2.5), ("max_steps", 100.7), ("num_probes", True),
+                       ("checkpoints", -1), ("num_steps", 2.5)):
+    with pytest.raises(ValueError, match=f"cnf {field}.*{value!r}"):
+      cnf.SolveOptions.from_config({"solver": "euler" if field == "num_steps" else "dopri5",
+                                    field: value})
+  options = cnf.SolveOptions.from_config({"num_probes": np.int64(3), "num_steps": 0})
+  assert options.num_probes == 3 and type(options.num_probes) is int and options.num_steps is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,17 @@ def test_exact_divergence_matches_closed_form(data_name, process_name):
   assert err_per_dim < 1e-4, f"{data_name}/{process_name}: {err_per_dim:.2e} nats/dim"
 
 
+@pytest.mark.parametrize("weights,means,covs,match", [
+    ([0.5, 0.2], np.zeros((2, 2)), np.stack([np.eye(2)] * 2), "sum to 1"),  # unnormalised logp
+    ([1.5, -0.5], np.zeros((2, 2)), np.stack([np.eye(2)] * 2), "positive"),
+    ([1.0], np.zeros((1, 2)), np.eye(2), "shapes"),
+    ([0.5, 0.5], np.zeros((2, 3)), np.stack([np.eye(2)] * 2), "shapes"),
+])
+def test_gaussian_mixture_refuses_bad_weights_and_shapes(weights, means, covs, match):
+  with pytest.raises(ValueError, match=match):
+    closed_form.GaussianMixture(np.asarray(weights), means, covs)
+
+
 def _dot_precisions(jaxpr_text):
   """The ``precision=`` parameter of every ``dot_general`` in a printed jaxpr."""
   out = []
@@ -248,6 +259,15 @@ def test_bits_per_dim_convention_on_uniform_discrete_data():
       likelihood.bits_per_dim(jnp.zeros((5,)), shape, data_range=1.0), 8.0, rtol=1e-6)
   # score_sde's offsets: +7 for [-1, 1], +8 for [0, 1].
   np.testing.assert_allclose(likelihood.bits_per_dim(jnp.zeros((1,)), shape), 7.0)
+
+
+@pytest.mark.parametrize("shape", [(-1, -3), (), (8, 0), (2.5, 2), (True, 3)])
+def test_bits_per_dim_refuses_a_bad_data_shape(shape):
+  """(-1, -3) has a positive product and was taken as 3 dimensions."""
+  with pytest.raises(ValueError, match="data_shape"):
+    likelihood.bits_per_dim(jnp.zeros((2,)), shape)
+  with pytest.raises(ValueError, match="data_shape"):
+    likelihood.discrete_log_likelihood_bound(jnp.zeros((2,)), shape)
 
 
 def test_bits_per_dim_on_a_known_discrete_distribution():

@@ -606,3 +606,12 @@ def test_validate_loss_config_refuses_eps_or_score_on_the_linear_path():
       losses.validate_loss_config(config, processes.LinearPath())
   config.model.prediction = "x0"
   losses.validate_loss_config(config, processes.LinearPath())
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(p_std=float("nan")), "p_std"),
+                                         (dict(p_std=-1.0), "p_std"),
+                                         (dict(p_mean=float("inf")), "p_mean")])
+def test_edm_loss_refuses_a_bad_noise_distribution(kwargs, name):
+  """``p_std = nan`` gave a NaN loss at the first step."""
+  with pytest.raises(ValueError, match=name):
+    losses.edm_loss(lambda params, x, t, **kw: x, processes.EDMPath(), **kwargs)

@@ -153,6 +153,10 @@ def test_bad_inputs():
     (processes.EDMPath, dict(sigma_max=float("inf")), "sigma_max"),
     (processes.VPSDE, dict(beta_max=float("inf")), "beta_max"),
     (processes.VPSDE, dict(N=1000.5), "N"),
+    # these raised Python's own errors, naming nothing
+    (processes.VPSDE, dict(N=float("nan")), "N"),
+    (processes.VESDE, dict(N=float("inf")), "N"),
+    (processes.SubVPSDE, dict(N=None), "N"),
 ])
 def test_processes_refuse_invalid_parameters(cls, kwargs, field):
   """A process with a parameter that makes sigma 0, g^2 negative or the data scale negative is
@@ -276,3 +280,14 @@ def test_as_drift_fn_refuses_eps_and_score_on_the_linear_path(prediction):
     predictions.as_drift_fn(processes.LinearPath(), lambda x, t: x, prediction)
   for ok in ("velocity", "x0"):
     predictions.as_drift_fn(processes.LinearPath(), lambda x, t: x, ok)
+
+
+def test_edm_preconditioning_refuses_a_zero_data_scale():
+  """``sigma_data = 0`` made ``c_out = 0``: a denoiser that ignores its network."""
+  for bad in (0.0, -0.5, float("nan")):
+    with pytest.raises(ValueError, match="sigma_data"):
+      predictions.edm_preconditioning(jnp.ones((2,)), bad)
+  c_skip, c_out, c_in, _ = predictions.edm_preconditioning(jnp.ones((2,)), 0.5)
+  np.testing.assert_allclose(c_skip * 1.25, 0.25, rtol=1e-6)  # sigma_data^2 / (sigma^2 + sd^2)
+  np.testing.assert_allclose(c_out * np.sqrt(1.25), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(c_in * np.sqrt(1.25), 1.0, rtol=1e-6)

@@ -465,3 +465,13 @@ def test_distill_checks_the_config_teacher_and_pairs_before_writing(tmp_path):
     rectified_flow.run_distill(config, str(student))
   config.reflow.init_workdir = teacher
   assert rectified_flow.run_distill(config, str(student))["start_step"] == 2
+
+
+def test_counts_of_the_coupling_and_the_distance_are_checked():
+  """``num_iters=0`` gave an unnormalised plan and ``num_projections=0`` a NaN distance."""
+  key, x = jax.random.PRNGKey(0), jnp.ones((4, 2))
+  with pytest.raises(ValueError, match="num_iters"):
+    rectified_flow.minibatch_ot_coupling(key, x, x, num_iters=0)
+  with pytest.raises(ValueError, match="num_projections"):
+    rectified_flow.sliced_wasserstein_distance(key, x, x, num_projections=0)
+  assert float(rectified_flow.sliced_wasserstein_distance(key, x, x + 1.0)) > 0.5

@@ -618,6 +618,13 @@ def _bad_calls():
       ("eps", lambda: solvers.pc_sample(KEY, vp, s, (2, 2), eps=jnp.asarray([1e-3, 1e-3]))),
       ("snr", lambda: solvers.pc_sample(KEY, vp, s, (64, 2), num_steps=50,
                                         snr=jnp.asarray([0.1, 0.1]))),
+      ("sigma_max", lambda: solvers.edm_heun_sample(KEY, s, (2, 2),
+                                                    sigma_max=jnp.asarray([80.0, 70.0]))),
+      # infinite values that were accepted and gave non-finite or wrong samples
+      ("snr", lambda: solvers.pc_sample(KEY, vp, s, (64, 2), num_steps=50, snr=float("inf"))),
+      ("rtol", lambda: solvers.ode_sample(KEY, vp, s, (2, 2), rtol=float("inf"))),
+      ("atol", lambda: solvers.solve_ode(_linear_drift, x, 0.0, 1.0, atol=float("inf"))),
+      ("S_churn", lambda: solvers.edm_heun_sample(KEY, s, (2, 2), S_churn=float("inf"))),
   ]
 
 

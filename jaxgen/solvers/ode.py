@@ -242,8 +242,8 @@ def solve_ode(drift_fn: DriftFn, x: Array, t0=None, t1=None, *, solver: str = "d
     if value is not None:
       _check_scalar(value, name)
   if solver in ADAPTIVE_SOLVERS:
-    _check_positive(rtol, "rtol")
-    _check_positive(atol, "atol")
+    _check_positive(rtol, "rtol", finite=True)  # inf: every step accepted, wrong samples
+    _check_positive(atol, "atol", finite=True)
     check_int(max_steps, "`max_steps`")
     if ts is not None:
       raise ValueError(f"`ts` sets the grid of the fixed-step solvers {FIXED_STEP_SOLVERS}; "
@@ -334,6 +334,8 @@ def edm_time_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float
   ``i < N``, ``t_N = 0``. Returns a decreasing float32 array of shape ``(num_steps + 1,)``.
   """
   num_steps = check_int(num_steps, "`num_steps`")
+  for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
+    _check_scalar(value, name)
   _check_positive(sigma_min, "sigma_min")
   _check_positive(rho, "rho", finite=True)
   _check_positive(sigma_max, "sigma_max", finite=True)  # inf: a NaN schedule, all-NaN samples
@@ -359,9 +361,10 @@ def _check_churn(S_churn, S_tmin, S_tmax, S_noise):
     v = _concrete(value)
     if v is not None and not v >= 0:
       raise ValueError(f"`{name}` must be non-negative, got {value!r}")
-  v = _concrete(S_noise)
-  if v is not None and not math.isfinite(v):  # inf noise: all-NaN samples
-    raise ValueError(f"`S_noise` must be finite, got {S_noise!r}")
+  for name, value in (("S_churn", S_churn), ("S_noise", S_noise)):
+    v = _concrete(value)
+    if v is not None and not math.isfinite(v):  # inf churn or noise: non-finite samples
+      raise ValueError(f"`{name}` must be finite, got {value!r}")
   if _concrete(S_tmax) is not None and _concrete(S_tmin) is not None and not S_tmax >= S_tmin:
     raise ValueError(f"`S_tmax` must be >= `S_tmin` (inf for no upper limit), got "
                      f"S_tmax={S_tmax!r}, S_tmin={S_tmin!r}")

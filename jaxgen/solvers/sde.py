@@ -220,7 +220,7 @@ def check_pc_options(process: Process, *, predictor: str = "reverse_diffusion",
                      f"N is set to num_steps), got {num_steps}")
   n_steps_each = check_int(n_steps_each, "`n_steps_each`")
   _check_scalar(snr, "snr")
-  _check_positive(snr, "snr")
+  _check_positive(snr, "snr", finite=True)  # inf: infinite Langevin steps, non-finite samples
   alpha_T = alpha_at_end(process)
   if not alpha_T > 0:
     raise ValueError(f"{type(process).__name__} has alpha(T) = {alpha_T}: its reverse SDE is "
