@@ -722,3 +722,12 @@ def test_ddim_default_grid_is_edm_on_the_edm_path():
     explicit, _ = solvers.ddim_sample(KEY, o.process, o.eps_fn, (8, 2), num_steps=6,
                                       schedule=schedule)
     np.testing.assert_array_equal(default, explicit)
+
+
+@pytest.mark.parametrize("prediction_type", ["x0", "eps", "velocity"])
+def test_ddim_returns_float32_samples_from_a_bfloat16_network(prediction_type):
+  """Like every other sampler; an x0 prediction used to come back in the network's bfloat16."""
+  vp = PROCESSES["vp"]
+  net = lambda x, t: (0.5 * x).astype(jnp.bfloat16)
+  x, _ = solvers.ddim_sample(KEY, vp, net, (4, 2), num_steps=5, prediction_type=prediction_type)
+  assert x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x)))

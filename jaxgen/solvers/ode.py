@@ -606,7 +606,8 @@ def _ddim(key, times, eta, *, process, eps_fn, shape, prediction_type, stochasti
   keys = jax.random.split(k_loop, max(num_steps - 1, 1))[:num_steps - 1]
   x, _ = jax.lax.scan(step, x, (keys, times[:-1], times[1:]))
   x0_hat, _ = x0_eps_hat(x, _full(times[-1], batch, x.dtype))
-  return x0_hat, jnp.asarray(num_steps, jnp.int32)
+  # (an x0 prediction passes through unconverted: a bfloat16 network's would come back bfloat16)
+  return x0_hat.astype(jnp.promote_types(x.dtype, jnp.float32)), jnp.asarray(num_steps, jnp.int32)
 
 
 def ddim_sample(key: Array, process: Process, eps_fn: Callable[[Array, Array], Array], shape, *,
