@@ -160,6 +160,9 @@ def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
 
   Refuses ``score``/``eps`` predictions on a path with ``alpha(T) = 0`` (the linear path): their
   drift is infinite at ``T``, where every sampler and likelihood solve starts or ends.
+  An ``x0`` prediction's drift divides by ``sigma(t)``: where ``sigma = 0`` (the linear and EDM
+  paths at ``t = 0``) it is 0/0, so end its solves at a ``t0 > 0`` (``config.eval.t0``, 1e-5 by
+  default), not at ``process.t_min``.
   """
   if prediction_type in ("score", "eps"):
     from jaxgen.processes import alpha_at_end  # pylint: disable=import-outside-toplevel
