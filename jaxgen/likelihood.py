@@ -415,14 +415,22 @@ def _solve(drift_fn, x, probes, prior_logp, t0, t1, divergence_name, solver, rto
     dt0 = (t1 - t0) / num_steps
     max_steps = num_steps
   kwargs = {} if adjoint is None else {"adjoint": adjoint.value}
-  if solver in ADAPTIVE_SOLVERS and adjoint is None:
+  if solver in ADAPTIVE_SOLVERS and not isinstance(
+      kwargs.get("adjoint"), (diffrax.BacksolveAdjoint, diffrax.ImplicitAdjoint)):
     # The first step's first stage, handed to diffrax's FSAL solvers: left to diffrax, it would be
-    # evaluated again after every rejection of the first step, which the count cannot see.
-    f0 = vector_field(t0, state0, (probes, drift_args))
-    kwargs["solver_state"] = (jnp.asarray(False),
-                              jax.tree_util.tree_map(  # in diffrax's state dtype (at least float32)
-                                  lambda f, y: f.astype(jnp.promote_types(y.dtype, jnp.float32)),
-                                  f0, state0))
+    # evaluated again after every rejection of the first step, which the count cannot see. It is
+    # computed on the state as diffrax promotes it (to the times' dtype: float32, or float64 under
+    # x64), the only state diffrax's stages see. (The backsolve and implicit adjoints take no
+    # differentiable solver state.)
+    with jax.numpy_dtype_promotion("standard"):
+      time_dtype = jnp.result_type(t0, t1)
+      if not jnp.issubdtype(time_dtype, jnp.floating):
+        time_dtype = jnp.result_type(float)
+      state0 = jax.tree_util.tree_map(
+          lambda y: jnp.asarray(y, jnp.result_type(y, time_dtype)), state0)
+    f0 = vector_field(jnp.asarray(t0, time_dtype), state0, (probes, drift_args))
+    kwargs["solver_state"] = (jnp.asarray(False), jax.tree_util.tree_map(
+        lambda f, y: f.astype(y.dtype), f0, state0))
   sol = diffrax.diffeqsolve(term, stepper, t0=t0, t1=t1, dt0=dt0, y0=state0,
                             args=(probes, drift_args),
                             stepsize_controller=controller, max_steps=max_steps,
@@ -512,9 +520,11 @@ def _nfe_from_stats(stats, solver, adaptive_init):
   """Drift evaluations of a diffrax solve, from its step counts.
 
   Each attempted step (accepted or rejected) of an explicit Runge-Kutta method costs its new
-  stages (Dopri5 and Tsit5 reuse their last stage as the next first one); the PID controller's
-  initial step-size selection costs two evaluations, the first of which is reused as the first
-  stage. Checked against a counting drift in the tests.
+  stages (Dopri5 and Tsit5 reuse their last stage as the next first one), plus one evaluation of
+  the first step's first stage (:func:`_solve` hands it to diffrax; diffrax's own initial step
+  here is a constant and costs none). With the backsolve or implicit adjoint diffrax evaluates
+  that stage itself, and again after each rejection of the first step, which this count misses.
+  Checked against a counting drift in the tests.
   """
   nfe = _EVALS_PER_STEP[solver] * stats["num_steps"]
   if adaptive_init:

@@ -353,7 +353,11 @@ def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std
   noise, its labels passed to the network as ``augment_labels``; evaluation losses see the data.
   """
   for name, value in (("p_mean", p_mean), ("p_std", p_std)):
-    if isinstance(value, (bool, str)) or not math.isfinite(float(value)):
+    try:
+      finite = not isinstance(value, (bool, str)) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+      finite = False
+    if not finite:
       raise ValueError(f"`{name}` must be a finite number, got {value!r}")
   if not float(p_std) >= 0:
     raise ValueError(f"`p_std` must be >= 0, got {p_std!r}")

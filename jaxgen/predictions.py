@@ -50,12 +50,14 @@ def to_x0_eps(process: Process, x: Array, t: Array, prediction: Array,
   if prediction_type == "x0":
     return prediction, (x - alpha * prediction) / sigma
   if prediction_type == "velocity":
-    # Where sigma' is infinite (VP and sub-VP at t = 0, where sigma = 0) the limit of both
-    # quotients is taken: x0 = x / alpha, eps = 0 (and no inf * 0 reaches a gradient).
+    # Where sigma' is infinite (VP at t = 0, where sigma = 0) the limit of both quotients is
+    # taken: x0 = x / alpha, eps = 0. Each branch is finite where the other is selected, so no
+    # inf * 0 reaches a gradient in x (alpha = 0 on the linear path at T, where sigma' = 1).
     finite = jnp.isfinite(sigma_dot)
     sigma_dot = jnp.where(finite, sigma_dot, 1.0)
     det = alpha * sigma_dot - sigma * alpha_dot
-    x0 = jnp.where(finite, (sigma_dot * x - sigma * prediction) / det, x / alpha)
+    x0 = jnp.where(finite, (sigma_dot * x - sigma * prediction) / det,
+                   x / jnp.where(finite, 1.0, alpha))
     eps = jnp.where(finite, (alpha * prediction - alpha_dot * x) / det, 0.0)
     return x0, eps
   raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")

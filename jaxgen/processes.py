@@ -65,10 +65,13 @@ def float32_time(t: Array) -> Array:
 def _whole_number(value) -> bool:
   """An int, or a float with an integer value (``1000.0`` from a config); not a bool, NaN, inf or
   None."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                    np.floating)):
+  if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
     return False
-  return math.isfinite(value) and int(value) == value
+  try:
+    number = float(value)  # Python, NumPy and 0-d JAX numbers
+  except (TypeError, ValueError):
+    return False
+  return math.isfinite(number) and int(number) == number
 
 
 def _require(condition: bool, process: str, message: str) -> None:

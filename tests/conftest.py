@@ -6,8 +6,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Run on a GPU with JAX_PLATFORMS=cuda: the tests that count drift evaluations do it with host
 # callbacks (`jax.debug.callback`), which need the CPU platform beside it (the first listed stays
 # the default backend).
-if "cpu" not in os.environ["JAX_PLATFORMS"].split(","):
-  os.environ["JAX_PLATFORMS"] += ",cpu"
+_platforms = [p for p in os.environ["JAX_PLATFORMS"].split(",") if p]
+if _platforms and "cpu" not in _platforms:  # (empty: jax picks every platform, the CPU included)
+  os.environ["JAX_PLATFORMS"] = ",".join(_platforms + ["cpu"])
 
 # A persistent compilation cache shared by the test processes (both xdist workers and the
 # subprocesses they start): many tests compile the same step or network again (a run and its
@@ -57,7 +58,7 @@ def _float32_products_on_accelerators(request):
   mantissa), which moved the closed-form likelihood tests by 1e-4 to 9e-4 nats/dim on an H200
   (NOTES.md run 35). Tests marked ``default_precision`` check the default arithmetic itself. On
   the CPU (the default here) nothing changes and jax is not touched before the test."""
-  if (os.environ["JAX_PLATFORMS"].split(",")[0] == "cpu"
+  if (os.environ["JAX_PLATFORMS"].split(",")[0] == "cpu"  # (empty: jax's choice, asked below)
       or request.node.get_closest_marker("default_precision")):
     yield
     return

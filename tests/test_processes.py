@@ -255,6 +255,8 @@ def test_integer_valued_float_N_becomes_an_int():
   vp = processes.VPSDE(N=1000.0)
   assert vp.N == 1000 and isinstance(vp.N, int) and vp.discrete_betas.shape == (1000,)
   assert isinstance(processes.VESDE(N=10.0).N, int)
+  for n in (np.int64(500), jnp.int32(500), np.float32(500.0)):  # NumPy and 0-d JAX numbers too
+    assert processes.SubVPSDE(N=n).N == 500 and isinstance(processes.SubVPSDE(N=n).N, int)
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve", "linear", "edm"])
