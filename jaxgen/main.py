@@ -240,7 +240,7 @@ def run(argv):
     if evaluate.density_grid(config):  # 2-D toy data: the model's density as a PNG
       results["density_plot"] = evaluate.write_density(
           setup, state.ema_params, os.path.join(eval_dir, f"{name}_density.png"),
-          lim=evaluate.density_extent(config), n=evaluate.density_grid(config))
+          lim=evaluate.density_extent(config), n=evaluate.density_grid(config), mesh=mesh)
     evaluate.write_json(path, dict(results, options=evaluate.run_options(config, "eval")))
     if jax.process_index() == 0:
       print(json.dumps(evaluate.json_safe(results), default=str))
