@@ -243,3 +243,5 @@ def test_local_multiprocess_script(tmp_path):
   # of the parameters, so the groups are {rest} and {embedding}.
   assert "data parallel: shard_map, the float32 gradient all-reduced in 2 piece(s)" in result.stdout
   assert os.path.isdir(workdir / "checkpoints" / "4")
+  # the periodic density plot: each process solved its half of the grid's rows, host 0 wrote it
+  assert (workdir / "samples" / "density_0000004.png").stat().st_size > 0
