@@ -355,7 +355,7 @@ class LinearDivergenceBaseline:
 
   def integral(self, t0: float, t1: float) -> Array:
     """``int_{t0}^{t1} b(t) dt = D (log alpha(t1) - log alpha(t0))``, a scalar."""
-    ts = jnp.asarray([t0, t1], jnp.float32)
+    ts = jnp.asarray([t0, t1], jnp.result_type(float))  # float64 under x64
     log_alpha = jnp.log(self.process.alpha(ts))
     return self.dim * (log_alpha[1] - log_alpha[0])
 
