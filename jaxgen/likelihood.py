@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen._checks import check_int, check_positive_number
+from jaxgen._checks import check_int, check_positive_number, is_int
 from jaxgen._jit import jit_with_callables
 
 Array = jax.Array
@@ -631,8 +631,7 @@ def bits_per_dim(logp: Array, data_shape: Sequence[int], *, num_levels: Optional
 
 def _num_dims(data_shape: Sequence[int]) -> int:
   shape = tuple(data_shape)
-  if not shape or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
-                          for n in shape):
+  if not shape or not all(is_int(n) and n > 0 for n in shape):
     raise ValueError(f"`data_shape` must be non-empty and positive, got {shape}")
   return math.prod(shape)
 

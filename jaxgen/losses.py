@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import augment as augment_lib, parallel, predictions
+from jaxgen._checks import check_finite_number
 from jaxgen.processes import (EDMPath, LinearPath, Process, SubVPSDE, VESDE, VPSDE, broadcast_to,
                               discrete_step)
 
@@ -352,15 +353,8 @@ def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std
   :func:`jaxgen.augment.augment`), applied to the training images (``train=True``) before the
   noise, its labels passed to the network as ``augment_labels``; evaluation losses see the data.
   """
-  for name, value in (("p_mean", p_mean), ("p_std", p_std)):
-    try:
-      finite = not isinstance(value, (bool, str)) and math.isfinite(float(value))
-    except (TypeError, ValueError):
-      finite = False
-    if not finite:
-      raise ValueError(f"`{name}` must be a finite number, got {value!r}")
-  if not float(p_std) >= 0:
-    raise ValueError(f"`p_std` must be >= 0, got {p_std!r}")
+  check_finite_number(p_mean, "`p_mean`")
+  check_finite_number(p_std, "`p_std`", minimum=0.0)
 
   def loss_fn(params, key, batch, train: bool = True):
     x0 = batch["image"]

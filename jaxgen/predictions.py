@@ -11,12 +11,12 @@ All functions are pure and work for any :class:`jaxgen.processes.Process`. ``x``
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxgen._checks import check_positive_number, concrete_float
 from jaxgen.processes import Process, _check_batch, broadcast_to, float32_time
 
 Array = jax.Array
@@ -188,12 +188,8 @@ def edm_preconditioning(sigma: Array, sigma_data: float = 0.5) -> Tuple[Array, A
   ``sigma_data`` (the data's standard deviation) must be positive: at 0 the denoiser would
   ignore its network.
   """
-  try:
-    value = float(sigma_data)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    value = None  # traced, or an array of several: left to the caller
-  if value is not None and not (math.isfinite(value) and value > 0):
-    raise ValueError(f"`sigma_data` must be a finite number > 0, got {sigma_data!r}")
+  if concrete_float(sigma_data) is not None:  # (traced, or an array of several: the caller's)
+    check_positive_number(sigma_data, "`sigma_data`")
   sigma = jnp.asarray(sigma)
   total = sigma**2 + sigma_data**2
   c_skip = sigma_data**2 / total

@@ -23,7 +23,8 @@ from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxgen._checks import is_whole_number
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
@@ -60,18 +61,6 @@ def float32_time(t: Array) -> Array:
   :mod:`jaxgen.predictions`."""
   t = jnp.asarray(t)
   return t.astype(jnp.promote_types(t.dtype, jnp.float32))
-
-
-def _whole_number(value) -> bool:
-  """An int, or a float with an integer value (``1000.0`` from a config); not a bool, NaN, inf or
-  None."""
-  if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
-    return False
-  try:
-    number = float(value)  # Python, NumPy and 0-d JAX numbers
-  except (TypeError, ValueError):
-    return False
-  return math.isfinite(number) and int(number) == number
 
 
 def _require(condition: bool, process: str, message: str) -> None:
@@ -185,7 +174,7 @@ class VPSDE(Process):
              f"beta_max={self.beta_max!r}")
     _require(all(math.isfinite(v) for v in (self.beta_min, self.beta_max)), name,
              f"beta_min and beta_max must be finite, got {self.beta_min!r}, {self.beta_max!r}")
-    _require(_whole_number(self.N) and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
+    _require(is_whole_number(self.N) and self.N >= 2, name, f"N must be an int >= 2, got {self.N!r}")
     object.__setattr__(self, "N", int(self.N))  # N = 1000.0 from a config indexes arrays too
 
   def beta(self, t: Array) -> Array:
@@ -263,7 +252,7 @@ class VESDE(Process):
              f"sigma_max={self.sigma_max!r}")
     _require(math.isfinite(self.sigma_max), "VESDE",
              f"sigma_max must be finite, got {self.sigma_max!r}")
-    _require(_whole_number(self.N) and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
+    _require(is_whole_number(self.N) and self.N >= 2, "VESDE", f"N must be an int >= 2, got {self.N!r}")
     object.__setattr__(self, "N", int(self.N))
 
   @property

@@ -75,6 +75,17 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FULL_OPTIMIZATION = {"xla_backend_optimization_level": 3}  # XLA's default
 
 
+def enable_x64(enabled=True):
+  """jax's ``enable_x64`` context manager (top-level since jax 0.8, in ``jax.experimental``
+  before)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    context = jax.enable_x64
+  except AttributeError:  # older jax
+    from jax.experimental import enable_x64 as context  # pylint: disable=import-outside-toplevel
+  return context(enabled)
+
+
 def perturbed_params(setup, scale, seed=0):
   """A ``train.Setup``'s initial parameters plus ``scale * N(0, 1) / sqrt(fan)`` noise, so that
   zero-initialised output layers do not hide the network's arithmetic (for likelihood tests)."""

@@ -13,16 +13,12 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import FULL_OPTIMIZATION  # pylint: disable=wrong-import-order
+from conftest import FULL_OPTIMIZATION, enable_x64  # pylint: disable=wrong-import-order
 from configs.cnf import toy as toy_config
 from jaxgen import cnf
 from jaxgen.data import sample_toy
 from jaxgen.models import ffjord
 
-try:  # jax >= 0.8 exposes the context manager at the top level
-  _enable_x64 = jax.enable_x64
-except AttributeError:  # pragma: no cover - older jax
-  from jax.experimental import enable_x64 as _enable_x64
 
 
 def _toy_setup(dataset="8gaussians", hidden_dims=(64, 64, 64)):
@@ -282,7 +278,7 @@ def test_data_of_another_shape_or_a_bad_end_time_is_refused_by_name():
 # gradients: adjoint method against backpropagation through the solver
 # --------------------------------------------------------------------------------------------------
 def test_backsolve_adjoint_matches_backprop():
-  with _enable_x64(True):
+  with enable_x64(True):
     model = ffjord.FFJORDMLP(hidden_dims=(16, 16), dtype="float64", time_length=0.5)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.ones((1,)))["params"]
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)

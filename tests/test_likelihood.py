@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxgen import closed_form, likelihood, processes
-from conftest import perturbed_params  # pylint: disable=wrong-import-order
+from conftest import enable_x64, perturbed_params  # pylint: disable=wrong-import-order
 
 # (process, t0, t1)
 PROCESSES = {
@@ -148,10 +148,6 @@ def test_adaptive_nfe_is_exact_when_the_first_step_is_rejected():
 def test_adaptive_likelihood_of_other_data_dtypes(dtype):
   """The first stage handed to diffrax is computed on the state as diffrax promotes it: float32
   data under x64 (a float64 state) and integer data failed with it computed on the raw data."""
-  try:
-    enable_x64 = jax.enable_x64
-  except AttributeError:  # older jax
-    from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
   x = jnp.round(3.0 * jax.random.normal(jax.random.PRNGKey(0), (4, 3)))
   prior = lambda z: -0.5 * jnp.sum(z**2, -1) - 1.5 * math.log(2 * math.pi)
   with enable_x64(dtype.endswith("x64")):
@@ -422,10 +418,6 @@ def test_divergence_baseline_gives_the_same_log_likelihood(process_name):
 def test_divergence_baseline_integral_keeps_float64():
   """Under x64 the closed-form integral is float64 (it was float32: 1.4e-6 nats off at D = 12,
   growing with D)."""
-  try:
-    enable_x64 = jax.enable_x64
-  except AttributeError:  # older jax
-    from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
   vp = processes.VPSDE()
   with enable_x64(True):
     value = likelihood.linear_divergence_baseline(vp, (32, 32, 3)).integral(1e-5, 1.0)
@@ -455,10 +447,6 @@ def test_rk4_is_fourth_order_and_matches_solve_ode():
   log-density of Gaussian data (float64, where float32 rounding would hide it), and its latent
   equals ``solvers.solve_ode``'s own RK4."""
   from jaxgen import solvers
-  try:
-    enable_x64 = jax.enable_x64
-  except AttributeError:  # older JAX
-    from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
   data = closed_form.random_gaussian(2, seed=3)
   vp = processes.VPSDE()
   drift = data.velocity_fn(vp)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxgen import predictions, processes
+from conftest import enable_x64  # pylint: disable=wrong-import-order
 
 ALL = {
     "vp": processes.VPSDE(),
@@ -168,10 +169,6 @@ def test_processes_refuse_invalid_parameters(cls, kwargs, field):
 def test_prior_logp_keeps_float64():
   """A float64 latent gets a float64 prior density (the likelihood promises float64 for float64 x):
   3,072 dimensions lose ~4e-4 nats in float32."""
-  try:
-    enable_x64 = jax.enable_x64
-  except AttributeError:  # older jax
-    from jax.experimental import enable_x64  # pylint: disable=import-outside-toplevel
   with enable_x64(True):
     z = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3), jnp.float64) * 1.3
     for p in (processes.VPSDE(), processes.VESDE()):

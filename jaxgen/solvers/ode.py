@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen._checks import check_int, is_int
+from jaxgen._checks import check_int, concrete_float as _concrete, is_int
 from jaxgen import predictions
 from jaxgen._jit import jit_with_callables
 from jaxgen.processes import EDMPath, Process, alpha_at_end, broadcast_to
@@ -57,14 +57,6 @@ PREDICTION_TYPES = predictions.PREDICTION_TYPES
 
 
 # --- eager argument checks (shared with jaxgen.solvers.sde) ---------------------------------------
-def _concrete(value) -> Optional[float]:
-  """``float(value)`` when ``value`` is a concrete scalar, ``None`` when it is traced."""
-  try:
-    return float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
-
-
 def _check_shape(shape, name: str = "shape") -> Tuple[int, ...]:
   """``shape`` must be a tuple ``(batch, ...)`` of positive ints."""
   try:
