@@ -140,17 +140,20 @@ class GaussianMixture:
     Written without dividing by ``alpha`` or ``sigma`` (``E[x_0 | x_t, k] = mu_k - alpha Sigma_k
     score_k``, ``E[eps | x_t] = -sigma score``), so it stays accurate at both ends of a path.
     """
+    x0, score = self._posterior(x, t, process)
+    return x0, -process.sigma(t)[:, None] * score
+
+  def _posterior(self, x, t, process):
+    """``(E[x_0 | x_t], score)``, each ``(batch, d)``."""
     if len(self.weights) == 1:
       _, score, x0 = self._gaussian_terms(x, t, process)
-      return x0, -process.sigma(t)[:, None] * score
+      return x0, score
     comp, scores = self._component_terms(x, t, process)
     resp = jax.nn.softmax(comp, axis=-1)[..., None]                    # (B, K, 1)
     alpha = process.alpha(t)[:, None, None]
     x0_k = (jnp.asarray(self.means, jnp.float32)[None]
             - alpha * jnp.einsum("kij,bkj->bki", jnp.asarray(self.covs, jnp.float32), scores))
-    x0 = jnp.sum(resp * x0_k, axis=1)
-    eps = -process.sigma(t)[:, None] * jnp.sum(resp * scores, axis=1)
-    return x0, eps
+    return jnp.sum(resp * x0_k, axis=1), jnp.sum(resp * scores, axis=1)
 
   @_highest_precision
   def score(self, x: Array, t: Array, process: Process) -> Array:
@@ -168,11 +171,24 @@ class GaussianMixture:
 
     Computed as ``alpha' E[x_0 | x_t] + sigma' E[eps | x_t]``, which avoids the cancellation of
     ``f x - g^2 score / 2`` where ``f`` and ``g^2`` blow up (the linear path near ``t = 1``).
+    Where ``sigma'`` is infinite (VP at ``t = 0``, where ``sigma = 0``) ``sigma' E[eps | x_t] =
+    -sigma sigma' score`` takes its finite limit ``-(g^2 / 2 + f sigma^2) score``.
     """
-    def drift_fn(x, t):
-      x0, eps = self.posterior_mean(x, t, process)
-      return process.alpha_dot(t)[:, None] * x0 + process.sigma_dot(t)[:, None] * eps
-    return drift_fn
+    return functools.partial(self._velocity, process)
+
+  @_highest_precision
+  def _velocity(self, process, x, t):
+    x0, score = self._posterior(x, t, process)
+    sigma_dot = process.sigma_dot(t)
+    finite = jnp.isfinite(sigma_dot)
+    # sigma' E[eps | x_t] = -sigma sigma' score, and sigma sigma' = (d sigma^2 / dt) / 2 =
+    # g^2 / 2 + f sigma^2, finite where sigma' is not. Each branch is made finite where the other
+    # is selected, so that no inf * 0 reaches a derivative.
+    half_d_var = jnp.where(finite, process.sigma(t) * jnp.where(finite, sigma_dot, 0.0),
+                           0.5 * process.diffusion_squared(t)
+                           + jnp.where(finite, 0.0, process.drift_coefficient(t))
+                           * process.sigma(t) ** 2)
+    return process.alpha_dot(t)[:, None] * x0 - half_d_var[:, None] * score
 
   @_highest_precision
   def sample(self, key: Array, n: int) -> Array:

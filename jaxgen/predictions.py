@@ -48,7 +48,12 @@ def to_x0_eps(process: Process, x: Array, t: Array, prediction: Array,
   if prediction_type == "eps":
     return (x - sigma * prediction) / alpha, prediction
   if prediction_type == "x0":
-    return prediction, (x - alpha * prediction) / sigma
+    # Where sigma = 0 (the linear and EDM paths at t = 0) eps is 0/0; its limit for the exact
+    # posterior mean is E[eps | x_0] = 0 (the noise is independent of the data), and eps = 0 is
+    # taken there, so that the drift alpha' x0 + sigma' eps stays finite (with finite gradients).
+    zero = sigma == 0
+    eps = jnp.where(zero, 0.0, (x - alpha * prediction) / jnp.where(zero, 1.0, sigma))
+    return prediction, eps
   if prediction_type == "velocity":
     # Where sigma' is infinite (VP at t = 0, where sigma = 0) the limit of both quotients is
     # taken: x0 = x / alpha, eps = 0. Each branch is finite where the other is selected, so no
@@ -162,9 +167,9 @@ def as_drift_fn(process: Process, model_fn: Callable[[Array, Array], Array],
 
   Refuses ``score``/``eps`` predictions on a path with ``alpha(T) = 0`` (the linear path): their
   drift is infinite at ``T``, where every sampler and likelihood solve starts or ends.
-  An ``x0`` prediction's drift divides by ``sigma(t)``: where ``sigma = 0`` (the linear and EDM
-  paths at ``t = 0``) it is 0/0, so end its solves at a ``t0 > 0`` (``config.eval.t0``, 1e-5 by
-  default), not at ``process.t_min``.
+  An ``x0`` prediction's drift divides by ``sigma(t)``; where ``sigma = 0`` (the linear and EDM
+  paths at ``t = 0``) it takes the limit of the exact field, ``eps = 0``: the drift there is
+  ``alpha'(0) x0_hat``, finite, so solves may end at ``process.t_min``.
   """
   if prediction_type in ("score", "eps"):
     from jaxgen.processes import alpha_at_end  # pylint: disable=import-outside-toplevel

@@ -228,6 +228,61 @@ def test_velocity_to_data_is_finite_at_t0(name):
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["linear", "edm"])
+def test_x0_to_velocity_is_finite_where_sigma_is_zero(name):
+  """At t = 0 on the linear and EDM paths sigma = 0 and an x0 prediction's eps is 0/0 (was NaN,
+  so `as_drift_fn(..., 'x0')` returned NaN there); the limit of the exact field, eps = 0, is
+  taken, with finite gradients, and the exact x0 gives the exact drift alpha'(0) x."""
+  from jaxgen import closed_form  # pylint: disable=import-outside-toplevel
+  p = ALL[name]
+  data = closed_form.random_gaussian(3, seed=1)
+  x = data.sample(jax.random.PRNGKey(0), 8)
+  t0 = jnp.zeros((8,))
+  x0_fn = lambda y, t: data.posterior_mean(y, t, p)[0]
+  x0, eps = predictions.to_x0_eps(p, x, t0, x0_fn(x, t0), "x0")
+  np.testing.assert_array_equal(eps, 0.0)
+  drift = predictions.as_drift_fn(p, x0_fn, "x0")
+  np.testing.assert_allclose(drift(x, t0), data.velocity_fn(p)(x, t0), atol=1e-6)
+  np.testing.assert_allclose(drift(x, t0), p.alpha_dot(t0)[:, None] * x, atol=1e-6)
+  grad = jax.grad(lambda y: jnp.sum(drift(y, t0) ** 2))(x)
+  assert bool(jnp.all(jnp.isfinite(grad)))
+  t = jnp.full((8,), 0.3)  # away from sigma = 0 nothing changed
+  np.testing.assert_allclose(predictions.to_x0_eps(p, x, t, x0_fn(x, t), "x0")[1],
+                             (x - p.alpha(t)[:, None] * x0_fn(x, t)) / p.sigma(t)[:, None],
+                             rtol=1e-6)
+
+
+def test_x0_flow_likelihood_from_t_min():
+  """rectified_flow.log_likelihood starts at process.t_min (0 on the linear path) by default:
+  with the exact x0 prediction's drift it now matches the exact log-density (was all NaN)."""
+  from jaxgen import closed_form, rectified_flow  # pylint: disable=import-outside-toplevel
+  p = processes.LinearPath()
+  data = closed_form.random_gaussian(3, seed=1)
+  x = data.sample(jax.random.PRNGKey(0), 16)
+  drift = predictions.as_drift_fn(p, lambda y, t: data.posterior_mean(y, t, p)[0], "x0")
+  logp, _, _ = rectified_flow.log_likelihood(drift, x, p, solver="tsit5", rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(logp, data.logp(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_closed_form_velocity_is_finite_at_t0(name):
+  """closed_form.velocity_fn at t = 0: on VP sigma' is infinite and sigma' E[eps] was inf * 0 =
+  NaN; it now takes the limit -(g^2/2 + f sigma^2) score. It equals the probability-flow drift
+  f x - g^2/2 score of the exact score at t = 0 and nearby, with a finite gradient."""
+  from jaxgen import closed_form  # pylint: disable=import-outside-toplevel
+  p = ALL[name]
+  data = closed_form.three_gaussians_2d()
+  x = data.sample(jax.random.PRNGKey(3), 8)
+  velocity = data.velocity_fn(p)
+  for time in (0.0, 1e-6, 0.3):
+    t = jnp.full((8,), time)
+    v = velocity(x, t)
+    ref = processes.probability_flow_drift(p, data.score_fn(p))(x, t)
+    np.testing.assert_allclose(v, ref, rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda y: jnp.sum(velocity(y, t)))(x)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
 def test_convert_checks_shapes_and_computes_in_float32():
   """`convert` names a `t` of the wrong shape and a prediction shaped unlike `x`; bf16 times are
   read in float32 (a bf16 t moved VE's eps -> score by ~1 %)."""

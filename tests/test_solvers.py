@@ -136,8 +136,9 @@ def heun_edm_gain(o: Oracle, times):
   return u * a[-1] / a[0], a[-1] * o.mu
 
 
-def heun_time_gain(o: Oracle, times):
-  """Heun in ``t`` on ``v = x - alpha mu``: ``dv/dt = (alpha alpha' lam + sigma sigma') / C v``."""
+def heun_time_gain(o: Oracle, times, final_euler=True):
+  """Heun in ``t`` on ``v = x - alpha mu``: ``dv/dt = (alpha alpha' lam + sigma sigma') / C v``
+  (the last step an Euler step when ``final_euler``)."""
   a, s, da, ds = o.coefficients(times)
   rate = lambda i: (a[i] * da[i] * o.lam + s[i] * ds[i]) / (a[i] ** 2 * o.lam + s[i] ** 2)
   v = np.ones_like(o.lam)
@@ -145,7 +146,7 @@ def heun_time_gain(o: Oracle, times):
     h = times[i + 1] - times[i]
     d = rate(i) * v
     v_next = v + h * d
-    if i < len(times) - 2:
+    if i < len(times) - 2 or not final_euler:
       v_next = v + 0.5 * h * (d + rate(i + 1) * v_next)
     v = v_next
   return v, a[-1] * o.mu
@@ -329,6 +330,20 @@ def test_heun_35_steps(process_name, dim, schedule):
   times = np.append(np.asarray(solvers.time_grid(o.process, 35, schedule), np.float64), 0.0)
   gain = heun_edm_gain(o, times) if schedule == "edm" else heun_time_gain(o, times)
   check_moments(x, o, o.deterministic_moments(*gain), label=f"heun {schedule}")
+
+
+def test_heun_uniform_grid_ending_at_zero_spends_no_evaluation_on_a_zero_step():
+  """`heun_sample(schedule='uniform', eps=0)` on the linear path: the grid already ends at 0, so
+  every step is a Heun step, 2 * 35 - 2 evaluations (was 2 * 35 - 1, one on a zero-length Euler
+  step from 0 to 0), with the closed-form moments of that scheme."""
+  o = oracle("linear", 2)
+  x, nfe = solvers.heun_sample(KEY, o.process, o.drift_fn, SHAPE(2), 35, schedule="uniform",
+                               eps=0.0)
+  assert int(nfe) == 68
+  times = np.asarray(solvers.time_grid(o.process, 35, "uniform", 0.0), np.float64)
+  assert times[-1] == 0.0
+  gain = heun_time_gain(o, times, final_euler=False)
+  check_moments(x, o, o.deterministic_moments(*gain), label="heun uniform to 0")
 
 
 def test_heun_sample_and_time_grid_work_inside_jit():

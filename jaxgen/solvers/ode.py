@@ -494,10 +494,11 @@ def _eps_from_velocity(process: Process, x: Array, t: Array, velocity: Array) ->
   return predictions.to_x0_eps(process, x, t, velocity, "velocity")[1]
 
 
-@jit_with_callables(static_argnames=("process", "shape", "edm_variables"),
+@jit_with_callables(static_argnames=("process", "shape", "edm_variables", "final_euler"),
                     callable_argnames=("drift_fn",))
-def _heun_on_grid(key, times, *, process, drift_fn, shape, edm_variables):
-  """Heun between consecutive ``times`` ``(N + 1,)``, the last step an Euler step."""
+def _heun_on_grid(key, times, *, process, drift_fn, shape, edm_variables, final_euler=True):
+  """Heun between consecutive ``times`` ``(N + 1,)``, the last step an Euler step unless
+  ``final_euler=False``."""
   batch = shape[0]
   drift_fn = _shape_checked(drift_fn, "drift_fn")
   full = lambda t: _full(t, batch)
@@ -524,6 +525,9 @@ def _heun_on_grid(key, times, *, process, drift_fn, shape, edm_variables):
     d_cur = slope(y, t)
     return y + h * 0.5 * (d_cur + slope(y + h * d_cur, t_next)), None
 
+  if not final_euler:
+    state, _ = jax.lax.scan(heun_step, state, (times[:-1], times[1:]))
+    return state, jnp.asarray(2 * (times.shape[0] - 1), jnp.int32)
   state, _ = jax.lax.scan(heun_step, state, (times[:-2], times[1:-1]))
   state = state + (level(times[-1]) - level(times[-2])) * slope(state, times[-2])  # Euler
   if edm_variables:
@@ -537,6 +541,8 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
 
   Grid: :func:`time_grid` (``num_steps`` times from ``T`` down to ``eps``) followed by ``t = 0``;
   Heun steps between consecutive times, the last one (``eps -> 0``) an Euler step as in EDM.
+  With ``schedule='uniform'`` and ``eps = 0`` the grid already ends at ``0``: every step is a
+  Heun step (``2 num_steps - 2`` evaluations, none spent on a zero-length step).
 
   * ``schedule='edm'``: EDM's sampler on the process rewritten in EDM's variables (Karras et al.
     2022, Sec. 3): ``y = x / alpha`` moves along ``y = x0 + s eps`` with ``s = sigma / alpha`` and
@@ -557,13 +563,16 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
     eps: last grid time before ``0``, in ``[process.t_min, T)``; ``None`` -> ``max(1e-3, t_min)``.
     rho: EDM's schedule exponent.
   Returns:
-    ``(samples (batch, ...), nfe = 2 num_steps - 1)``.
+    ``(samples (batch, ...), nfe = 2 num_steps - 1)`` (``2 num_steps - 2`` when the uniform grid
+    ends at ``eps = 0``).
   """
   shape = _check_shape(shape)
   times = time_grid(process, num_steps, schedule, eps, rho)
-  times = jnp.concatenate([times, jnp.zeros((1,), jnp.float32)])
+  ends_at_zero = schedule == "uniform" and times.shape[0] > 1 and float(times[-1]) == 0.0
+  if not ends_at_zero:
+    times = jnp.concatenate([times, jnp.zeros((1,), jnp.float32)])
   return _heun_on_grid(key, times, process=process, drift_fn=drift_fn, shape=shape,
-                       edm_variables=schedule == "edm")
+                       edm_variables=schedule == "edm", final_euler=not ends_at_zero)
 
 
 # --- DDIM -----------------------------------------------------------------------------------------
