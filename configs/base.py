@@ -29,7 +29,7 @@ def get_base_config():
   training.importance_sampling = False  # importance-sampled t for likelihood weighting
   training.time_sampling = "uniform"   # uniform | logit_normal (flow)
   training.eps = 1e-5                  # smallest training time
-  training.augment_p = 0.0             # EDM's augmentation probability (method edm; jaxgen.augment)
+  training.augment_p = 0.0             # EDM's augmentation probability (score/edm/flow; jaxgen.augment)
   training.nonfinite = "error"         # error | skip: what a non-finite loss does
   training.max_wall_seconds = 0.0      # stop cleanly after this long (0 = no limit)
   # GPU: deterministic kernels only, so a step is bitwise repeatable. Compiles faster (fewer

@@ -249,9 +249,18 @@ def importance_sampling_normalizer(process: Process, eps: float = 1e-5) -> float
   return hi - lo
 
 
+def _augmented(augment: Optional[Callable], key: Array, x0: Array, train: bool):
+  """``(x0, extra model_fn kwargs)``: EDM's augmentation of a training batch (``augment(key, x0)
+  -> (x0, labels)``, the labels passed on as ``augment_labels``), or the batch itself."""
+  if augment is None or not train:
+    return x0, {}
+  x0, labels = augment(jax.random.fold_in(key, 3), x0)
+  return x0, {"augment_labels": labels}
+
+
 def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, importance_sampling: bool = False,
-             eps: float = 1e-5) -> Callable:
+             eps: float = 1e-5, augment: Optional[Callable] = None) -> Callable:
   """Continuous-time denoising score matching (score_sde's ``get_sde_loss_fn``).
 
   Weighting ``sigma^2`` gives ``|sigma score + z|^2``; likelihood weighting gives
@@ -263,6 +272,7 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
   constant normalizer ``Z`` (:func:`importance_sampling_normalizer`; 23.86 on the VP SDE with
   ``eps = 1e-5``), so this loss and its gradients are ``Z`` times score_flow's: a recipe's
   ``grad_clip = c`` corresponds to ``c Z`` here (Adam itself does not see the constant).
+  ``augment``: as in :func:`edm_loss` (EDM's non-leaky augmentation of training batches).
   """
   _check_eps(process, eps, process.T)
   if likelihood_weighting and importance_sampling:
@@ -276,7 +286,7 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
   half_sum = True
 
   def loss_fn(params, key, batch, train: bool = True):
-    x0 = batch["image"]
+    x0, extra = _augmented(augment, key, batch["image"], train)
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
     if likelihood_weighting and importance_sampling:
@@ -288,7 +298,7 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
     z = _rows(_normal, k_z, x0.shape)
     mean, std = process.marginal(x0, t)
     x_t = mean + broadcast_to(std, x0) * z
-    out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
+    out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"), **extra)
     score = predictions.convert(process, x_t, t, out, prediction, "score")
     if not likelihood_weighting:
       losses = _reduce(jnp.square(score * broadcast_to(std, x0) + z), reduce_mean, half_sum)
@@ -304,13 +314,14 @@ def dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *, reduce_mea
 
 
 def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
-                      reduce_mean: bool = False) -> Callable:
+                      reduce_mean: bool = False, augment: Optional[Callable] = None) -> Callable:
   """Discrete-time DDPM (VP) or SMLD (VE) loss, as score_sde's ``get_ddpm_loss_fn`` /
   ``get_smld_loss_fn``; the network gets the integer step (DDPM) or sigma (SMLD).
 
   For VP, ``model_fn`` is best built with ``make_model_fn(..., discrete=True)`` (then
   ``prediction`` is ``'score'``); an ``eps``/``x0``/``score`` output is read with DDPM's discrete
   coefficients, the ones that made ``x_t``. Per example: mean or half sum over dimensions.
+  ``augment``: as in :func:`edm_loss`.
   """
   if not isinstance(process, (VPSDE, VESDE)) or isinstance(process, SubVPSDE):
     raise ValueError(f"discrete-time training needs a VP or VE process, got {type(process).__name__}")
@@ -320,7 +331,7 @@ def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
       _discrete_eps(process, jnp.zeros((1,)), jnp.zeros((1,)), jnp.zeros((1,)), prediction)
 
   def loss_fn(params, key, batch, train: bool = True):
-    x0 = batch["image"]
+    x0, extra = _augmented(augment, key, batch["image"], train)
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
     idx = _rows(lambda k, s: jax.random.randint(k, s, 0, process.N), k_t, (n,))
@@ -329,13 +340,15 @@ def discrete_dsm_loss(model_fn: ModelFn, process: Process, prediction: str, *,
     if isinstance(process, VPSDE):
       a, s = discrete_vp_coefficients(process, t)
       x_t = broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * z
-      out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
+      out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"),
+                     **extra)
       eps_hat = _discrete_eps(process, x_t, t, out, prediction)
       losses = _reduce(jnp.square(eps_hat - z), reduce_mean, half_sum=True)
     else:
       sigma = process.discrete_sigmas[idx]
       x_t = x0 + broadcast_to(sigma, x0) * z
-      out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
+      out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"),
+                     **extra)
       score = predictions.convert(process, x_t, t, out, prediction, "score")
       target = -z / broadcast_to(sigma, x0)
       losses = _reduce(jnp.square(score - target), reduce_mean, half_sum=True) * sigma**2
@@ -357,11 +370,8 @@ def edm_loss(model_fn: ModelFn, process: EDMPath, *, p_mean: float = -1.2, p_std
   check_finite_number(p_std, "`p_std`", minimum=0.0)
 
   def loss_fn(params, key, batch, train: bool = True):
-    x0 = batch["image"]
+    x0, extra = _augmented(augment, key, batch["image"], train)
     n = x0.shape[0]
-    extra = {}
-    if augment is not None and train:
-      x0, extra["augment_labels"] = augment(jax.random.fold_in(key, 3), x0)
     k_s, k_z, k_drop = jax.random.split(key, 3)
     sigma = jnp.exp(p_mean + p_std * _rows(_normal, k_s, (n,)))
     z = _rows(_normal, k_z, x0.shape)
@@ -387,12 +397,14 @@ def check_pair_shapes(batch) -> None:
 
 def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "velocity", *,
                        time_sampling: str = "uniform", eps: float = 1e-5,
-                       reduce_mean: bool = True) -> Callable:
+                       reduce_mean: bool = True, augment: Optional[Callable] = None) -> Callable:
   """Conditional flow matching: regress ``alpha' x0 + sigma' z`` at ``x_t = alpha x0 + sigma z``.
 
   For the linear path the target is ``z - x0`` (rectified flow). ``batch["noise"]``, if present,
   is used as the coupled ``z`` (reflow pairs); otherwise ``z ~ N(0, I)``, or on a linear path its
   prior (``N(0, I)``, or the source distribution of :func:`jaxgen.rectified_flow.source_path`).
+  ``augment``: as in :func:`edm_loss`; refused on coupled pairs (an augmented image would lose
+  its noise).
   """
 
   t_max = process.T - (eps if isinstance(process, LinearPath) else 0.0)
@@ -400,7 +412,10 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
   check_time_sampling(time_sampling)
 
   def loss_fn(params, key, batch, train: bool = True):
-    x0 = batch["image"]
+    if augment is not None and "noise" in batch:
+      raise ValueError("augmentation of coupled pairs (batch['noise']) would pair an augmented "
+                       "image with the noise of the original: train pairs without augmentation")
+    x0, extra = _augmented(augment, key, batch["image"], train)
     n = x0.shape[0]
     k_t, k_z, k_drop = jax.random.split(key, 3)
     t = _rows(lambda k, s: sample_time(k, s[0], eps, t_max, time_sampling), k_t, (n,))
@@ -415,7 +430,7 @@ def flow_matching_loss(model_fn: ModelFn, process: Process, prediction: str = "v
     x_t = alpha * x0 + sigma * z
     target = (broadcast_to(process.alpha_dot(t), x0) * x0
               + broadcast_to(process.sigma_dot(t), x0) * z)
-    out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"))
+    out = model_fn(params, x_t, t, train=train, key=k_drop, labels=batch.get("label"), **extra)
     velocity = predictions.convert(process, x_t, t, out, prediction, "velocity")
     losses = _reduce(jnp.square(velocity - target), reduce_mean)
     return jnp.mean(losses), {"loss_per_example": losses}
@@ -438,22 +453,25 @@ def get_loss_fn(config, model_fn: ModelFn, process: Process) -> Callable:
   prediction = model_output_type(process, config.model.prediction,
                                  edm_preconditioning=method == "edm",
                                  discrete=is_discrete_training(config))
+  augment_p = float(training.get("augment_p", 0.0))
+  augment_fn = functools.partial(augment_lib.augment, p=augment_p) if augment_p > 0 else None
   if method == "score":
     if training.continuous:
       return dsm_loss(model_fn, process, prediction, reduce_mean=training.reduce_mean,
                       likelihood_weighting=training.likelihood_weighting,
-                      importance_sampling=training.importance_sampling, eps=training.eps)
-    return discrete_dsm_loss(model_fn, process, prediction, reduce_mean=training.reduce_mean)
+                      importance_sampling=training.importance_sampling, eps=training.eps,
+                      augment=augment_fn)
+    return discrete_dsm_loss(model_fn, process, prediction, reduce_mean=training.reduce_mean,
+                             augment=augment_fn)
   if method == "edm":
     if not isinstance(process, EDMPath):
       raise ValueError(f"method 'edm' needs process.name 'edm', got {type(process).__name__}")
-    augment_p = float(training.get("augment_p", 0.0))
-    augment_fn = functools.partial(augment_lib.augment, p=augment_p) if augment_p > 0 else None
     return edm_loss(model_fn, process, reduce_mean=training.reduce_mean, augment=augment_fn)
   if method in ("flow", "rectified_flow"):
     return flow_matching_loss(model_fn, process, prediction,
                               time_sampling=training.get("time_sampling", "uniform"),
-                              eps=training.eps, reduce_mean=training.reduce_mean)
+                              eps=training.eps, reduce_mean=training.reduce_mean,
+                              augment=augment_fn)
   raise ValueError(f"unknown config.method {method!r}; expected 'score', 'edm', 'flow'")
 
 

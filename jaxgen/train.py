@@ -263,15 +263,26 @@ def _validate_eval_solver(config) -> None:
       raise ValueError(f"config.eval.{name} must be a number > 0, got {value!r}")
 
 
+AUGMENT_METHODS = ("score", "edm", "flow", "rectified_flow")
+
+
 def _validate_augment(config) -> None:
-  """``training.augment_p > 0`` (EDM's augmentation, :mod:`jaxgen.augment`): EDM's loss on
-  images, and a network that reads the labels (``model.augment_dim = augment.AUGMENT_DIM``)."""
+  """``training.augment_p > 0`` (EDM's augmentation, :mod:`jaxgen.augment`): a denoising loss
+  (``method`` score, edm, flow or rectified_flow) on images with independent noise (no reflow
+  pairs, no coupling), and a network that reads the labels (``model.augment_dim =
+  augment.AUGMENT_DIM``)."""
   p = config.training.get("augment_p", 0.0)
   if not p:
     return
-  if config.method != "edm":
-    raise ValueError(f"config.training.augment_p={p} is EDM's augmentation; it needs "
-                     f"config.method='edm', got {config.method!r}")
+  if config.method not in AUGMENT_METHODS:
+    raise ValueError(f"config.training.augment_p={p} augments the images of a denoising loss; "
+                     f"it needs config.method in {AUGMENT_METHODS}, got {config.method!r}")
+  coupling = config.training.get("coupling", "independent")
+  if coupling != "independent" or config.data.get("pairs_dir", ""):
+    what = (f"config.training.coupling={coupling!r}" if coupling != "independent"
+            else "config.data.pairs_dir (reflow pairs)")
+    raise ValueError(f"config.training.augment_p={p} cannot augment coupled pairs ({what}): an "
+                     f"augmented image would keep the noise of the original")
   if len(data_shape(config)) != 3:
     raise ValueError(f"config.training.augment_p={p} augments images; "
                      f"{config.data.dataset!r} is not an image data set")

@@ -272,17 +272,81 @@ def test_edm_training_with_augmentation_steps():
   assert kernel.shape[0] == augment.AUGMENT_DIM
 
 
+def _augmented_config(method):
+  """The digits U-Net config with augmentation under another denoising loss."""
+  from configs.digits import vp_unet  # pylint: disable=import-outside-toplevel
+  config = vp_unet.get_config()
+  config.training.batch_size = 16
+  config.training.augment_p = 0.5
+  config.model.augment_dim = augment.AUGMENT_DIM
+  if method == "discrete":
+    config.training.continuous = False
+  elif method == "flow":
+    config.method = "flow"
+    config.process.name = "linear"
+    config.model.prediction = "velocity"
+  return config
+
+
+@pytest.mark.parametrize("method", ["score", "discrete", "flow"])
+def test_score_and_flow_losses_augment_training_batches_only(method):
+  """``training.augment_p`` with the continuous and discrete score losses and flow matching (it
+  was EDM's loss only): a training batch's loss is the unaugmented loss of the augmented images
+  with their labels given to the network (same key), an evaluation loss that of the data itself;
+  the labels reach the network (its label embedding gets a gradient) and a jitted train step
+  stays finite."""
+  config = _augmented_config(method)
+  train.validate_config(config, num_devices=8)
+  setup = train.Setup(config)
+  plain_config = _augmented_config(method)
+  plain_config.training.augment_p = 0.0
+  state = setup.init_state(jax.random.PRNGKey(0))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1)) * 2 - 1
+  key = jax.random.PRNGKey(2)
+  x_aug, labels = augment.augment(jax.random.fold_in(key, 3), x, p=0.5)
+  assert float(jnp.max(jnp.abs(x_aug - x))) > 0.1 and float(jnp.max(jnp.abs(labels))) > 0
+  labelled = lambda params, y, t, **kwargs: setup.model_fn(params, y, t, augment_labels=labels,
+                                                           **kwargs)
+  by_hand = losses.get_loss_fn(plain_config, labelled, setup.process)
+  plain = losses.get_loss_fn(plain_config, setup.model_fn, setup.process)
+  run = lambda fn, images, train_: float(jax.jit(
+      lambda p: fn(p, key, {"image": images}, train=train_)[0],
+      compiler_options=FAST_COMPILE)(state.params))
+  np.testing.assert_allclose(run(setup.loss_fn, x, True), run(by_hand, x_aug, True), rtol=1e-5)
+  np.testing.assert_allclose(run(setup.loss_fn, x, False), run(plain, x, False), rtol=1e-6)
+  batch = {"image": x}
+  grads = jax.jit(jax.grad(lambda p: setup.loss_fn(p, key, batch, train=True)[0]),
+                  compiler_options=FAST_COMPILE)(state.params)
+  kernel_grad = grads["ConditioningEmbedding_0"]["augment_embedding"]["kernel"]
+  assert float(jnp.max(jnp.abs(kernel_grad))) > 0
+  step = jax.jit(setup.make_train_step(), compiler_options=FAST_COMPILE)
+  state, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["loss"]))
+
+
+def test_flow_matching_refuses_to_augment_pairs():
+  """Coupled pairs (batch['noise']) cannot be augmented: the noise belongs to the original."""
+  process = processes.LinearPath()
+  model_fn = lambda params, x, t, **kwargs: x
+  loss_fn = losses.flow_matching_loss(model_fn, process, augment=augment.augment)
+  x = jnp.zeros((4, 8, 8, 1))
+  with pytest.raises(ValueError, match="coupled pairs"):
+    loss_fn(None, jax.random.PRNGKey(0), {"image": x, "noise": x})
+
+
 @pytest.mark.parametrize("change, match", [
-    (lambda c: setattr(c, "method", "score"), "needs config.method='edm'"),
+    (lambda c: setattr(c, "method", "cnf"), "needs config.method in"),
+    (lambda c: setattr(c.training, "coupling", "minibatch_ot"), "cannot augment coupled pairs"),
+    (lambda c: setattr(c.data, "pairs_dir", "/nonexistent/pairs"), "cannot augment coupled"),
     (lambda c: setattr(c.model, "augment_dim", 4), "augment_dim=9"),
     (lambda c: setattr(c.training, "augment_p", 1.5), "config.training.augment_p"),
     (lambda c: setattr(c.model, "augment_dim", -1), "model.augment_dim")])
 def test_config_refusals_name_the_field(change, match):
   config = _edm_digits_config()
   change(config)
-  if config.method == "score":
-    config.process.name = "vp"
-    config.model.prediction = "eps"
+  if config.method != "edm":
+    config.process.name = "linear" if config.method == "cnf" else "vp"
+    config.model.prediction = "velocity" if config.method == "cnf" else "eps"
   with pytest.raises(ValueError, match=match):
     train.validate_config(config, num_devices=8)
 
