@@ -20,8 +20,8 @@ def get_base_config():
   training.n_iters = 1_300_001
   training.log_every = 50              # console + JSON lines + TensorBoard
   training.eval_every = 5_000          # held-out loss, bits/dim on a few batches, sample grid
-  training.snapshot_every = 10_000     # kept checkpoints (keep the last `keep_checkpoints`)
-  training.preemption_every = 1_000    # preemption snapshots (only the newest is kept)
+  training.snapshot_every = 10_000     # checkpoints saved and kept for good (0: none)
+  training.preemption_every = 1_000    # preemption checkpoints (the newest `keep_checkpoints` kept)
   training.keep_checkpoints = 3
   training.continuous = True           # continuous-time DSM (else discrete DDPM/SMLD steps)
   training.reduce_mean = False         # mean (True) or sum (False) over data dimensions

@@ -71,8 +71,9 @@ def validate_sampling_config(config, process) -> None:
   if sampling.method == "ode":
     for name in ("rtol", "atol"):
       value = sampling.get(name, 1e-5)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"config.sampling.{name} must be a number > 0, got {value!r}")
+      if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+          or not math.isfinite(value)):
+        raise ValueError(f"config.sampling.{name} must be a finite number > 0, got {value!r}")
   options = {}
   if sampling.method == "pc":
     options = dict(predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,

@@ -208,7 +208,7 @@ _NUMBER_FIELDS = (
     ("optim", "eps", "float", 0.0, None),
     ("optim", "warmup", "int", 0, None),
     ("optim", "weight_decay", "float", 0.0, None),
-    ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0: no clipping (score_sde's -1)
+    ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0 or inf: no clipping (-1 in score_sde)
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
     ("model", "ema_rampup_ratio", "float", 0.0, None),
     ("training", "augment_p", "float", 0.0, 1.0),
@@ -220,6 +220,12 @@ _NUMBER_FIELDS = (
     ("eval", "seed", "int", 0, None),
     ("eval", "density_grid", "int", 0, None),
 )
+
+
+# Float fields where infinity means something (no clipping, no time limit); every other float of
+# :data:`_NUMBER_FIELDS` must be finite (an infinite learning rate or EMA warm-up ratio failed
+# only after the workdir was written, or as a "non-finite loss").
+_INFINITY_ALLOWED = (("optim", "grad_clip"), ("training", "max_wall_seconds"))
 
 
 def _validate_numbers(config) -> None:
@@ -235,6 +241,8 @@ def _validate_numbers(config) -> None:
     if not ok:
       raise ValueError(f"{name} must be {'an int' if kind == 'int' else 'a number'}, got "
                        f"{value!r}")
+    if kind == "float" and not math.isfinite(value) and (section, field) not in _INFINITY_ALLOWED:
+      raise ValueError(f"{name} must be a finite number, got {value!r}")
     low_ok = value > low[1] if isinstance(low, tuple) else value >= low
     high_ok = high is None or (value < high[1] if isinstance(high, tuple) else value <= high)
     if not (low_ok and high_ok):
@@ -259,8 +267,9 @@ def _validate_eval_solver(config) -> None:
                      f"probability-flow likelihood takes an adaptive one: {adaptive}")
   for name in ("rtol", "atol"):
     value = evaluation.get(name, 1e-5)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-      raise ValueError(f"config.eval.{name} must be a number > 0, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+        or not math.isfinite(value)):
+      raise ValueError(f"config.eval.{name} must be a finite number > 0, got {value!r}")
 
 
 AUGMENT_METHODS = ("score", "edm", "flow", "rectified_flow")
@@ -896,8 +905,9 @@ def _jsonable(obj):
 
 
 def make_checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  """Orbax manager: async saves every ``preemption_every`` steps, the newest
-  ``keep_checkpoints`` kept, plus every ``snapshot_every``-th step kept for good."""
+  """Orbax manager: the loop saves (async) every ``preemption_every``-th and every
+  ``snapshot_every``-th step; the newest ``keep_checkpoints`` are kept, plus every
+  ``snapshot_every``-th step for good."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max(1, int(config.training.keep_checkpoints)),
       keep_period=int(config.training.snapshot_every) or None,
@@ -1316,10 +1326,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if start < n_iters:
       log("compiling the train step (its first call)")
     t_start = time.time()
+    # The rate and ETA count training time only: the interval since the last log line starts
+    # after the first step's compile, and evaluation and blocking saves are taken out of it.
     t_last, step_last = time.time(), start
     losses_since, aux_since = [], []
     step = start
     stopped_early = False
+    snapshot_every = int(training.snapshot_every)
+
+    def check_finite_updates():
+      """Raise, saving nothing, when a step since the last check had a non-finite loss."""
+      bad = int(carry.bad_step)
+      if bad >= 0 and training.nonfinite == "error":
+        manager.wait_until_finished()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {bad} (config.training.nonfinite='error'); its update "
+            f"was dropped and the last good checkpoint "
+            f"({manager.latest_step()}) in {manager.directory} is kept")
+
     with _Preemption() as preemption:
       while step < n_iters:
         batch = train_ds.get_batch(step, local_batch)
@@ -1329,20 +1353,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           jax.block_until_ready(metrics)
           summary["first_step_seconds"] = time.time() - t_start
           log(f"first train step (compile and run): {summary['first_step_seconds']:.1f} s")
+          t_last, step_last = time.time(), start + 1
         step += 1
         losses_since.append(metrics["loss"])
         if "aux" in metrics:
           aux_since.append(metrics["aux"])
         at_log = step % training.log_every == 0 or step == n_iters
-        at_save = step % training.preemption_every == 0 or step == n_iters
+        # snapshot_every multiples are saved too (orbax's keep_period keeps them for good).
+        at_save = (step % training.preemption_every == 0 or step == n_iters
+                   or (snapshot_every > 0 and step % snapshot_every == 0))
         if at_log or at_save:
-          bad = int(carry.bad_step)
-          if bad >= 0 and training.nonfinite == "error":
-            manager.wait_until_finished()
-            raise NonFiniteLossError(
-                f"non-finite loss at step {bad} (config.training.nonfinite='error'); its update "
-                f"was dropped and the last good checkpoint "
-                f"({manager.latest_step()}) in {manager.directory} is kept")
+          check_finite_updates()
         if at_log:
           now = time.time()
           loss_mean = float(jnp.mean(jnp.stack(losses_since)))
@@ -1351,6 +1372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           aux_means = {f"train/{k}": float(jnp.mean(jnp.stack([a[k] for a in aux_since])))
                        for k in (aux_since[0] if aux_since else {})}
           losses_since, aux_since = [], []
+          if step == step_last:  # only the first step since: its time includes the compile
+            t_last, step_last = t_start, start
           rate = (step - step_last) * config.training.batch_size / max(now - t_last, 1e-9)
           eta = (n_iters - step) * (now - t_last) / max(step - step_last, 1)
           log(f"step {step:>7d}/{n_iters}  loss {loss_mean:.4f}  {rate:,.0f} img/s  "
@@ -1361,6 +1384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           summary["train_loss"] = loss_mean
         tree = None
         saved_now = False
+        t_pause = time.time()
         if at_save:
           tree = as_tree(carry)
           saved_now = save_checkpoint(manager, tree, step)
@@ -1371,11 +1395,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           writer.write(step, {f"eval/{k}": v for k, v in results.items()
                               if isinstance(v, (int, float))})
           summary.update(results)
+        t_last += time.time() - t_pause
         too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
         # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.
-        check_now = jax.process_count() == 1 or at_log
+        # At n_iters the run has finished (saved and evaluated): a stop request then changes
+        # nothing, and the run is not reported as stopped early.
+        check_now = (jax.process_count() == 1 or at_log) and step < n_iters
         if check_now and _sync_flag(preemption.requested or bool(too_long)):
           why = "preemption signal" if preemption.requested else "time limit"
+          check_finite_updates()  # a non-finite step since the last check: raise, do not save
           # A step just saved (n_iters, a preemption_every multiple) is not saved again: orbax
           # refuses a second save of a step (StepAlreadyExistsError).
           if saved_now or manager.latest_step() == step:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +85,89 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path,
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert steps[-1] == 6
   assert closed == [True]   # the manager's async threads do not outlive the failed run
+
+
+def test_stop_after_a_nonfinite_step_saves_nothing(tmp_path, monkeypatch):
+  """A stop (time limit, SIGTERM) after a non-finite step that no log or save step has checked
+  yet raises NonFiniteLossError and saves nothing: it used to save a checkpoint recording the bad
+  step and exit cleanly, and every later resume then failed naming that checkpoint as good."""
+  train.train_and_evaluate(tiny_config(2), str(tmp_path))   # good checkpoint at step 2
+  config = tiny_config(50)
+  config.training.log_every = config.training.preemption_every = 100
+  config.optim.warmup = 0
+  original = train.Setup._loss_and_grads
+
+  def nan_at_step_2(self, state, batch, params):
+    loss, grads, aux = original(self, state, batch, params)
+    return jnp.where(state.step == 2, jnp.nan, loss), grads, aux
+
+  monkeypatch.setattr(train.Setup, "_loss_and_grads", nan_at_step_2)
+  config.training.max_wall_seconds = 1e-9     # a stop after the first step (step 3)
+  with pytest.raises(train.NonFiniteLossError, match="step 2"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2]
+  monkeypatch.setattr(train.Setup, "_loss_and_grads", original)
+  summary = train.train_and_evaluate(tiny_config(4), str(tmp_path))   # resumes from the good one
+  assert summary["start_step"] == 2 and summary["final_step"] == 4
+
+
+def test_rate_counts_training_time_only(tmp_path, monkeypatch):
+  """The img/s and ETA of a log line leave out the first step's compile and the periodic
+  evaluation since the last line (on a clock that only the evaluation moves by 1,000 s, the rate
+  after an evaluation was under 0.1 img/s)."""
+  clock = [0.0]
+
+  def now():
+    clock[0] += 1e-3
+    return clock[0]
+
+  monkeypatch.setattr(train, "time", types.SimpleNamespace(time=now))
+
+  def evaluate_fn(setup, state, step, workdir, mesh):
+    clock[0] += 1000.0
+    return {}
+
+  config = tiny_config(8)
+  config.training.eval_every = 2
+  train.train_and_evaluate(config, str(tmp_path), evaluate_fn=evaluate_fn)
+  rates = [json.loads(line)["train/images_per_second"]
+           for line in open(tmp_path / "metrics.jsonl")
+           if "train/images_per_second" in json.loads(line)]
+  assert len(rates) == 4 and min(rates) > 100.0, rates
+
+
+@pytest.mark.parametrize("preemption_every,snapshot_every,keep,expected", [
+    (1, 4, 2, [4, 8, 11, 12]), (2, 5, 1, [5, 10, 12])])
+def test_snapshot_steps_are_saved_and_kept(tmp_path, preemption_every, snapshot_every, keep,
+                                           expected):
+  """Every ``snapshot_every``-th step is saved and kept for good, next to the newest
+  ``keep_checkpoints``: with ``preemption_every`` 2 and ``snapshot_every`` 5, step 5 was never
+  saved (only steps that the loop saves can be kept)."""
+  config = tiny_config(12)
+  config.training.preemption_every = preemption_every
+  config.training.snapshot_every = snapshot_every
+  config.training.keep_checkpoints = keep
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == expected
+
+
+@pytest.mark.parametrize("section,field", [
+    ("optim", "lr"), ("optim", "eps"), ("optim", "weight_decay"),
+    ("model", "ema_rampup_ratio"), ("eval", "rtol"), ("sampling", "rtol")])
+def test_infinite_numbers_are_refused_before_the_workdir_is_written(tmp_path, section, field):
+  """An infinite learning rate, Adam eps, weight decay, EMA warm-up ratio or solver tolerance is
+  refused naming the field before anything is written (it passed the checks and failed after the
+  workdir was written, or ran as a 'non-finite loss'); infinite grad_clip (no clipping) and
+  max_wall_seconds (no limit) stay allowed."""
+  config = tiny_config(2)
+  config.sampling.method = "ode"
+  config[section][field] = float("inf")
+  with pytest.raises(ValueError, match=f"config.{section}.{field}"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+  config = tiny_config(2)
+  config.optim.grad_clip = config.training.max_wall_seconds = float("inf")
+  train.validate_config(config, num_devices=8)
 
 
 def test_nonfinite_loss_skip_mode_keeps_params_finite(tmp_path, monkeypatch):
@@ -721,12 +805,13 @@ def test_convert_remat_names_round_trips(flat_update):
 def test_time_limit_at_a_saved_step_does_not_save_it_again(tmp_path, n_iters, preemption_every):
   """The time limit (or SIGTERM) handled at a step the loop has just checkpointed (``n_iters``,
   or a ``preemption_every`` multiple) stops cleanly with that checkpoint, instead of saving the
-  step a second time (orbax's StepAlreadyExistsError)."""
+  step a second time (orbax's StepAlreadyExistsError). At ``n_iters`` the run has finished: it is
+  not reported as stopped early (a requeued job would have evaluated it again)."""
   config = tiny_config(n_iters)
   config.training.preemption_every = preemption_every
   config.training.max_wall_seconds = 1e-9       # over at the first check, step 1
   summary = train.train_and_evaluate(config, str(tmp_path))
-  assert summary["stopped_early"] and summary["final_step"] == 1
+  assert summary["stopped_early"] == (n_iters > 1) and summary["final_step"] == 1
   assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [1]
   config.training.preemption_every = 1000      # a step that was not saved is saved on stopping
   config.training.n_iters = 5
