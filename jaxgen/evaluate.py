@@ -804,5 +804,8 @@ def write_json(path: str, obj: Dict[str, Any]) -> None:
   if jax.process_index() != 0:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(json_safe(obj), f, indent=1, default=str, allow_nan=False)
+  text = json.dumps(json_safe(obj), indent=1, default=str, allow_nan=False)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:   # written whole, then renamed: a crash never leaves half a file
+    f.write(text)
+  os.replace(tmp, path)

@@ -191,6 +191,9 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
       raise ValueError(f"config.{name}.batch_size: {e}") from None
 
 
+# Seeds are 32-bit: jax.random.PRNGKey(2**32) is PRNGKey(0) (without x64), 2**63 overflows.
+_MAX_SEED = 2**32 - 1
+
 # Numeric config fields checked by validate_config: (section, field, kind, low, high) with kind
 # 'int' or 'float' and the value required in [low, high] (None: unbounded), or with an open
 # upper end where high is written as ('<', value).
@@ -217,7 +220,7 @@ _NUMBER_FIELDS = (
     ("sampling", "class_label", "int", -1, None),  # -1: a class drawn per sample
     ("eval", "num_bpd_batches", "int", 0, None),
     ("eval", "num_probes", "int", 1, None),
-    ("eval", "seed", "int", 0, None),
+    ("eval", "seed", "int", 0, _MAX_SEED),
     ("eval", "density_grid", "int", 0, None),
 )
 
@@ -230,7 +233,12 @@ _INFINITY_ALLOWED = (("optim", "grad_clip"), ("training", "max_wall_seconds"))
 
 def _validate_numbers(config) -> None:
   """The counts, intervals and optimizer numbers of :data:`_NUMBER_FIELDS` (a zero log interval
-  divided by zero after the workdir was written; a negative learning rate trained uphill)."""
+  divided by zero after the workdir was written; a negative learning rate trained uphill), and
+  ``config.seed`` (``jax.random.PRNGKey`` keeps 32 bits: seeds 0 and 2**32 were the same run)."""
+  if "seed" in config:
+    seed = config.seed
+    if not is_int(seed) or not 0 <= seed <= _MAX_SEED:
+      raise ValueError(f"config.seed must be an int in [0, {_MAX_SEED}], got {seed!r}")
   for section, field, kind, low, high in _NUMBER_FIELDS:
     if section not in config or field not in config[section]:
       continue

@@ -170,6 +170,21 @@ def test_infinite_numbers_are_refused_before_the_workdir_is_written(tmp_path, se
   train.validate_config(config, num_devices=8)
 
 
+@pytest.mark.parametrize("section,value", [
+    ("", 2**32), ("", -1), ("", 2**63), ("eval", 2**32)])
+def test_seeds_outside_32_bits_are_refused(section, value):
+  """jax.random.PRNGKey keeps 32 bits of a seed (2**32 gave the run of seed 0; 2**63 raised
+  OverflowError with a traceback after the checks): config.seed and eval.seed are refused."""
+  config = tiny_config(2)
+  (config[section] if section else config).seed = value
+  name = f"config.{section}.seed" if section else "config.seed"
+  with pytest.raises(ValueError, match=re.escape(name)):
+    train.validate_config(config, num_devices=8)
+  config = tiny_config(2)
+  config.seed = 2**32 - 1
+  train.validate_config(config, num_devices=8)
+
+
 def test_nonfinite_loss_skip_mode_keeps_params_finite(tmp_path, monkeypatch):
   config = tiny_config(4)
   monkeypatch.setattr(train, "_validate_numbers", lambda config: None)  # let a NaN lr through
