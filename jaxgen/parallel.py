@@ -451,6 +451,15 @@ def _tasks_per_node(env: Mapping[str, str]) -> int:
   return max(1, int(env.get("SLURM_NTASKS", "1")) // max(nodes, 1))
 
 
+def _gpus_per_task(env: Mapping[str, str]) -> Optional[int]:
+  """GPUs per task of a ``--gpus-per-task=[type:]k`` launch (``SLURM_GPUS_PER_TASK``, or
+  ``gres/gpu[:type]=k`` in ``SLURM_TRES_PER_TASK``), else None."""
+  match = re.fullmatch(r"\s*(?:[\w.-]+:)?(\d+)\s*", env.get("SLURM_GPUS_PER_TASK", ""))
+  if match is None:
+    match = re.search(r"gpu(?::[\w.-]+)?[=:](\d+)", env.get("SLURM_TRES_PER_TASK", ""))
+  return int(match.group(1)) if match else None
+
+
 def slurm_local_device_ids(env: Optional[Mapping[str, str]] = None) -> Optional[list]:
   """The local GPU ids this SLURM task should use, or ``None`` to keep JAX's default.
 
@@ -460,7 +469,8 @@ def slurm_local_device_ids(env: Optional[Mapping[str, str]] = None) -> Optional[
 
   Rules, with ``v`` GPUs visible to the task (``CUDA_VISIBLE_DEVICES``, else
   ``SLURM_GPUS_ON_NODE``) and ``t`` tasks on the node:
-  ``JAXGEN_LOCAL_DEVICE_IDS`` (comma list) wins; ``t == 1`` or ``v < t`` (bound GPUs): all
+  ``JAXGEN_LOCAL_DEVICE_IDS`` (comma list) wins; ``t == 1``, ``v < t``, or ``v`` equal to the
+  task's own GPU count (``SLURM_GPUS_PER_TASK`` / ``SLURM_TRES_PER_TASK``; bound GPUs): all
   ``range(v)``; ``v == t``: ``None`` (JAX's ``[SLURM_LOCALID]``); ``v`` a multiple of ``t``:
   the task's block of ``v // t`` GPUs.
   """
@@ -478,7 +488,7 @@ def slurm_local_device_ids(env: Optional[Mapping[str, str]] = None) -> Optional[
   tasks = _tasks_per_node(env)
   if num_visible == 0:
     return None
-  if tasks == 1 or num_visible < tasks:
+  if tasks == 1 or num_visible < tasks or (visible and num_visible == _gpus_per_task(env)):
     return list(range(num_visible))
   if num_visible == tasks:
     return None

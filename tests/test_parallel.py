@@ -244,6 +244,24 @@ def test_slurm_local_device_ids():
   assert parallel.slurm_local_device_ids(two_per_task) == [4, 5, 6, 7]
   assert parallel.slurm_local_device_ids({"JAXGEN_LOCAL_DEVICE_IDS": "1,3"}) == [1, 3]
   assert parallel.slurm_local_device_ids({}) is None
+  # --ntasks-per-node=t --gpus-per-task=k with k >= t: each task sees its own k GPUs as 0..k-1
+  # and uses all of them (was: k == t -> JAX's single [SLURM_LOCALID]; k a multiple of t -> a
+  # block of k / t of its own GPUs)
+  for tasks, per_task, local_id in ((2, 2, 0), (2, 4, 1), (4, 4, 3), (4, 2, 1)):
+    env = {"SLURM_STEP_TASKS_PER_NODE": f"{tasks}(x2)", "SLURM_GPUS_PER_TASK": str(per_task),
+           "CUDA_VISIBLE_DEVICES": ",".join(str(local_id * per_task + i) for i in range(per_task)),
+           "SLURM_LOCALID": str(local_id)}
+    assert parallel.slurm_local_device_ids(env) == list(range(per_task)), env
+  typed = {"SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_TRES_PER_TASK": "cpu=8,gres/gpu:h100=2",
+           "CUDA_VISIBLE_DEVICES": "2,3", "SLURM_LOCALID": "1"}
+  assert parallel.slurm_local_device_ids(typed) == [0, 1]
+  typed = {"SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_GPUS_PER_TASK": "h100:2",
+           "CUDA_VISIBLE_DEVICES": "0,1", "SLURM_LOCALID": "0"}
+  assert parallel.slurm_local_device_ids(typed) == [0, 1]
+  # one GPU per task but every GPU visible (--gpu-bind=none): JAX's [SLURM_LOCALID], as before
+  unbound = {"SLURM_STEP_TASKS_PER_NODE": "4", "SLURM_GPUS_PER_TASK": "1",
+             "CUDA_VISIBLE_DEVICES": "0,1,2,3", "SLURM_LOCALID": "2"}
+  assert parallel.slurm_local_device_ids(unbound) is None
 
 
 def test_initialize_distributed_single_host_and_bad_flags(monkeypatch):

@@ -133,7 +133,7 @@ def gmm_parameters(dim):
   """Fixed parameters of the ``gmm<dim>`` mixture (seeded by ``dim``): weights ``(K,)``, means
   ``(K, dim)`` and Cholesky factors ``(K, dim, dim)`` of full, non-diagonal covariances.
 
-  Means ``~ N(0, 4 I / sqrt(dim))`` scaled so components stay apart in every dimension; each
+  Means ``~ N(0, 4 I)`` (standard deviation 2 in every dimension, whatever ``dim``); each
   covariance is a random rotation of diagonal scales in ``[0.05, 0.5]^2``.
   """
   check_int(dim, "gmm dimension")

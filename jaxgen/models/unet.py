@@ -2,7 +2,8 @@
 
 Per resolution level: ``num_res_blocks`` GroupNorm + swish residual blocks (with the noise
 embedding added after the first convolution), optional attention at ``attn_resolutions``,
-one skip connection per level, average-pool down / nearest + conv up. The middle has one
+one skip connection per level, average-pool down / nearest-neighbour up (concatenated with the
+skip, whose residual block then mixes them). The middle has one
 residual block (plus attention when the lowest resolution is in ``attn_resolutions``).
 With ``nf=32, ch_mult=(1, 2), num_res_blocks=1`` it has 251,521 parameters on one-channel images
 (252,675 on three channels).
