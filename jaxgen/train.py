@@ -145,8 +145,12 @@ def data_shape(config) -> Tuple[int, ...]:
 METHODS = ("score", "edm", "flow", "rectified_flow", "distill", "cnf")
 
 
-def validate_config(config, num_devices: Optional[int] = None) -> None:
-  """Reject a bad config before anything is compiled or written (names the bad field)."""
+def validate_config(config, num_devices: Optional[int] = None, training: bool = True) -> None:
+  """Reject a bad config before anything is compiled or written (names the bad field).
+
+  ``training=False`` (evaluating or sampling a checkpoint): the training batch need not split
+  over this machine's devices, only the evaluation batch (a run trained on 8 GPUs with batch 128
+  can be evaluated on 6)."""
   if config.method not in METHODS:
     raise ValueError(f"unknown config.method {config.method!r}; expected one of {METHODS}")
   from jaxgen import evaluate, likelihood  # pylint: disable=import-outside-toplevel
@@ -184,7 +188,7 @@ def validate_config(config, num_devices: Optional[int] = None) -> None:
     from jaxgen import cnf  # pylint: disable=import-outside-toplevel
     cnf.validate_config(config)
   num_devices = num_devices or jax.device_count()
-  for name in ("training", "eval"):
+  for name in ("training", "eval") if training else ("eval",):
     try:
       data_lib.check_batch_size(config[name].batch_size, num_devices, jax.process_count())
     except ValueError as e:
@@ -1469,7 +1473,7 @@ def load_state(config, workdir: str, mesh=None, step: Optional[int] = None) -> T
 
   Raises :class:`CheckpointError` if there is none or it does not fit the config.
   """
-  validate_config(config)
+  validate_config(config, training=False)
   mesh = mesh or parallel.make_mesh()
   setup = Setup(config)
   check_workdir_compatible(workdir, config)

@@ -21,11 +21,12 @@ TOY = [f"--config={REPO}/configs/toy/vp_mlp.py:moons", "--config.model.hidden=(1
        "--config.sampling.batch_size=32"]
 
 
-def _run(args, cwd=REPO, returncode=0):
-  """``python -m jaxgen.main ARGS`` in ``cwd``; returns (stdout, stderr)."""
+def _run(args, cwd=REPO, returncode=0, devices=2):
+  """``python -m jaxgen.main ARGS`` in ``cwd`` on ``devices`` CPU devices; returns (stdout,
+  stderr)."""
   path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
   env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + args, cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
@@ -280,3 +281,23 @@ def test_samples_progress_absolute_paths_and_kept_files(tmp_path, monkeypatch, c
   assert again == {"npz": str(samples_dir / "s_2.npz"), "png": str(samples_dir / "s_2.png")}
   assert json.loads((samples_dir / "s.json").read_text())["npz"] == first["npz"]
   assert sorted(os.listdir(samples_dir)) == ["s.json", "s.npz", "s.png", "s_2.npz", "s_2.png"]
+
+
+def test_a_checkpoint_is_evaluated_on_another_device_count(tmp_path):
+  """A run trained on 2 devices with a training batch of 16 is evaluated and sampled on 3: only
+  the evaluation batch must split over the devices there (the training batch was checked too, and
+  eval was refused: 'config.training.batch_size: ... not divisible by the number of devices 3').
+  Training on 3 devices is still refused, naming the field."""
+  run = tmp_path / "run"
+  common = TOY + ["--config.training.batch_size=16", "--config.training.n_iters=2",
+                  "--config.training.eval_every=0", "--config.eval.batch_size=4998",
+                  f"--workdir={run}"]
+  _run(common + ["--mode=train"])
+  out, _ = _run(common + ["--mode=eval"], devices=3)
+  summary = json.loads((run / "eval" / "eval_step_2.json").read_text())
+  assert summary["step"] == 2 and summary["num_examples"] == 10000 and summary["num_failed"] == 0
+  assert np.isfinite(summary["nll_nats"])
+  out, _ = _run(common + ["--mode=sample"], devices=3)
+  assert "64 samples (euler" in out
+  _, err = _run(common + ["--mode=train", "--config.training.n_iters=4"], devices=3, returncode=2)
+  assert "config.training.batch_size" in err and "devices 3" in err
