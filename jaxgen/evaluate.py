@@ -722,6 +722,7 @@ def make_periodic_evaluation(config) -> Callable:
                                 max_batches=int(config.eval.num_bpd_batches), progress=False,
                                 cache=cache)
       results.update({k: v for k, v in lik.items() if k in ("bpd", "nll_nats", "mean_nfe")})
+      results["nll_examples"] = int(lik["num_examples"])   # (times eval.num_repeats)
     if config.sampling.num_samples:
       samples, nfe, labels = generate_samples(setup, state.ema_params, mesh,
                                               int(config.sampling.num_samples), seed=step,

@@ -218,8 +218,12 @@ def run(argv):
     if jax.process_index() == 0:
       name = "test NLL (nats)" if evaluate.is_toy(config) else "test bits/dim"
       value = summary.get("nll_nats", summary.get("bpd"))
-      if value is not None:
-        print(f"{name} ({config.eval.num_bpd_batches} batches): {value:.4f}")
+      if value is not None:  # the last periodic evaluation's (at n_iters unless stopped early)
+        step = summary.get("eval_step", summary.get("final_step"))
+        count = summary.get("nll_examples")
+        what = (f"{count:,} examples" if isinstance(count, int)
+                else f"{config.eval.num_bpd_batches} batches")
+        print(f"{name} at step {step} ({what}): {value:.4f}")
       if "sample_grid" in summary:
         print(f"sample grid: {os.path.abspath(summary['sample_grid'])}")
       if "density_plot" in summary:

@@ -1332,7 +1332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
         writer.write(start, {f"eval/{k}": v for k, v in results.items()
                              if isinstance(v, (int, float))})
-        summary.update(results)
+        summary.update(results, eval_step=start)
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from
     # the persistent cache): say so, and how long it took, before the first loss line.
     if start < n_iters:
@@ -1406,7 +1406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           results = evaluate_fn(setup, tree, step, workdir, mesh)
           writer.write(step, {f"eval/{k}": v for k, v in results.items()
                               if isinstance(v, (int, float))})
-          summary.update(results)
+          summary.update(results, eval_step=step)
         t_last += time.time() - t_pause
         too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
         # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.

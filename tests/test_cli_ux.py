@@ -148,6 +148,10 @@ def test_eval_and_sample_keep_earlier_results_with_their_options(tmp_path):
   assert "a density plot (100^2 points)" in lines[announce[0]]
   assert f"density_plot {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in result
   assert f"density plot: {tmp_path / 'run' / 'samples' / 'density_0000002.png'}" in lines
+  # the final line names the evaluation's step and how many examples it averaged (one batch of
+  # 5,000 toy points; it said "(1 batches)" whatever the split held or the step it came from)
+  final = [l for l in lines if l.startswith("test NLL (nats) at step 2 (5,000 examples): ")]
+  assert len(final) == 1, lines[-6:]
 
   run = tmp_path / "run"
   out1, _ = _run(TOY + [f"--workdir={run}", "--mode=eval"])
