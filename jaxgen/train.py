@@ -1209,6 +1209,21 @@ class MetricWriter:
         f.writelines(kept)
       os.replace(tmp, self.path)
 
+  def has_logged(self, step: int, prefix: str) -> bool:
+    """Whether metrics.jsonl holds a value named ``prefix...`` at ``step`` (host 0's answer;
+    False on the other hosts)."""
+    if not (self.active and os.path.exists(self.path)):
+      return False
+    with open(self.path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+          if int(record["step"]) == step and any(k.startswith(prefix) for k in record):
+            return True
+        except (ValueError, KeyError, TypeError):
+          continue
+    return False
+
   def write(self, step: int, scalars: Dict[str, float]) -> None:
     """Appends ``scalars`` at ``step`` to metrics.jsonl (and TensorBoard when available)."""
     if not self.active:
@@ -1333,6 +1348,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write(start, {f"eval/{k}": v for k, v in results.items()
                              if isinstance(v, (int, float))})
         summary.update(results, eval_step=start)
+    elif (start > 0 and evaluate_fn is not None and training.eval_every
+          and start % training.eval_every == 0
+          and _sync_flag(not writer.has_logged(start, "eval/") and writer.active)):
+      # The checkpoint of an evaluation step is saved before its evaluation: a run killed during
+      # that evaluation (a preemption's grace period is shorter than most evaluations) resumes
+      # here, and the evaluation is run now rather than lost.
+      log(f"the periodic evaluation of step {start} did not finish before the run stopped: "
+          f"running it")
+      results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
+      writer.write(start, {f"eval/{k}": v for k, v in results.items()
+                           if isinstance(v, (int, float))})
+      summary.update(results, eval_step=start)
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from
     # the persistent cache): say so, and how long it took, before the first loss line.
     if start < n_iters:

@@ -1078,6 +1078,31 @@ def test_process_fingerprint_reads_the_process_fields_and_its_default_sigmas(tmp
         train.check_workdir_compatible(str(workdir), config)
 
 
+def test_an_evaluation_lost_to_a_kill_runs_when_the_run_resumes(tmp_path, capsys):
+  """A checkpoint of an evaluation step is saved before its evaluation; a run killed during that
+  evaluation resumed after it and never evaluated the step. It now runs it first (once: a step
+  whose evaluation is in metrics.jsonl is not evaluated again)."""
+  calls = []
+  evaluate_fn = lambda setup, state, step, wd, mesh: calls.append(step) or {"nll_nats": 1.0}
+  config = tiny_config(2)
+  config.training.eval_every = config.training.preemption_every = 2
+  train.train_and_evaluate(config, str(tmp_path), evaluate_fn=evaluate_fn)
+  assert calls == [2]
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                          if "eval/" not in line))     # killed before the evaluation's line
+  config.training.n_iters = 4
+  summary = train.train_and_evaluate(config, str(tmp_path), evaluate_fn=evaluate_fn)
+  assert calls == [2, 2, 4] and summary["eval_step"] == 4
+  assert "the periodic evaluation of step 2 did not finish" in capsys.readouterr().out
+  evaluated = [json.loads(line)["step"] for line in path.read_text().splitlines()
+               if "eval/nll_nats" in line]
+  assert evaluated == [2, 4]
+  config.training.n_iters = 6                          # step 4's evaluation is logged: not rerun
+  train.train_and_evaluate(config, str(tmp_path), evaluate_fn=evaluate_fn)
+  assert calls == [2, 2, 4, 6]
+
+
 def test_a_shorter_runs_summary_is_not_reported_for_a_longer_finished_run(tmp_path):
   """A train_summary.json of another final step (an earlier, shorter run) is not this run's: a
   re-run at the newest checkpoint runs the final evaluation instead of reporting it."""
