@@ -73,7 +73,7 @@ def validate_sampling_config(config, process) -> None:
       value = sampling.get(name, 1e-5)
       if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
           or not math.isfinite(value)):
-        raise ValueError(f"config.sampling.{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"config.sampling.{name} must be a number > 0 and finite, got {value!r}")
   options = {}
   if sampling.method == "pc":
     options = dict(predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,

@@ -215,7 +215,7 @@ _NUMBER_FIELDS = (
     ("optim", "eps", "float", 0.0, None),
     ("optim", "warmup", "int", 0, None),
     ("optim", "weight_decay", "float", 0.0, None),
-    ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0 or inf: no clipping (-1 in score_sde)
+    ("optim", "grad_clip", "float", float("-inf"), None),  # <= 0 or inf: no clipping
     ("model", "ema_rate", "float", 0.0, ("<", 1.0)),
     ("model", "ema_rampup_ratio", "float", 0.0, None),
     ("training", "augment_p", "float", 0.0, 1.0),
@@ -281,7 +281,7 @@ def _validate_eval_solver(config) -> None:
     value = evaluation.get(name, 1e-5)
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
         or not math.isfinite(value)):
-      raise ValueError(f"config.eval.{name} must be a finite number > 0, got {value!r}")
+      raise ValueError(f"config.eval.{name} must be a number > 0 and finite, got {value!r}")
 
 
 AUGMENT_METHODS = ("score", "edm", "flow", "rectified_flow")

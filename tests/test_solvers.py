@@ -344,6 +344,13 @@ def test_heun_uniform_grid_ending_at_zero_spends_no_evaluation_on_a_zero_step():
   assert times[-1] == 0.0
   gain = heun_time_gain(o, times, final_euler=False)
   check_moments(x, o, o.deterministic_moments(*gain), label="heun uniform to 0")
+  jitted = jax.jit(lambda k: solvers.heun_sample(k, o.process, o.drift_fn, SHAPE(2), 35,
+                                                 schedule="uniform", eps=0.0))(KEY)
+  np.testing.assert_allclose(jitted[0], x, rtol=1e-5, atol=1e-5)
+  assert int(jitted[1]) == 68
+  jitted = jax.jit(lambda k: solvers.heun_sample(k, o.process, o.drift_fn, SHAPE(2), 35,
+                                                 schedule="uniform"))(KEY)   # eps = 1e-3
+  assert int(jitted[1]) == 69
 
 
 def test_heun_sample_and_time_grid_work_inside_jit():

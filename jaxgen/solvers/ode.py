@@ -568,7 +568,8 @@ def heun_sample(key: Array, process: Process, drift_fn: DriftFn, shape, num_step
   """
   shape = _check_shape(shape)
   times = time_grid(process, num_steps, schedule, eps, rho)
-  ends_at_zero = schedule == "uniform" and times.shape[0] > 1 and float(times[-1]) == 0.0
+  with jax.ensure_compile_time_eval():  # the grid is concrete, also inside jax.jit
+    ends_at_zero = schedule == "uniform" and times.shape[0] > 1 and float(times[-1]) == 0.0
   if not ends_at_zero:
     times = jnp.concatenate([times, jnp.zeros((1,), jnp.float32)])
   return _heun_on_grid(key, times, process=process, drift_fn=drift_fn, shape=shape,
