@@ -20,7 +20,7 @@ TINY_DIGITS = ["--config=configs/digits/vp_unet.py", "--config.training.n_iters=
                "--config.model.nf=8"]
 
 
-def _main(args, timeout=600):
+def _main(args, timeout=1800):
   env = dict(os.environ, PYTHONUNBUFFERED="1",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + args, cwd=REPO, env=env,
@@ -59,7 +59,7 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + TINY_DIGITS +
                         [f"--workdir={tmp_path}", "--mode=eval"], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr  # one line, not a traceback
   assert f"jaxgen: error: no checkpoints in {tmp_path}" in proc.stderr
   assert "train first" in proc.stderr

@@ -28,7 +28,7 @@ def _run(args, cwd=REPO, returncode=0, devices=2):
   env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run([sys.executable, "-m", "jaxgen.main"] + args, cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=1800)
   assert proc.returncode == returncode, (proc.stdout + proc.stderr)[-4000:]
   return proc.stdout, proc.stderr
 

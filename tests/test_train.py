@@ -311,7 +311,7 @@ def _cli(args, **kwargs):
 def test_unknown_override_key_is_rejected(tmp_path):
   proc = _cli(["--config=configs/toy/vp_mlp.py", f"--workdir={tmp_path}",
                "--config.training.batch_sise=8"])
-  out, _ = proc.communicate(timeout=300)
+  out, _ = proc.communicate(timeout=900)
   assert proc.returncode != 0
   assert "batch_sise" in out
   assert not (tmp_path / "checkpoints").exists()
@@ -324,21 +324,21 @@ def test_sigterm_saves_a_checkpoint_and_restart_resumes(tmp_path):
           "--config.training.eval_every=0", "--config.model.hidden=(16,16)"]
   proc = _cli(args)
   lines = []
-  deadline = time.time() + 300
+  deadline = time.time() + 900
   while time.time() < deadline:
     line = proc.stdout.readline()
     lines.append(line)
     if line.startswith("step") and int(line.split()[1].split("/")[0]) >= 20:
       break
   proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
+  out, _ = proc.communicate(timeout=600)
   log = "".join(lines) + out
   assert proc.returncode == 0, log
   assert "preemption" in log
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
   assert steps and max(steps) >= 20, log
   proc = _cli(args[:2] + [f"--config.training.n_iters={max(steps) + 5}"] + args[3:])
-  out, _ = proc.communicate(timeout=300)
+  out, _ = proc.communicate(timeout=900)
   assert proc.returncode == 0, out
   assert "resumed from" in out and f"at step {max(steps)}" in out
 
