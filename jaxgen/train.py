@@ -1330,6 +1330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:
       log("data parallel: gspmd (XLA partitions the global-batch step)")
 
+    def evaluate_and_log(step, tree):
+      """``evaluate_fn``'s results at ``step``, their numbers written to the metrics."""
+      results = evaluate_fn(setup, tree, step, workdir, mesh)
+      writer.write(step, {f"eval/{k}": v for k, v in results.items()
+                          if isinstance(v, (int, float))})
+      return results
+
     summary: Dict[str, Any] = {"start_step": start}
     already_done = start >= n_iters
     if already_done:  # e.g. a requeued job of a finished run: keep what that run reported
@@ -1344,10 +1351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       elif evaluate_fn is not None and training.eval_every:
         log(f"no train_summary.json of the run that reached step {start}: running its final "
             f"evaluation")
-        results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
-        writer.write(start, {f"eval/{k}": v for k, v in results.items()
-                             if isinstance(v, (int, float))})
-        summary.update(results, eval_step=start)
+        summary.update(evaluate_and_log(start, as_tree(carry)), eval_step=start)
     elif (start > 0 and evaluate_fn is not None and training.eval_every
           and start % training.eval_every == 0
           and _sync_flag(not writer.has_logged(start, "eval/") and writer.active)):
@@ -1356,10 +1360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # here, and the evaluation is run now rather than lost.
       log(f"the periodic evaluation of step {start} did not finish before the run stopped: "
           f"running it")
-      results = evaluate_fn(setup, as_tree(carry), start, workdir, mesh)
-      writer.write(start, {f"eval/{k}": v for k, v in results.items()
-                           if isinstance(v, (int, float))})
-      summary.update(results, eval_step=start)
+      summary.update(evaluate_and_log(start, as_tree(carry)), eval_step=start)
     # The first call compiles the step (tens of seconds for a large network on a GPU, less from
     # the persistent cache): say so, and how long it took, before the first loss line.
     if start < n_iters:
@@ -1430,10 +1431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if evaluate_fn is not None and training.eval_every and (
             step % training.eval_every == 0 or step == n_iters):
           tree = as_tree(carry) if tree is None else tree
-          results = evaluate_fn(setup, tree, step, workdir, mesh)
-          writer.write(step, {f"eval/{k}": v for k, v in results.items()
-                              if isinstance(v, (int, float))})
-          summary.update(results, eval_step=step)
+          summary.update(evaluate_and_log(step, tree), eval_step=step)
         t_last += time.time() - t_pause
         too_long = (training.max_wall_seconds and time.time() - t_start > training.max_wall_seconds)
         # Single host: react at once. Several hosts: agree (one small all-gather) at log steps only.
